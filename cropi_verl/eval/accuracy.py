@@ -1,0 +1,54 @@
+"""avg@k accuracy of an HF policy on a verl-format frame.
+
+avg@k(row) = (1/k) sum_{j<k} r(y_j), y_j ~ pi(. | prompt) at the given temperature; a set's accuracy is the
+mean over its rows.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+
+import numpy as np
+import pandas as pd
+import torch
+from tqdm.auto import tqdm
+from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+from cropi_verl.rewards import compute_score
+from cropi_verl.rollout.hf_backend import chat_prompt_ids, sample_chat
+
+
+def avg_at_k(
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    frame: pd.DataFrame,
+    k: int = 4,
+    temperature: float = 1.0,
+    max_new_tokens: int = 24,
+    seed: int = 0,
+    batch_size: int = 64,
+    progress: bool = False,
+) -> np.ndarray:
+    """Per-row avg@k accuracy, shape ``[len(frame)]``; batch ``b`` is sampled with seed ``seed + b``."""
+    model.eval()
+    prompts = [chat_prompt_ids(tokenizer, list(p)) for p in frame["prompt"]]
+    acc = np.zeros(len(frame))
+    starts = range(0, len(prompts), batch_size)
+    for b, s in enumerate(tqdm(starts, desc="eval", unit="batch", disable=not progress)):
+        with torch.no_grad():
+            gens = sample_chat(model, tokenizer, prompts[s : s + batch_size], k, temperature, 1.0, max_new_tokens, seed + b)
+        for i, group in enumerate(gens):
+            row = frame.iloc[s + i]
+            gt = row["reward_model"]["ground_truth"]
+            scores = [compute_score(row["data_source"], tokenizer.decode(g.response_ids, skip_special_tokens=True), gt)
+                      for g in group]
+            acc[s + i] = float(np.mean(scores))
+    return acc
+
+
+def mean_by(frame: pd.DataFrame, acc: np.ndarray, key: str) -> dict[str, float]:
+    """Mean accuracy grouped by ``extra_info[key]`` (e.g. ``family``), keys as strings, sorted."""
+    groups: dict[str, list[float]] = defaultdict(list)
+    for e, a in zip(frame["extra_info"], acc):
+        groups[str(e[key])].append(float(a))
+    return {g: float(np.mean(v)) for g, v in sorted(groups.items())}
