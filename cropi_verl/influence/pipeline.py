@@ -1,0 +1,51 @@
+"""Projected POPI features for a pool of prompts, computed shard by shard into a ``FeatureStore``.
+
+Shard j holds prompts ``[j * shard_size, (j + 1) * shard_size)`` of the given order. Finished shards are
+skipped on a rerun, so an interrupted pass resumes where it stopped; the result does not depend on the shard
+size (each prompt's feature is computed alone).
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Sequence
+
+import torch
+from tqdm.auto import tqdm
+
+from cropi_verl.influence.gradients import PopiConfig, PromptRollouts, popi_features
+from cropi_verl.influence.projection import Projector
+from cropi_verl.influence.store import FeatureStore
+
+log = logging.getLogger(__name__)
+
+
+def features_into_store(
+    model: torch.nn.Module,
+    prompts: Sequence[PromptRollouts],
+    projector: Projector,
+    store: FeatureStore,
+    pad_id: int,
+    shard_size: int = 256,
+    cfg: PopiConfig = PopiConfig(),
+    progress: bool = False,
+) -> tuple[torch.Tensor, torch.Tensor, dict[str, list[int]]]:
+    """Compute the missing shards, then return ``store.load`` of all of them."""
+    n_shards = (len(prompts) + shard_size - 1) // shard_size
+    todo = [j for j in range(n_shards) if not store.has_shard(j)]
+    if len(todo) < n_shards:
+        log.info("%s: resuming, %d of %d shards already done", store.path, n_shards - len(todo), n_shards)
+    bar = tqdm(total=sum(len(prompts[j * shard_size : (j + 1) * shard_size]) for j in todo),
+               desc="POPI gradients", unit="prompt", disable=not progress)
+    for j in todo:
+        chunk = prompts[j * shard_size : (j + 1) * shard_size]
+        res = popi_features(model, chunk, projector, pad_id, cfg)
+        skipped = {"zero_advantage": res.zero_advantage, "nonfinite": res.nonfinite}
+        store.write_shard(j, torch.tensor(res.prompt_ids, dtype=torch.int64), res.features, skipped)
+        bar.update(len(chunk))
+    bar.close()
+    ids, feats, skipped = store.load(n_shards)
+    if skipped.get("nonfinite"):
+        log.warning("%d prompts had a non-finite gradient and were left out: %s",
+                    len(skipped["nonfinite"]), skipped["nonfinite"][:10])
+    return ids, feats, skipped

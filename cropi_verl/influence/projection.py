@@ -1,0 +1,241 @@
+"""Random projections P: R^d -> R^k behind one interface, chosen by name (``make_projector``).
+
+``project(x, offset)`` maps a vector ``[n]`` (or a batch ``[B, n]``) holding coordinates
+``offset .. offset+n-1`` of the full d-dim vector to ``[k]`` (or ``[B, k]``) float32. Every method is linear and
+indexes its randomness by the *global* coordinate, so
+
+    project(x[:m], 0) + project(x[m:], m) == project(x, 0)      (up to float rounding)
+
+which is what lets per-tensor streaming and FSDP shards project their piece and sum.
+
+Methods:
+
+- ``sparse_jl`` (default, ours): a CountSketch. Coordinate i goes to bucket b(i) with sign s(i), both from a
+  counter-based hash h = fmix32(i * 0x9E3779B1 ^ key(seed, i >> 32)) (murmur3's finaliser, int32 ops):
+  ``(Px)_j = sum_{i: b(i)=j} s(i) x_i``. Sign trick: accumulate into 2k buckets ``c = h mod 2k`` and take
+  ``even - odd``. E<Px, Py> = <x, y>, Var <= 2 |x|^2 |y|^2 / k. No stored matrix. Coordinates are processed in
+  aligned canonical blocks (fp32 accumulation inside a block in coordinate order, fp64 across blocks in block
+  order), so the result is bit-identical for any ``chunk_size`` and thread count.
+- ``subset_gaussian`` / ``subset_rademacher`` (the paper's scheme): keep a random subset of
+  ``~subset_ratio * d`` coordinates (coordinate i kept iff hash_u(i) < ratio), then a dense JL with
+  N(0, 1/(k ratio)) or +-1/sqrt(k ratio) entries, regenerated from (seed, i // 4096) on the fly.
+- ``gaussian``: dense N(0, 1/k) JL over all coordinates; a reference for small d only.
+- ``identity``: exact (k = d).
+"""
+
+from __future__ import annotations
+
+import math
+from abc import ABC, abstractmethod
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict, dataclass
+
+import torch
+
+_M32 = 0xFFFFFFFF
+_GOLDEN = 0x9E3779B1
+_C1, _C2 = 0x85EBCA6B, 0xC2B2AE35
+BLOCK = 1 << 18  # canonical block: the unit of accumulation order (never depends on chunk_size)
+MATRIX_ROWS = 4096  # dense JL: rows of the matrix generated per seed (aligned to global coordinates)
+
+
+def _signed32(c: int) -> int:
+    return c - (1 << 32) if c >= 1 << 31 else c
+
+
+def fmix32_int(h: int) -> int:
+    """murmur3 fmix32 on a Python int (the scalar reference)."""
+    h &= _M32
+    h ^= h >> 16
+    h = (h * _C1) & _M32
+    h ^= h >> 13
+    h = (h * _C2) & _M32
+    h ^= h >> 16
+    return h
+
+
+def _fmix32(h: torch.Tensor) -> torch.Tensor:
+    """fmix32 on an int32 tensor (wrapping multiply; logical shifts emulated by masking)."""
+    h = h ^ ((h >> 16) & 0xFFFF)
+    h = h * _signed32(_C1)
+    h = h ^ ((h >> 13) & 0x7FFFF)
+    h = h * _signed32(_C2)
+    return h ^ ((h >> 16) & 0xFFFF)
+
+
+def _hi_key(seed: int, hi: int, stream: int) -> int:
+    return fmix32_int(fmix32_int(seed * 0x27D4EB2F + stream) ^ fmix32_int(hi + 0x165667B1))
+
+
+def coordinate_hash(seed: int, start: int, n: int, device: torch.device | str = "cpu", stream: int = 0) -> torch.Tensor:
+    """int32 hashes of global coordinates ``start .. start+n-1`` (the range must not cross a 2^32 boundary)."""
+    hi = start >> 32
+    if (start + n - 1) >> 32 != hi:
+        raise ValueError("coordinate range crosses a 2^32 boundary; split it")
+    lo = torch.arange(start & _M32, (start & _M32) + n, device=device, dtype=torch.int64).to(torch.int32)
+    return _fmix32((lo * _signed32(_GOLDEN)) ^ _signed32(_hi_key(seed, hi, stream)))
+
+
+def coordinate_hash_int(seed: int, i: int, stream: int = 0) -> int:
+    """Scalar reference of ``coordinate_hash`` for one coordinate (tests compare the two)."""
+    return fmix32_int(((i & _M32) * _GOLDEN & _M32) ^ _hi_key(seed, i >> 32, stream))
+
+
+def _blocks(offset: int, n: int):
+    """Split [offset, offset+n) at canonical block boundaries: yields (local start, global start, length)."""
+    pos = offset
+    while pos < offset + n:
+        end = min((pos // BLOCK + 1) * BLOCK, offset + n)
+        yield pos - offset, pos, end - pos
+        pos = end
+
+
+@dataclass(frozen=True)
+class ProjectorConfig:
+    method: str = "sparse_jl"
+    dim: int = 0  # d, the full gradient dimension
+    k: int = 8192
+    seed: int = 0
+    subset_ratio: float = 0.15  # subset_* methods only
+    chunk_size: int = 1 << 20  # coordinates processed per step (memory/speed only, never the result)
+    threads: int = 0  # 0: torch.get_num_threads()
+
+
+class Projector(ABC):
+    """A linear map R^d -> R^k indexed by global coordinates (see the module docstring)."""
+
+    def __init__(self, cfg: ProjectorConfig):
+        if cfg.dim <= 0 or cfg.k <= 0:
+            raise ValueError(f"projector needs dim > 0 and k > 0, got dim={cfg.dim}, k={cfg.k}")
+        self.cfg = cfg
+        self.k = cfg.k
+
+    def config(self) -> dict:
+        return asdict(self.cfg) | {"chunk_size": None, "threads": None}  # the result does not depend on these
+
+    def project(self, x: torch.Tensor, offset: int = 0) -> torch.Tensor:
+        """Project coordinates ``offset..offset+n-1`` of a vector ``[n]`` or batch ``[B, n]``; fp32 out."""
+        single = x.dim() == 1
+        xb = x.reshape(1, -1) if single else x
+        n = xb.shape[1]
+        if offset < 0 or offset + n > self.cfg.dim:
+            raise ValueError(f"coordinates [{offset}, {offset + n}) outside the projector's dim {self.cfg.dim}")
+        out = self._project(xb.detach().float(), offset)
+        return out[0] if single else out
+
+    @abstractmethod
+    def _project(self, x: torch.Tensor, offset: int) -> torch.Tensor: ...
+
+
+class BlockwiseProjector(Projector):
+    """Projects canonical blocks independently (optionally on threads) and sums them in block order in fp64."""
+
+    def _project(self, x: torch.Tensor, offset: int) -> torch.Tensor:
+        blocks = list(_blocks(offset, x.shape[1]))
+        per_chunk = max(1, self.cfg.chunk_size // BLOCK)
+        groups = [blocks[i : i + per_chunk] for i in range(0, len(blocks), per_chunk)]
+        threads = self.cfg.threads or torch.get_num_threads()
+
+        def run(group):
+            return [self._block(x[:, s : s + n], g, n) for s, g, n in group]
+
+        if threads > 1 and len(groups) > 1 and x.device.type == "cpu":
+            with ThreadPoolExecutor(threads) as pool:
+                parts = [p for res in pool.map(run, groups) for p in res]
+        else:
+            parts = [p for g in groups for p in run(g)]
+        total = torch.zeros(x.shape[0], self.k, dtype=torch.float64, device=x.device)
+        for p in parts:
+            total += p
+        return total.float()
+
+    @abstractmethod
+    def _block(self, xb: torch.Tensor, start: int, n: int) -> torch.Tensor:
+        """``[B, k]`` projection of one canonical block ``xb`` = coordinates ``start..start+n-1``."""
+
+
+class SparseJL(BlockwiseProjector):
+    def _block(self, xb: torch.Tensor, start: int, n: int) -> torch.Tensor:
+        h = coordinate_hash(self.cfg.seed, start, n, xb.device)
+        two_k = 2 * self.k
+        if two_k & (two_k - 1) == 0:
+            c = (h & (two_k - 1)).long()
+        else:
+            c = ((h & 0x7FFFFFFF) % two_k).long()
+        acc = torch.zeros(xb.shape[0], two_k, dtype=torch.float32, device=xb.device)
+        acc.index_add_(1, c, xb)
+        return (acc[:, 0::2] - acc[:, 1::2]).double()
+
+
+class DenseJL(BlockwiseProjector):
+    """Dense JL on (a hashed subset of) the coordinates; the matrix block is regenerated from the seed."""
+
+    def __init__(self, cfg: ProjectorConfig, dist: str, subset_ratio: float | None):
+        super().__init__(cfg)
+        self.dist = dist
+        self.ratio = subset_ratio
+
+    def _rows(self, sub: int, rows: torch.Tensor) -> torch.Tensor:
+        """Rows ``rows`` (local to aligned sub-block ``sub``) of the dense matrix, regenerated from the seed."""
+        gen = torch.Generator(device="cpu").manual_seed(self.cfg.seed * 1_000_003 + sub)
+        if self.dist == "gaussian":
+            full = torch.randn(MATRIX_ROWS, self.k, generator=gen)
+        else:
+            full = torch.randint(0, 2, (MATRIX_ROWS, self.k), generator=gen).float() * 2 - 1
+        scale = math.sqrt(self.k * (self.ratio or 1.0))  # keeps E<Px, Py> = <x, y> after subsetting
+        return full[rows] / scale
+
+    def _block(self, xb: torch.Tensor, start: int, n: int) -> torch.Tensor:
+        if self.ratio is not None:
+            u = coordinate_hash(self.cfg.seed, start, n, xb.device, stream=1)
+            keep = (u & 0x7FFFFFFF).double() < self.ratio * 2**31
+        else:
+            keep = torch.ones(n, dtype=torch.bool, device=xb.device)
+        out = torch.zeros(xb.shape[0], self.k, dtype=torch.float64, device=xb.device)
+        coords = torch.nonzero(keep).squeeze(1).cpu() + start
+        for sub in torch.unique(coords // MATRIX_ROWS).tolist():
+            sel = coords[(coords // MATRIX_ROWS) == sub]
+            mat = self._rows(sub, sel - sub * MATRIX_ROWS).to(xb.device)
+            out += (xb[:, (sel - start).to(xb.device)] @ mat).double()
+        return out
+
+
+class Identity(Projector):
+    def __init__(self, cfg: ProjectorConfig):
+        super().__init__(ProjectorConfig(**(asdict(cfg) | {"k": cfg.dim})))
+
+    def _project(self, x: torch.Tensor, offset: int) -> torch.Tensor:
+        out = torch.zeros(x.shape[0], self.k, dtype=torch.float32, device=x.device)
+        out[:, offset : offset + x.shape[1]] = x
+        return out
+
+
+METHODS = ("sparse_jl", "subset_gaussian", "subset_rademacher", "gaussian", "identity")
+DENSE_MAX_ELEMENTS = 1 << 31  # refuse a dense matrix (d x k) larger than this
+
+
+def make_projector(
+    method: str = "sparse_jl",
+    dim: int = 0,
+    k: int = 8192,
+    seed: int = 0,
+    subset_ratio: float = 0.15,
+    chunk_size: int = 1 << 20,
+    threads: int = 0,
+) -> Projector:
+    """The projector named ``method`` for d = ``dim`` coordinates into R^k (see the module docstring)."""
+    cfg = ProjectorConfig(method, dim, k, seed, subset_ratio, chunk_size, threads)
+    if method == "sparse_jl":
+        return SparseJL(cfg)
+    if method in ("subset_gaussian", "subset_rademacher"):
+        if not 0 < subset_ratio <= 1:
+            raise ValueError(f"subset_ratio must be in (0, 1], got {subset_ratio}")
+        return DenseJL(cfg, method.removeprefix("subset_"), subset_ratio)
+    if method == "gaussian":
+        if dim * k > DENSE_MAX_ELEMENTS:
+            raise ValueError(f"gaussian projection of d={dim} to k={k} needs a {dim * k:.2e}-entry matrix; "
+                             "use sparse_jl for large models")
+        return DenseJL(cfg, "gaussian", None)
+    if method == "identity":
+        return Identity(cfg)
+    raise ValueError(f"unknown projection method {method!r}; expected one of {METHODS}")

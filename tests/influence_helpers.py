@@ -1,0 +1,38 @@
+"""A tiny random-init Qwen2 and hand-built offline rollouts for influence tests."""
+
+from __future__ import annotations
+
+import random
+
+import torch
+from transformers import Qwen2Config, Qwen2ForCausalLM
+
+from cropi_verl.influence.gradients import PromptRollouts
+
+VOCAB, PAD = 48, 0
+
+
+def tiny_model(seed: int = 0, layers: int = 1, hidden: int = 16) -> Qwen2ForCausalLM:
+    torch.manual_seed(seed)
+    cfg = Qwen2Config(vocab_size=VOCAB, hidden_size=hidden, intermediate_size=2 * hidden, num_hidden_layers=layers,
+                      num_attention_heads=2, num_key_value_heads=1, max_position_embeddings=64,
+                      tie_word_embeddings=True, pad_token_id=PAD)
+    return Qwen2ForCausalLM(cfg).float().eval()
+
+
+def make_prompts(n: int, k: int = 4, seed: int = 0, zero_every: int = 0) -> list[PromptRollouts]:
+    """n prompts with k responses of varying lengths, random behaviour log-probs and 0/1 rewards;
+    every ``zero_every``-th prompt has all-equal rewards."""
+    rng = random.Random(seed)
+    out = []
+    for i in range(n):
+        prompt = [rng.randrange(1, VOCAB) for _ in range(rng.randint(2, 5))]
+        resp = [[rng.randrange(1, VOCAB) for _ in range(rng.randint(1, 6))] for _ in range(k)]
+        beh = [[-rng.uniform(1.0, 5.0) for _ in r] for r in resp]
+        if zero_every and i % zero_every == 0:
+            rewards = [1.0] * k
+        else:
+            rewards = [float(rng.random() < 0.5) for _ in range(k - 1)] + [1.0]
+            rewards[0] = 0.0
+        out.append(PromptRollouts(100 + i, prompt, resp, beh, rewards))
+    return out

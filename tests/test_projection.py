@@ -1,0 +1,93 @@
+"""Projector properties against independent references: the scalar hash, a dense CountSketch matrix, JL bounds."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from cropi_verl.influence.projection import (
+    BLOCK,
+    METHODS,
+    coordinate_hash,
+    coordinate_hash_int,
+    make_projector,
+)
+
+
+def test_int32_hash_matches_scalar_reference():
+    for seed, start in [(0, 0), (7, 12345), (3, 2**32 - 5), (1, 2**33 + 11)]:
+        n = 5 if start == 2**32 - 5 else 64
+        got = [h & 0xFFFFFFFF for h in coordinate_hash(seed, start, n).tolist()]
+        assert got == [coordinate_hash_int(seed, start + i) for i in range(n)]
+
+
+def test_sparse_jl_equals_dense_countsketch_matrix():
+    """Build the CountSketch matrix from the scalar hash and compare with project()."""
+    d, k, seed = 3000, 16, 5
+    mat = torch.zeros(d, k, dtype=torch.float64)
+    for i in range(d):
+        c = coordinate_hash_int(seed, i) % (2 * k)
+        mat[i, c // 2] = 1.0 if c % 2 == 0 else -1.0
+    x = torch.randn(4, d)
+    p = make_projector("sparse_jl", d, k, seed)
+    torch.testing.assert_close(p.project(x), (x.double() @ mat).float(), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("method", ["sparse_jl", "subset_gaussian", "subset_rademacher", "gaussian"])
+def test_offset_additivity(method):
+    d = BLOCK + 5000  # crosses a canonical block boundary
+    p = make_projector(method, d, 32, seed=1, subset_ratio=0.5)
+    x = torch.randn(d)
+    cut = BLOCK - 123
+    whole = p.project(x)
+    pieces = p.project(x[:cut], 0) + p.project(x[cut:], cut)
+    torch.testing.assert_close(pieces, whole, rtol=1e-4, atol=1e-4)
+
+
+def test_bit_identical_across_chunk_sizes_and_threads():
+    d = 3 * BLOCK + 777
+    x = torch.randn(2, d)
+    outs = [
+        make_projector("sparse_jl", d, 256, seed=9, chunk_size=cs, threads=t).project(x)
+        for cs, t in [(BLOCK, 1), (4 * BLOCK, 1), (BLOCK, 2), (1 << 24, 2)]
+    ]
+    for o in outs[1:]:
+        assert torch.equal(o, outs[0])
+
+
+def test_identity_is_exact():
+    x = torch.randn(3, 10)
+    p = make_projector("identity", 25, k=1)
+    out = p.project(x, offset=7)
+    assert out.shape == (3, 25) and torch.equal(out[:, 7:17], x) and out[:, :7].abs().sum() == 0
+
+
+@pytest.mark.parametrize("method", ["sparse_jl", "subset_rademacher"])
+def test_jl_inner_product_error_within_bound(method):
+    """Over 200 seeds: E<Px,Py> = <x,y> and the error std <= the CountSketch/JL bound sqrt(2/k)|x||y|."""
+    d, k = 2000, 128
+    g = torch.Generator().manual_seed(0)
+    x, y = torch.randn(d, generator=g), torch.randn(d, generator=g)
+    y = 0.6 * x + 0.8 * y  # correlated pair
+    exact = float(x @ y)
+    errs = []
+    for seed in range(200):
+        p = make_projector(method, d, k, seed, subset_ratio=1.0)
+        errs.append(float(p.project(x) @ p.project(y)) - exact)
+    errs = torch.tensor(errs)
+    bound = math.sqrt(2.0 / k) * float(x.norm() * y.norm())
+    assert abs(float(errs.mean())) < 4 * bound / math.sqrt(200)  # unbiased
+    assert float(errs.std()) <= 1.2 * bound
+
+
+def test_bad_arguments_are_clear():
+    with pytest.raises(ValueError, match="unknown projection method 'fast_jl'"):
+        make_projector("fast_jl", 10, 4)
+    with pytest.raises(ValueError, match="needs a .*-entry matrix"):
+        make_projector("gaussian", 10**9, 8192)
+    p = make_projector("sparse_jl", 100, 4)
+    with pytest.raises(ValueError, match=r"coordinates \[90, 110\) outside the projector's dim 100"):
+        p.project(torch.zeros(20), offset=90)
+    assert set(METHODS) == {"sparse_jl", "subset_gaussian", "subset_rademacher", "gaussian", "identity"}
