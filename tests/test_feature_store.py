@@ -1,0 +1,72 @@
+"""The feature store: resumes from finished shards, redoes corrupt ones, rejects another run's manifest."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from cropi_verl.influence.gradients import parameter_offsets
+from cropi_verl.influence.pipeline import features_into_store
+from cropi_verl.influence.projection import make_projector
+from cropi_verl.influence.store import FeatureStore, FeatureStoreMismatch
+from influence_helpers import PAD, make_prompts, tiny_model
+
+
+def _manifest(proj, step=0):
+    return {"model_step": step, "projector": proj.config(), "k": proj.k, "seed": 0}
+
+
+def test_interrupted_pass_resumes_and_matches(tmp_path, monkeypatch):
+    model = tiny_model()
+    prompts = make_prompts(10, zero_every=4)
+    _, dim = parameter_offsets(model)
+    proj = make_projector("sparse_jl", dim, k=32)
+    ref_ids, ref_feats, ref_skipped = features_into_store(model, prompts, proj, FeatureStore(tmp_path / "a", _manifest(proj)), PAD, 3)
+
+    import cropi_verl.influence.pipeline as pipeline
+    real = pipeline.popi_features
+    calls = []
+
+    def dying(*args, **kw):  # the third shard "crashes"
+        calls.append(1)
+        if len(calls) == 3:
+            raise KeyboardInterrupt
+        return real(*args, **kw)
+
+    monkeypatch.setattr(pipeline, "popi_features", dying)
+    store_b = FeatureStore(tmp_path / "b", _manifest(proj))
+    with pytest.raises(KeyboardInterrupt):
+        features_into_store(model, prompts, proj, store_b, PAD, 3)
+    assert sorted(p.name for p in (tmp_path / "b").iterdir()) == ["manifest.json", "shard_00000.pt", "shard_00001.pt"]
+    monkeypatch.setattr(pipeline, "popi_features", real)
+    calls.clear()
+    monkeypatch.setattr(pipeline, "popi_features", lambda *a, **k: (calls.append(1), real(*a, **k))[1])
+    ids, feats, skipped = features_into_store(model, prompts, proj, FeatureStore(tmp_path / "b", _manifest(proj)), PAD, 3)
+    assert len(calls) == 2  # only shards 2 and 3 recomputed
+    assert torch.equal(ids, ref_ids) and torch.equal(feats, ref_feats)
+    assert skipped == ref_skipped and skipped["zero_advantage"] == [100, 104, 108]
+
+
+def test_corrupt_shard_is_redone(tmp_path):
+    model = tiny_model()
+    prompts = make_prompts(4)
+    _, dim = parameter_offsets(model)
+    proj = make_projector("sparse_jl", dim, k=16)
+    store = FeatureStore(tmp_path, _manifest(proj))
+    _, ref, _ = features_into_store(model, prompts, proj, store, PAD, 2)
+    data = store.shard_path(1).read_bytes()
+    store.shard_path(1).write_bytes(data[: len(data) // 2])  # truncated on disk
+    assert not store.has_shard(1)
+    _, again, _ = features_into_store(model, prompts, proj, store, PAD, 2)
+    assert torch.equal(again, ref)
+
+
+def test_manifest_mismatch_is_a_clear_error(tmp_path):
+    proj = make_projector("sparse_jl", 100, k=16)
+    FeatureStore(tmp_path, _manifest(proj, step=10))
+    with pytest.raises(FeatureStoreMismatch, match="model_step: store has 10, run has 20"):
+        FeatureStore(tmp_path, _manifest(proj, step=20))
+    other = make_projector("sparse_jl", 100, k=16, seed=1)
+    with pytest.raises(FeatureStoreMismatch, match="projector: store has"):
+        FeatureStore(tmp_path, _manifest(other, step=10))
+    FeatureStore(tmp_path, _manifest(proj, step=10))  # the same run reopens fine
