@@ -1,8 +1,8 @@
-"""HF ``generate`` sampling (left-padded batches) and exact per-token log-probs by a forward pass.
+"""HF ``generate`` sampling with left-padded batches.
 
 ``sample_chat`` returns, per prompt, ``n`` responses; each response's token ids end with EOS unless it was
-truncated at ``max_new_tokens``. ``token_logprobs`` recomputes log pi(y_t | x, y_<t) at temperature 1 with
-one right-padded forward pass, so the stored behaviour log-probs are exactly the policy's.
+truncated at ``max_new_tokens``. (Behaviour log-probs are recomputed by an exact forward pass:
+``cropi_verl.influence.gradients.response_logprobs``.)
 """
 
 from __future__ import annotations
@@ -71,33 +71,3 @@ def sample_chat(
                 gens.append(Generation(list(p), row, True))
         result.append(gens)
     return result
-
-
-def token_logprobs(
-    model: PreTrainedModel,
-    prompt_ids: Sequence[list[int]],
-    response_ids: Sequence[list[int]],
-    pad_id: int,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Log-probs of each response token under ``model`` (temperature 1), with gradients if enabled.
-
-    Returns ``(logp [B, T], mask [B, T])``, T = the longest response; position t of row b is
-    log pi(response_b[t] | prompt_b, response_b[:t]), and mask is 1 where a token exists.
-    """
-    seqs = [list(p) + list(r) for p, r in zip(prompt_ids, response_ids)]
-    width = max(len(s) for s in seqs)
-    t_max = max(len(r) for r in response_ids)
-    ids = torch.full((len(seqs), width), pad_id, dtype=torch.long)
-    attn = torch.zeros_like(ids)
-    for i, s in enumerate(seqs):
-        ids[i, : len(s)] = torch.tensor(s)
-        attn[i, : len(s)] = 1
-    logits = model(input_ids=ids, attention_mask=attn).logits.float()
-    logp_all = torch.log_softmax(logits[:, :-1], dim=-1).gather(-1, ids[:, 1:, None]).squeeze(-1)
-    logp = torch.zeros(len(seqs), t_max, dtype=logp_all.dtype)
-    mask = torch.zeros(len(seqs), t_max)
-    for i, (p, r) in enumerate(zip(prompt_ids, response_ids)):
-        start = len(p) - 1
-        logp[i, : len(r)] = logp_all[i, start : start + len(r)]
-        mask[i, : len(r)] = 1
-    return logp, mask

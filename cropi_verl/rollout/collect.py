@@ -1,0 +1,200 @@
+"""Resumable, sharded offline rollout collection (HF backend on CPU, vLLM on GPU) into one record format.
+
+Output directory::
+
+    manifest.json            the collection config (model, sampling, seed, input file, shard size)
+    shards/shard_00000.parquet ...   records of input rows [j*S, (j+1)*S), each written atomically
+    rollouts.parquet         all records in input order (written last, atomically)
+
+Shard j samples with seed ``seed * 1_000_003 + j``, so a rerun skips finished shards and reproduces the same
+records; a shard that cannot be read back whole, or holds the wrong prompt ids, is logged and redone. A
+manifest from a different config is an error, never a silent mix.
+
+Prompts whose chat-templated length exceeds ``max_prompt_tokens`` are skipped (not truncated: a cut
+question is a different question), counted, and listed in ``manifest.json`` under ``skipped_long_prompts``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Callable, Sequence
+
+import pandas as pd
+import torch
+from tqdm.auto import tqdm
+
+from cropi_verl.data.verl_format import read_verl_parquet, row_ids
+from cropi_verl.rewards import compute_score
+from cropi_verl.rollout.records import RECORD_COLUMNS, Response, make_row
+from cropi_verl.utils.atomic import atomic_write_json, atomic_write_parquet
+from cropi_verl.utils.faults import kill_point
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class CollectConfig:
+    model: str
+    input: str
+    backend: str = "hf"  # hf | vllm
+    n: int = 8
+    temperature: float = 0.5
+    top_p: float = 1.0
+    max_new_tokens: int = 2048
+    max_prompt_tokens: int = 1024
+    seed: int = 0
+    shard_size: int = 64
+    batch_size: int = 16  # prompts per generate call (hf)
+    tensor_parallel_size: int = 1  # vllm
+
+
+# A backend samples one shard: (token ids of each prompt, seed) -> n Responses per prompt.
+Backend = Callable[[Sequence[list[int]], int], list[list[Response]]]
+
+
+class RolloutManifestMismatch(ValueError):
+    pass
+
+
+def _open_manifest(out: Path, cfg: CollectConfig) -> dict:
+    want = {"config": asdict(cfg), "format": list(RECORD_COLUMNS)}
+    path = out / "manifest.json"
+    if path.is_file():
+        have = json.loads(path.read_text())
+        diff = [k for k in want["config"] if have.get("config", {}).get(k) != want["config"][k]]
+        if diff or have.get("format") != want["format"]:
+            raise RolloutManifestMismatch(
+                f"{path}: rollouts were collected with a different config ({', '.join(diff) or 'format'}); "
+                "use another output directory or delete it"
+            )
+        return have
+    atomic_write_json(want, path)
+    return want
+
+
+def _read_shard(path: Path, expected_ids: list[int]) -> pd.DataFrame | None:
+    if not path.is_file():
+        return None
+    try:
+        df = pd.read_parquet(path)
+        if list(df["prompt_id"]) != expected_ids:
+            raise ValueError("prompt ids differ from the input shard")
+        return df
+    except Exception as e:  # a corrupt or partial shard is redone, never read
+        log.warning("%s: unreadable or partial shard (%s); recollecting it", path, e)
+        return None
+
+
+def collect_rollouts(cfg: CollectConfig, out_dir: str | Path, backend: Backend, tokenizer, progress: bool = True) -> Path:
+    """Collect ``cfg.n`` responses per prompt of ``cfg.input`` into ``out_dir``; returns the rollouts parquet."""
+    out = Path(out_dir)
+    manifest = _open_manifest(out, cfg)
+    prompts = read_verl_parquet(cfg.input)
+    ids = row_ids(prompts)
+    chat_ids = [
+        tokenizer(tokenizer.apply_chat_template(list(p), tokenize=False, add_generation_prompt=True),
+                  add_special_tokens=False)["input_ids"]
+        for p in prompts["prompt"]
+    ]
+    keep = [i for i, c in enumerate(chat_ids) if len(c) <= cfg.max_prompt_tokens]
+    skipped = [ids[i] for i in range(len(ids)) if len(chat_ids[i]) > cfg.max_prompt_tokens]
+    if skipped:
+        log.warning("%d prompts longer than max_prompt_tokens=%d skipped (first ids: %s)",
+                    len(skipped), cfg.max_prompt_tokens, skipped[:5])
+    n_shards = (len(keep) + cfg.shard_size - 1) // cfg.shard_size
+    shards = [keep[j * cfg.shard_size : (j + 1) * cfg.shard_size] for j in range(n_shards)]
+    frames: list[pd.DataFrame | None] = [
+        _read_shard(out / "shards" / f"shard_{j:05d}.parquet", [ids[i] for i in rows]) for j, rows in enumerate(shards)
+    ]
+    todo = [j for j, f in enumerate(frames) if f is None]
+    bar = tqdm(total=sum(len(shards[j]) for j in todo), desc=f"rollouts ({cfg.backend})", unit="prompt",
+               disable=not progress)
+    t0, n_tokens = time.time(), 0
+    for j in todo:
+        rows = shards[j]
+        gens = backend([chat_ids[i] for i in rows], cfg.seed * 1_000_003 + j)
+        records = []
+        for i, group in zip(rows, gens):
+            rec = prompts.iloc[i]
+            gt = rec["reward_model"]["ground_truth"]
+            rewards = [compute_score(rec["data_source"], r.text, gt, rec["extra_info"]) for r in group]
+            records.append(make_row(ids[i], rec["data_source"], rec["extra_info"].get("split", ""), gt, chat_ids[i],
+                                    group, rewards, tokenizer.eos_token_id))
+            n_tokens += sum(len(r.token_ids) for r in group)
+        frames[j] = pd.DataFrame(records, columns=list(RECORD_COLUMNS))
+        atomic_write_parquet(frames[j], out / "shards" / f"shard_{j:05d}.parquet")
+        kill_point("rollout_shard")
+        bar.update(len(rows))
+        dt = max(time.time() - t0, 1e-9)
+        bar.set_postfix(prompts_s=f"{bar.n / dt:.2f}", tokens_s=f"{n_tokens / dt:.0f}")
+    bar.close()
+    merged = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=list(RECORD_COLUMNS))
+    n_flagged = sum(f != "" for flags in merged["flag"] for f in flags)
+    if n_flagged:
+        log.warning("%d responses flagged (empty generation or non-finite reward); they are never scored", n_flagged)
+    manifest |= {"skipped_long_prompts": skipped, "n_prompts": len(merged), "n_flagged_responses": n_flagged}
+    atomic_write_json(manifest, out / "manifest.json")
+    return atomic_write_parquet(merged, out / "rollouts.parquet")
+
+
+def hf_backend(model, tokenizer, cfg: CollectConfig) -> Backend:
+    """``model.generate`` sampling (left-padded batches), then beta's log-probs by an exact forward pass."""
+    from cropi_verl.influence.gradients import response_logprobs
+    from cropi_verl.rollout.hf_backend import sample_chat
+
+    def run(prompt_ids: Sequence[list[int]], seed: int) -> list[list[Response]]:
+        out = []
+        for b in range(0, len(prompt_ids), cfg.batch_size):
+            batch = prompt_ids[b : b + cfg.batch_size]
+            gens = sample_chat(model, tokenizer, batch, cfg.n, cfg.temperature, cfg.top_p, cfg.max_new_tokens,
+                               seed * 7919 + b)
+            for p, group in zip(batch, gens):
+                with torch.no_grad():
+                    lp, _ = response_logprobs(model, [p] * len(group), [g.response_ids for g in group],
+                                              tokenizer.pad_token_id)
+                out.append([
+                    Response(g.response_ids, tokenizer.decode(g.response_ids, skip_special_tokens=True),
+                             lp[k, : len(g.response_ids)].tolist(), g.truncated)
+                    for k, g in enumerate(group)
+                ])
+        return out
+
+    return run
+
+
+def vllm_outputs_to_responses(request_outputs) -> list[list[Response]]:
+    """Convert ``vllm.LLM.generate`` results (``RequestOutput``s) to Responses.
+
+    Each ``CompletionOutput`` has ``token_ids``, ``text``, ``finish_reason`` and ``logprobs``: one dict per
+    generated token mapping token id -> ``Logprob(logprob=...)``; the sampled token's entry is always present.
+    """
+    out = []
+    for req in request_outputs:
+        group = []
+        for c in req.outputs:
+            toks = list(c.token_ids)
+            if c.logprobs is None or len(c.logprobs) != len(toks):
+                raise ValueError(f"vLLM request {req.request_id}: missing per-token logprobs (set SamplingParams(logprobs=0))")
+            lps = [float(step[t].logprob) for step, t in zip(c.logprobs, toks)]
+            group.append(Response(toks, c.text, lps, c.finish_reason == "length"))
+        out.append(group)
+    return out
+
+
+def vllm_backend(cfg: CollectConfig) -> Backend:  # pragma: no cover - needs a GPU and vllm
+    """Offline ``vllm.LLM`` with ``SamplingParams(n, logprobs=0)``; prompts are passed as token ids."""
+    from vllm import LLM, SamplingParams, TokensPrompt
+
+    llm = LLM(model=cfg.model, tensor_parallel_size=cfg.tensor_parallel_size, seed=cfg.seed)
+
+    def run(prompt_ids: Sequence[list[int]], seed: int) -> list[list[Response]]:
+        params = SamplingParams(n=cfg.n, temperature=cfg.temperature, top_p=cfg.top_p, max_tokens=cfg.max_new_tokens,
+                                logprobs=0, seed=seed)
+        outs = llm.generate([TokensPrompt(prompt_token_ids=p) for p in prompt_ids], params, use_tqdm=False)
+        return vllm_outputs_to_responses(outs)
+
+    return run
