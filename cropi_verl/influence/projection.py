@@ -18,7 +18,8 @@ Methods:
   order), so the result is bit-identical for any ``chunk_size`` and thread count.
 - ``subset_gaussian`` / ``subset_rademacher`` (the paper's scheme): keep a random subset of
   ``~subset_ratio * d`` coordinates (coordinate i kept iff hash_u(i) < ratio), then a dense JL with
-  N(0, 1/(k ratio)) or +-1/sqrt(k ratio) entries, regenerated from (seed, i // 4096) on the fly.
+  N(0, 1/(k ratio)) or +-1/sqrt(k ratio) entries; the rows of the kept coordinates of each aligned
+  4096-coordinate sub-block are regenerated from (seed, sub-block) on the fly.
 - ``gaussian``: dense N(0, 1/k) JL over all coordinates; a reference for small d only.
 - ``identity``: exact (k = d).
 """
@@ -175,28 +176,36 @@ class DenseJL(BlockwiseProjector):
         self.dist = dist
         self.ratio = subset_ratio
 
-    def _rows(self, sub: int, rows: torch.Tensor) -> torch.Tensor:
-        """Rows ``rows`` (local to aligned sub-block ``sub``) of the dense matrix, regenerated from the seed."""
+    def _kept(self, start: int, n: int, device) -> torch.Tensor:
+        """Mask of the coordinates start..start+n-1 kept by the subset (all of them without a subset)."""
+        if self.ratio is None:
+            return torch.ones(n, dtype=torch.bool, device=device)
+        u = coordinate_hash(self.cfg.seed, start, n, device, stream=1)
+        return (u & 0x7FFFFFFF).double() < self.ratio * 2**31
+
+    def _matrix(self, sub: int, n_rows: int) -> torch.Tensor:
+        """The ``[n_rows, k]`` matrix of aligned sub-block ``sub`` (one row per kept coordinate, in order)."""
         gen = torch.Generator(device="cpu").manual_seed(self.cfg.seed * 1_000_003 + sub)
         if self.dist == "gaussian":
-            full = torch.randn(MATRIX_ROWS, self.k, generator=gen)
+            mat = torch.randn(n_rows, self.k, generator=gen)
         else:
-            full = torch.randint(0, 2, (MATRIX_ROWS, self.k), generator=gen).float() * 2 - 1
-        scale = math.sqrt(self.k * (self.ratio or 1.0))  # keeps E<Px, Py> = <x, y> after subsetting
-        return full[rows] / scale
+            mat = torch.randint(0, 2, (n_rows, self.k), generator=gen).float() * 2 - 1
+        return mat / math.sqrt(self.k * (self.ratio or 1.0))  # keeps E<Px, Py> = <x, y> after subsetting
 
     def _block(self, xb: torch.Tensor, start: int, n: int) -> torch.Tensor:
-        if self.ratio is not None:
-            u = coordinate_hash(self.cfg.seed, start, n, xb.device, stream=1)
-            keep = (u & 0x7FFFFFFF).double() < self.ratio * 2**31
-        else:
-            keep = torch.ones(n, dtype=torch.bool, device=xb.device)
         out = torch.zeros(xb.shape[0], self.k, dtype=torch.float64, device=xb.device)
-        coords = torch.nonzero(keep).squeeze(1).cpu() + start
-        for sub in torch.unique(coords // MATRIX_ROWS).tolist():
-            sel = coords[(coords // MATRIX_ROWS) == sub]
-            mat = self._rows(sub, sel - sub * MATRIX_ROWS).to(xb.device)
-            out += (xb[:, (sel - start).to(xb.device)] @ mat).double()
+        first, last = start // MATRIX_ROWS, (start + n - 1) // MATRIX_ROWS
+        for sub in range(first, last + 1):
+            s0 = sub * MATRIX_ROWS
+            kept = self._kept(s0, MATRIX_ROWS, xb.device)  # the whole aligned sub-block defines row numbering
+            lo, hi = max(start, s0), min(start + n, s0 + MATRIX_ROWS)
+            rank = torch.cumsum(kept.long(), 0) - 1
+            local = torch.arange(lo - s0, hi - s0, device=xb.device)
+            local = local[kept[local]]
+            if local.numel() == 0:
+                continue
+            mat = self._matrix(sub, int(kept.sum()))[rank[local].cpu()].to(xb.device)
+            out += (xb[:, local + s0 - start] @ mat).double()
         return out
 
 
