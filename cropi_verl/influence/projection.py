@@ -55,13 +55,13 @@ def fmix32_int(h: int) -> int:
     return h
 
 
-def _fmix32(h: torch.Tensor) -> torch.Tensor:
-    """fmix32 on an int32 tensor (wrapping multiply; logical shifts emulated by masking)."""
-    h = h ^ ((h >> 16) & 0xFFFF)
-    h = h * _signed32(_C1)
-    h = h ^ ((h >> 13) & 0x7FFFF)
-    h = h * _signed32(_C2)
-    return h ^ ((h >> 16) & 0xFFFF)
+def _fmix32_(h: torch.Tensor) -> torch.Tensor:
+    """fmix32 in place on an int32 tensor (wrapping multiply; logical shifts emulated by masking)."""
+    h.bitwise_xor_((h >> 16) & 0xFFFF)
+    h.mul_(_signed32(_C1))
+    h.bitwise_xor_((h >> 13) & 0x7FFFF)
+    h.mul_(_signed32(_C2))
+    return h.bitwise_xor_((h >> 16) & 0xFFFF)
 
 
 def _hi_key(seed: int, hi: int, stream: int) -> int:
@@ -73,8 +73,13 @@ def coordinate_hash(seed: int, start: int, n: int, device: torch.device | str = 
     hi = start >> 32
     if (start + n - 1) >> 32 != hi:
         raise ValueError("coordinate range crosses a 2^32 boundary; split it")
-    lo = torch.arange(start & _M32, (start & _M32) + n, device=device, dtype=torch.int64).to(torch.int32)
-    return _fmix32((lo * _signed32(_GOLDEN)) ^ _signed32(_hi_key(seed, hi, stream)))
+    lo = start & _M32
+    if lo + n <= 1 << 31:
+        h = torch.arange(lo, lo + n, device=device, dtype=torch.int32)
+    else:  # int32 wraps: the same low 32 bits
+        h = torch.arange(lo, lo + n, device=device, dtype=torch.int64).to(torch.int32)
+    h.mul_(_signed32(_GOLDEN)).bitwise_xor_(_signed32(_hi_key(seed, hi, stream)))
+    return _fmix32_(h)
 
 
 def coordinate_hash_int(seed: int, i: int, stream: int = 0) -> int:
@@ -159,10 +164,7 @@ class SparseJL(BlockwiseProjector):
     def _block(self, xb: torch.Tensor, start: int, n: int) -> torch.Tensor:
         h = coordinate_hash(self.cfg.seed, start, n, xb.device)
         two_k = 2 * self.k
-        if two_k & (two_k - 1) == 0:
-            c = (h & (two_k - 1)).long()
-        else:
-            c = ((h & 0x7FFFFFFF) % two_k).long()
+        c = (h.bitwise_and_(two_k - 1) if two_k & (two_k - 1) == 0 else h.bitwise_and_(0x7FFFFFFF).remainder_(two_k)).long()
         acc = torch.zeros(xb.shape[0], two_k, dtype=torch.float32, device=xb.device)
         acc.index_add_(1, c, xb)
         return (acc[:, 0::2] - acc[:, 1::2]).double()
@@ -189,7 +191,7 @@ class DenseJL(BlockwiseProjector):
         if self.dist == "gaussian":
             mat = torch.randn(n_rows, self.k, generator=gen)
         else:
-            mat = torch.randint(0, 2, (n_rows, self.k), generator=gen).float() * 2 - 1
+            mat = torch.randn(n_rows, self.k, generator=gen).sign_()  # +-1 with probability 1/2 each
         return mat / math.sqrt(self.k * (self.ratio or 1.0))  # keeps E<Px, Py> = <x, y> after subsetting
 
     def _block(self, xb: torch.Tensor, start: int, n: int) -> torch.Tensor:

@@ -1,0 +1,75 @@
+#!/usr/bin/env python
+"""Projection throughput: each method on a d-dim fp32 vector (50M on CPU; 1.5B on GPU when one is present).
+
+Reports GB/s of input consumed, the fraction of the measured memory bandwidth (a large ``tensor.sum()`` read in
+the same run), and the speed-up of ``sparse_jl`` over a dense Gaussian JL at the same k; the dense JL is timed
+on a slice (it is infeasible on the whole vector) and scaled linearly in d. The last line is one JSON object.
+
+    python scripts/bench_projection.py [--quick] [--dim 50000000] [--k 8192] [--device cpu|cuda]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+
+import torch
+
+from cropi_verl.influence.projection import make_projector
+
+
+def timed(fn, device: str, repeat: int) -> float:
+    """Best wall time of ``repeat`` calls (after one warm-up call)."""
+    fn()
+    best = float("inf")
+    for _ in range(repeat):
+        if device == "cuda":
+            torch.cuda.synchronize()
+        t = time.perf_counter()
+        fn()
+        if device == "cuda":
+            torch.cuda.synchronize()
+        best = min(best, time.perf_counter() - t)
+    return best
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--quick", action="store_true", help="10M dims, one repeat (<= 60 s)")
+    ap.add_argument("--dim", type=int, default=None, help="default 50M (CPU) / 1.5B (GPU); quick 10M")
+    ap.add_argument("--k", type=int, default=8192)
+    ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    ap.add_argument("--dense-slice", type=int, default=1 << 17, help="coordinates the dense JL is timed on")
+    args = ap.parse_args(argv)
+    dev = args.device
+    dim = args.dim or (10_000_000 if args.quick else (1_500_000_000 if dev == "cuda" else 50_000_000))
+    repeat = 1 if args.quick else 3
+    x = torch.randn(dim, device=dev)
+    gb = x.numel() * 4 / 1e9
+    bw = gb / timed(lambda: x.sum(), dev, repeat)
+    rows = []
+    for method in ["sparse_jl", "subset_rademacher", "subset_gaussian"]:
+        n = dim if method == "sparse_jl" else min(dim, args.dense_slice * 8)
+        proj = make_projector(method, dim, args.k, 0, subset_ratio=0.15)
+        sec = timed(lambda: proj.project(x[:n]), dev, repeat) * dim / n
+        rows.append({"method": method, "seconds": sec, "gb_per_s": gb / sec, "timed_on": n})
+    dense = make_projector("gaussian", args.dense_slice, args.k, 0)
+    dense_sec = timed(lambda: dense.project(x[: args.dense_slice]), dev, repeat) * dim / args.dense_slice
+    rows.append({"method": "gaussian (dense)", "seconds": dense_sec, "gb_per_s": gb / dense_sec, "timed_on": args.dense_slice})
+    print(f"d={dim:,} k={args.k} device={dev} threads={torch.get_num_threads()} read bandwidth={bw:.2f} GB/s")
+    print(f"{'method':<20}{'seconds':>10}{'GB/s':>8}{'of bw':>8}{'vs dense':>10}  timed on")
+    for r in rows:
+        print(f"{r['method']:<20}{r['seconds']:>10.3f}{r['gb_per_s']:>8.2f}{r['gb_per_s'] / bw:>8.1%}"
+              f"{dense_sec / r['seconds']:>9.1f}x  {r['timed_on']:,}")
+    sj = rows[0]
+    print(json.dumps({"method": "sparse_jl", "device": dev, "dim": dim, "k": args.k,
+                      "seconds": round(sj["seconds"], 4), "gb_per_s": round(sj["gb_per_s"], 3),
+                      "bandwidth_gb_per_s": round(bw, 3), "bandwidth_fraction": round(sj["gb_per_s"] / bw, 4),
+                      "speedup_vs_dense": round(dense_sec / sj["seconds"], 1)}))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
