@@ -63,13 +63,16 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--pool", type=int, default=None, help="pool prompts to rollout (default 600, quick 200)")
     ap.add_argument("--default-k", type=int, default=8192)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--methods", nargs="*", default=["sparse_jl", "subset_gaussian", "subset_rademacher", "gaussian"])
+    ap.add_argument("--ks", nargs="*", type=int, default=None, help="k sweep (default 512 2048 <default-k> 32768)")
+    ap.add_argument("--ratios", nargs="*", type=float, default=None, help="subset ratio sweep (default .05 .15 .5 1)")
     args = ap.parse_args(argv)
     torch.set_num_threads(2)
     t0 = time.time()
     pool_n = args.pool or (200 if args.quick else 600)
     val_n = 8 if args.quick else 16
-    ks = [args.default_k] if args.quick else [512, 2048, args.default_k, 32768]
-    ratios = [0.15] if args.quick else [0.05, 0.15, 0.5, 1.0]
+    ks = args.ks or ([args.default_k] if args.quick else [512, 2048, args.default_k, 32768])
+    ratios = args.ratios or ([0.15] if args.quick else [0.05, 0.15, 0.5, 1.0])
     policy = args.policy or build_tiny_policy(TinyPolicyConfig())
     model = AutoModelForCausalLM.from_pretrained(policy).eval()
     tok = AutoTokenizer.from_pretrained(policy)
@@ -81,7 +84,7 @@ def main(argv: list[str] | None = None) -> int:
     exact = {s: v.numpy() for s, v in influence_scores(train, val).items()}
     print(f"exact gradients: {train.shape[0]} scored prompts x d={dim} ({time.time() - t0:.0f}s)")
     rows = []
-    for method in ["sparse_jl", "subset_gaussian", "subset_rademacher", "gaussian"]:
+    for method in args.methods:
         for k in ks:
             for ratio in ratios if method.startswith("subset") else [None]:
                 try:
