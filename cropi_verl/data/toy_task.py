@@ -1,0 +1,212 @@
+"""The embedded task: a deterministic verifiable arithmetic task with skill families and difficulty tiers.
+
+Families: ``add``, ``sub``, ``mul``, ``max``, ``rev`` (reverse the digits); tiers 1 (easy) .. 3 (hard);
+each family has a symbolic and a word-problem template. Every answer is an integer, written by the
+reference solution as ``<work> = <n>. \\boxed{<n>}``.
+
+The splits are built so that *selection matters*:
+
+- ``train``: the pool, uniform over families x tiers. Only ``add`` and ``sub`` (2/5 of it) teach the skills
+  the targeted validation sets measure; tier 1 is mostly solved and tier 3 mostly unsolved by the warm-up
+  policy (zero-advantage groups), tier 2 is learnable.
+- ``val_add``, ``val_sub``: the targeted validation sets (tier 2 of one family each).
+- ``val_mixed``: the untargeted held-out set (tier 2 of every family).
+- ``sft``: the warm-up corpus for the tiny policy.
+
+All splits are disjoint by problem (family, operands). The same ``seed`` gives byte-identical frames.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import random
+from dataclasses import dataclass
+from typing import Callable
+
+import pandas as pd
+
+from cropi_verl.data.verl_format import make_record
+
+DATA_SOURCE_PREFIX = "cropi_toy"
+FAMILIES = ("add", "sub", "mul", "max", "rev")
+TIERS = (1, 2, 3)
+TARGETED_SETS = ("val_add", "val_sub")
+UNTARGETED_SETS = ("val_mixed",)
+
+_NAMES = ("Ann", "Bo", "Cy", "Di", "Ed", "Flo")
+_THINGS = ("apples", "coins", "cards", "pens")
+
+
+@dataclass(frozen=True)
+class Problem:
+    family: str
+    tier: int
+    operands: tuple[int, ...]
+    question: str
+    answer: int
+    solution: str
+
+    @property
+    def key(self) -> tuple:
+        return (self.family, self.operands)
+
+
+# digits of each operand, per family and tier
+_DIGITS: dict[str, dict[int, tuple[int, ...]]] = {
+    "add": {1: (1, 1), 2: (2, 1), 3: (2, 2)},
+    "sub": {1: (1, 1), 2: (2, 1), 3: (2, 2)},
+    "mul": {1: (1, 1), 2: (2, 1), 3: (2, 2)},
+    "max": {1: (1, 1), 2: (2, 2), 3: (2, 2, 2)},
+    "rev": {1: (2,), 2: (3,), 3: (4,)},
+}
+
+
+def _operands(rng: random.Random, family: str, tier: int) -> tuple[int, ...]:
+    return tuple(rng.randint(10 ** (n - 1) if n > 1 else 0, 10**n - 1) for n in _DIGITS[family][tier])
+
+
+def _add(rng: random.Random, tier: int, word: bool) -> Problem:
+    a, b = _operands(rng, "add", tier)
+    name, thing = rng.choice(_NAMES), rng.choice(_THINGS)
+    q = f"{name} has {a} {thing} and gets {b} more. How many {thing} now?" if word else f"What is {a} + {b}?"
+    return Problem("add", tier, (a, b), q, a + b, f"{a} + {b} = {a + b}")
+
+
+def _sub(rng: random.Random, tier: int, word: bool) -> Problem:
+    a, b = sorted(_operands(rng, "sub", tier), reverse=True)
+    name, thing = rng.choice(_NAMES), rng.choice(_THINGS)
+    q = f"{name} has {a} {thing} and gives away {b}. How many {thing} are left?" if word else f"What is {a} - {b}?"
+    return Problem("sub", tier, (a, b), q, a - b, f"{a} - {b} = {a - b}")
+
+
+def _mul(rng: random.Random, tier: int, word: bool) -> Problem:
+    a, b = _operands(rng, "mul", tier)
+    thing = rng.choice(_THINGS)
+    q = f"There are {a} boxes with {b} {thing} each. How many {thing}?" if word else f"What is {a} * {b}?"
+    return Problem("mul", tier, (a, b), q, a * b, f"{a} * {b} = {a * b}")
+
+
+def _max(rng: random.Random, tier: int, word: bool) -> Problem:
+    xs = _operands(rng, "max", tier)
+    listed = ", ".join(map(str, xs))
+    q = f"Which number is the largest: {listed}?" if word else f"What is max({listed})?"
+    return Problem("max", tier, xs, q, max(xs), f"max({listed}) = {max(xs)}")
+
+
+def _rev(rng: random.Random, tier: int, word: bool) -> Problem:
+    (a,) = _operands(rng, "rev", tier)
+    while a % 10 == 0:
+        (a,) = _operands(rng, "rev", tier)
+    r = int(str(a)[::-1])
+    q = f"Write the digits of {a} in reverse order." if word else f"What is reverse({a})?"
+    return Problem("rev", tier, (a,), q, r, f"reverse({a}) = {r}")
+
+
+GENERATORS: dict[str, Callable[[random.Random, int, bool], Problem]] = {
+    "add": _add,
+    "sub": _sub,
+    "mul": _mul,
+    "max": _max,
+    "rev": _rev,
+}
+
+
+def solution_text(p: Problem) -> str:
+    """The reference response: the work line, then the boxed answer."""
+    return f"{p.solution}. \\boxed{{{p.answer}}}"
+
+
+def _stream_rng(seed: int, split: str, family: str, tier: int) -> random.Random:
+    h = hashlib.sha256(f"{seed}/{split}/{family}/{tier}".encode()).digest()
+    return random.Random(int.from_bytes(h[:8], "little"))
+
+
+def generate_problems(
+    n: int,
+    split: str,
+    seed: int,
+    families: tuple[str, ...] = FAMILIES,
+    tiers: tuple[int, ...] = TIERS,
+    exclude: set[tuple] | None = None,
+    unique: bool = True,
+    weights: dict[str, int] | None = None,
+) -> list[Problem]:
+    """``n`` problems, round-robin over families x tiers, none of whose keys is in ``exclude``;
+    with ``unique`` they are also pairwise distinct (without it, repeats are allowed: the warm-up corpus).
+
+    Each (family, tier) cell draws from its own seeded stream, so a cell's problems do not depend on
+    ``n`` or on the other cells. ``weights[family]`` (default 1) repeats a family's cells in the round-robin.
+    """
+    for f in families:
+        if f not in GENERATORS:
+            raise ValueError(f"unknown family {f!r}; expected one of {FAMILIES}")
+    excluded = set(exclude or ())
+    cells = [(f, t) for f in families for t in tiers for _ in range((weights or {}).get(f, 1))]
+    rngs = {c: _stream_rng(seed, split, *c) for c in set(cells)}
+    out: list[Problem] = []
+    drawn: set[tuple] = set()
+    stalls = 0
+    while len(out) < n:
+        f, t = cells[len(out) % len(cells)]
+        rng = rngs[(f, t)]
+        p = GENERATORS[f](rng, t, rng.random() < 0.5)
+        if p.key in excluded or (unique and p.key in drawn):
+            stalls += 1
+            if stalls > 10_000:
+                raise ValueError(f"cannot draw {n} distinct problems for split {split!r}: cell {f}/tier {t} is exhausted")
+            continue
+        drawn.add(p.key)
+        out.append(p)
+    return out
+
+
+def to_records(problems: list[Problem], split: str, start_index: int = 0) -> pd.DataFrame:
+    """verl-format rows (one user turn, no system prompt: the tiny policy learns the boxed format in its
+    warm-up); ``extra_info`` carries family, tier and the reference solution."""
+    rows = [
+        make_record(
+            [{"role": "user", "content": p.question}],
+            ground_truth=str(p.answer),
+            data_source=f"{DATA_SOURCE_PREFIX}/{p.family}",
+            index=start_index + i,
+            split=split,
+            family=p.family,
+            tier=p.tier,
+            solution=solution_text(p),
+        )
+        for i, p in enumerate(problems)
+    ]
+    return pd.DataFrame(rows)
+
+
+@dataclass(frozen=True)
+class ToyTaskConfig:
+    seed: int = 0
+    n_train: int = 600
+    n_val: int = 64
+    n_sft: int = 6000
+    # the warm-up corpus over-weights the arithmetic families, which a tiny model learns slowest
+    sft_weights: tuple[tuple[str, int], ...] = (("add", 3), ("sub", 3), ("mul", 2))
+
+
+def build_toy_task(cfg: ToyTaskConfig) -> dict[str, pd.DataFrame]:
+    """All splits of the embedded task, keyed by split name; validation splits are drawn first."""
+    used: set[tuple] = set()
+    frames: dict[str, pd.DataFrame] = {}
+    plan = [
+        ("val_add", cfg.n_val, ("add",), (2,)),
+        ("val_sub", cfg.n_val, ("sub",), (2,)),
+        ("val_mixed", cfg.n_val, FAMILIES, (2,)),
+        ("train", cfg.n_train, FAMILIES, TIERS),
+        ("sft", cfg.n_sft, FAMILIES, TIERS),
+    ]
+    offset = 0
+    for split, n, fams, tiers in plan:
+        sft = split == "sft"
+        probs = generate_problems(
+            n, split, cfg.seed, fams, tiers, exclude=used, unique=not sft, weights=dict(cfg.sft_weights) if sft else None
+        )
+        used.update(p.key for p in probs)
+        frames[split] = to_records(probs, split, start_index=offset)
+        offset += n
+    return frames
