@@ -18,7 +18,6 @@ Responses are processed in micro-batches (backward per micro-batch, projected an
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
 from typing import Iterable, Sequence
 
@@ -201,7 +200,3 @@ def validation_gradient(result: PopiResult, max_prompts: int | None = None) -> t
     if len(feats) == 0:
         raise ValueError("validation set has no usable prompts (all zero-advantage or non-finite)")
     return feats.double().mean(0).float()
-
-
-def flat_norm(x: torch.Tensor) -> float:
-    return math.sqrt(float((x.double() ** 2).sum()))
