@@ -41,11 +41,13 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--dim", type=int, default=None, help="default 50M (CPU) / 1.5B (GPU); quick 10M")
     ap.add_argument("--k", type=int, default=8192)
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    ap.add_argument("--dense-slice", type=int, default=1 << 17, help="coordinates the dense JL is timed on")
+    ap.add_argument("--dense-slice", type=int, default=None,
+                    help="coordinates the dense JL is timed on (default 2^17; quick 2^14)")
     args = ap.parse_args(argv)
     dev = args.device
     dim = args.dim or (10_000_000 if args.quick else (1_500_000_000 if dev == "cuda" else 50_000_000))
     repeat = 1 if args.quick else 3
+    args.dense_slice = args.dense_slice or (1 << 14 if args.quick else 1 << 17)
     x = torch.randn(dim, device=dev)
     gb = x.numel() * 4 / 1e9
     bw = gb / timed(lambda: x.sum(), dev, repeat)
