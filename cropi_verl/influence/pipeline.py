@@ -30,9 +30,10 @@ def features_into_store(
     cfg: PopiConfig = PopiConfig(),
     progress: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor, dict[str, list[int]]]:
-    """Compute the missing shards, then return ``store.load`` of all of them."""
+    """Compute the missing shards; return all shards concatenated (each finished shard is read once)."""
     n_shards = (len(prompts) + shard_size - 1) // shard_size
-    todo = [j for j in range(n_shards) if not store.has_shard(j)]
+    shards = [store.read_shard(j) for j in range(n_shards)]
+    todo = [j for j, obj in enumerate(shards) if obj is None]
     if len(todo) < n_shards:
         log.info("%s: resuming, %d of %d shards already done", store.path, n_shards - len(todo), n_shards)
     bar = tqdm(total=sum(len(prompts[j * shard_size : (j + 1) * shard_size]) for j in todo),
@@ -41,10 +42,10 @@ def features_into_store(
         chunk = prompts[j * shard_size : (j + 1) * shard_size]
         res = popi_features(model, chunk, projector, pad_id, cfg)
         skipped = {"zero_advantage": res.zero_advantage, "nonfinite": res.nonfinite}
-        store.write_shard(j, torch.tensor(res.prompt_ids, dtype=torch.int64), res.features, skipped)
+        shards[j] = store.write_shard(j, torch.tensor(res.prompt_ids, dtype=torch.int64), res.features, skipped)
         bar.update(len(chunk))
     bar.close()
-    ids, feats, skipped = store.load(n_shards)
+    ids, feats, skipped = store.concat(shards)
     if skipped.get("nonfinite"):
         log.warning("%d prompts had a non-finite gradient and were left out: %s",
                     len(skipped["nonfinite"]), skipped["nonfinite"][:10])

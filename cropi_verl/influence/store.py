@@ -55,7 +55,8 @@ class FeatureStore:
         try:
             obj = torch.load(p, map_location="cpu", weights_only=True)
             ids, feats = obj["prompt_ids"], obj["features"]
-            assert isinstance(obj["skipped"], dict)
+            if not isinstance(obj["skipped"], dict):
+                raise ValueError("'skipped' is not a dict")
             k = self.manifest.get("k")
             if obj["shard"] != i or feats.shape != (len(ids), k if k is not None else feats.shape[1]):
                 raise ValueError(f"shard index/shape mismatch: {obj['shard']}, {tuple(feats.shape)}")
@@ -79,14 +80,22 @@ class FeatureStore:
         buf = io.BytesIO()
         torch.save(obj, buf)
         atomic_write_bytes(buf.getvalue(), self.shard_path(i))
+        return obj
 
     def load(self, n_shards: int) -> tuple[torch.Tensor, torch.Tensor, dict[str, list[int]]]:
         """Shards 0..n_shards-1 concatenated in order: (prompt_ids, features, skipped ids by reason)."""
-        ids, feats, skipped = [], [], {}
+        shards = []
         for i in range(n_shards):
             got = self.read_shard(i)
             if got is None:
                 raise FileNotFoundError(f"{self.shard_path(i)}: shard missing or unreadable; rerun to complete the store")
+            shards.append(got)
+        return self.concat(shards)
+
+    def concat(self, shards: list[dict[str, Any]]) -> tuple[torch.Tensor, torch.Tensor, dict[str, list[int]]]:
+        """Shard objects (in order) as (prompt_ids, features, skipped ids by reason)."""
+        ids, feats, skipped = [], [], {}
+        for got in shards:
             ids.append(got["prompt_ids"])
             feats.append(got["features"])
             for reason, v in got["skipped"].items():
