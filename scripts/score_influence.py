@@ -19,8 +19,9 @@ from pathlib import Path
 import pandas as pd
 import torch
 
-from cropi_verl.curriculum.influence_pass import influence_pass
+from cropi_verl.curriculum.influence_pass import influence_pass, store_manifest
 from cropi_verl.influence.gradients import PopiConfig, parameter_offsets
+from cropi_verl.influence.pipeline import local_featurizer
 from cropi_verl.influence.projection import METHODS, make_projector
 from cropi_verl.influence.selection import STRATEGIES
 from cropi_verl.utils.atomic import atomic_write_json, atomic_write_parquet
@@ -66,14 +67,14 @@ def main(argv: list[str] | None = None) -> int:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     tok = AutoTokenizer.from_pretrained(args.model)
-    model = AutoModelForCausalLM.from_pretrained(args.model, torch_dtype=torch.float32).to(args.device)
+    model = AutoModelForCausalLM.from_pretrained(args.model, dtype=torch.float32).to(args.device)
     _, dim = parameter_offsets(model)
     proj = make_projector(args.method, dim, args.k, args.proj_seed, args.subset_ratio)
+    popi = PopiConfig(clip_ratio=args.clip_ratio, micro_batch=args.micro_batch)
     res = influence_pass(
-        model, train, val, proj, args.out / "features",
-        {"model": str(args.model), "model_step": args.model_step},
-        tok.pad_token_id, args.strategy, args.fraction, args.seed, args.metric, args.max_val_prompts,
-        args.shard_size, PopiConfig(clip_ratio=args.clip_ratio, micro_batch=args.micro_batch), progress=True,
+        local_featurizer(model, proj, tok.pad_token_id, popi), train, val, args.out / "features",
+        store_manifest(proj, popi, model=str(args.model), model_step=args.model_step),
+        args.strategy, args.fraction, args.seed, args.metric, args.max_val_prompts, args.shard_size, progress=True,
     )
     atomic_write_parquet(res.scores, args.out / "scores.parquet")
     atomic_write_json(

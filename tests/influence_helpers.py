@@ -36,3 +36,15 @@ def make_prompts(n: int, k: int = 4, seed: int = 0, zero_every: int = 0) -> list
             rewards[0] = 0.0
         out.append(PromptRollouts(100 + i, prompt, resp, beh, rewards))
     return out
+
+
+def rollout_table(prompts: list[PromptRollouts]) -> "pd.DataFrame":
+    """The offline-rollout record table (``cropi_verl.rollout.records``) of hand-built prompt rollouts."""
+    import pandas as pd
+
+    from cropi_verl.rollout.records import RECORD_COLUMNS, Response, make_row
+
+    rows = [make_row(p.prompt_id, "cropi_toy/add", "train", "0", p.prompt_ids,
+                     [Response(r, "", lp, False) for r, lp in zip(p.responses, p.behaviour_logprobs)], p.rewards, None)
+            for p in prompts]
+    return pd.DataFrame(rows, columns=list(RECORD_COLUMNS))

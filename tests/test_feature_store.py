@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from cropi_verl.influence.gradients import parameter_offsets
-from cropi_verl.influence.pipeline import features_into_store
+from cropi_verl.influence.pipeline import features_into_store, local_featurizer
 from cropi_verl.influence.projection import make_projector
 from cropi_verl.influence.store import FeatureStore, FeatureStoreMismatch
 from influence_helpers import PAD, make_prompts, tiny_model
@@ -16,32 +16,28 @@ def _manifest(proj, step=0):
     return {"model_step": step, "projector": proj.config(), "k": proj.k, "seed": 0}
 
 
-def test_interrupted_pass_resumes_and_matches(tmp_path, monkeypatch):
+def test_interrupted_pass_resumes_and_matches(tmp_path):
     model = tiny_model()
     prompts = make_prompts(10, zero_every=4)
     _, dim = parameter_offsets(model)
     proj = make_projector("sparse_jl", dim, k=32)
-    ref_ids, ref_feats, ref_skipped = features_into_store(model, prompts, proj, FeatureStore(tmp_path / "a", _manifest(proj)), PAD, 3)
-
-    import cropi_verl.influence.pipeline as pipeline
-    real = pipeline.popi_features
+    real = local_featurizer(model, proj, PAD)
+    ref_ids, ref_feats, ref_skipped = features_into_store(real, prompts, FeatureStore(tmp_path / "a", _manifest(proj)), 3)
     calls = []
 
-    def dying(*args, **kw):  # the third shard "crashes"
+    def dying(chunk):  # the third shard "crashes"
         calls.append(1)
         if len(calls) == 3:
             raise KeyboardInterrupt
-        return real(*args, **kw)
+        return real(chunk)
 
-    monkeypatch.setattr(pipeline, "popi_features", dying)
     store_b = FeatureStore(tmp_path / "b", _manifest(proj))
     with pytest.raises(KeyboardInterrupt):
-        features_into_store(model, prompts, proj, store_b, PAD, 3)
+        features_into_store(dying, prompts, store_b, 3)
     assert sorted(p.name for p in (tmp_path / "b").iterdir()) == ["manifest.json", "shard_00000.pt", "shard_00001.pt"]
-    monkeypatch.setattr(pipeline, "popi_features", real)
     calls.clear()
-    monkeypatch.setattr(pipeline, "popi_features", lambda *a, **k: (calls.append(1), real(*a, **k))[1])
-    ids, feats, skipped = features_into_store(model, prompts, proj, FeatureStore(tmp_path / "b", _manifest(proj)), PAD, 3)
+    counting = lambda chunk: (calls.append(1), real(chunk))[1]  # noqa: E731
+    ids, feats, skipped = features_into_store(counting, prompts, FeatureStore(tmp_path / "b", _manifest(proj)), 3)
     assert len(calls) == 2  # only shards 2 and 3 recomputed
     assert torch.equal(ids, ref_ids) and torch.equal(feats, ref_feats)
     assert skipped == ref_skipped and skipped["zero_advantage"] == [100, 104, 108]
@@ -53,11 +49,12 @@ def test_corrupt_shard_is_redone(tmp_path):
     _, dim = parameter_offsets(model)
     proj = make_projector("sparse_jl", dim, k=16)
     store = FeatureStore(tmp_path, _manifest(proj))
-    _, ref, _ = features_into_store(model, prompts, proj, store, PAD, 2)
+    featurize = local_featurizer(model, proj, PAD)
+    _, ref, _ = features_into_store(featurize, prompts, store, 2)
     data = store.shard_path(1).read_bytes()
     store.shard_path(1).write_bytes(data[: len(data) // 2])  # truncated on disk
     assert not store.has_shard(1)
-    _, again, _ = features_into_store(model, prompts, proj, store, PAD, 2)
+    _, again, _ = features_into_store(featurize, prompts, store, 2)
     assert torch.equal(again, ref)
 
 

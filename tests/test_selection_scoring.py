@@ -49,9 +49,13 @@ def test_shortfall_when_too_few_scored():
 def test_pass_rate_and_learnability_hand_computed():
     p = np.array([0.0, 0.5, 1.0, 0.25, 0.875, 0.5, 0.625, 0.125, 1.0, 0.0])
     pool = SelectionPool(IDS, pass_rate=p)
-    # |p - .5|: 0.5 0 0.5 .25 .375 0 .125 .375 .5 .5 -> best: 11, 15 (tie), then 16, then 13
+    # 0 < p < 1: ids 11, 13, 14, 15, 16, 17 qualify; 4 of them, in the seed's random order
     res = select("pass_rate", pool, fraction=0.4, seed=0)
-    assert set(res.prompt_ids[:2].tolist()) == {11, 15} and res.prompt_ids[2:].tolist() == [16, 13]
+    assert len(res.prompt_ids) == 4 and set(res.prompt_ids.tolist()) <= {11, 13, 14, 15, 16, 17}
+    tb = np.random.default_rng(0).permutation(10)  # the documented tie-break: ascending permutation rank
+    assert res.prompt_ids.tolist() == [IDS[i] for i in sorted([1, 3, 4, 5, 6, 7], key=lambda i: tb[i])][:4]
+    short = select("pass_rate", pool, fraction=0.8, seed=0)
+    assert short.shortfall == 2 and sorted(short.prompt_ids.tolist()) == [11, 13, 14, 15, 16, 17]
     res = select("learnability", pool, fraction=0.3, seed=0)  # p(1-p): .25 .25 .234375 ...
     assert set(res.prompt_ids[:2].tolist()) == {11, 15} and res.prompt_ids[2] == 16
 

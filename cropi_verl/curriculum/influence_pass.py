@@ -2,7 +2,8 @@
 cosine scores, and a selection. Used by ``scripts/score_influence.py`` and by the curriculum stage routine.
 
 Features go to ``<store_root>/train`` and ``<store_root>/val_<name>`` feature stores whose manifest names the
-model step and projector, so an interrupted pass resumes and a stale store is refused.
+model step, projector and POPI settings (``store_manifest``), so an interrupted pass resumes and a stale store is
+refused. The gradients come from a ``Featurizer``: in process (``local_featurizer``) or a Ray worker group.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ import pandas as pd
 import torch
 
 from cropi_verl.influence.gradients import PopiConfig, PopiResult, validation_gradient
-from cropi_verl.influence.pipeline import features_into_store
+from cropi_verl.influence.pipeline import Featurizer, features_into_store
 from cropi_verl.influence.projection import Projector
 from cropi_verl.influence.scoring import influence_scores
 from cropi_verl.influence.selection import SelectionPool, SelectionResult, select
@@ -44,33 +45,35 @@ def pool_for_selection(train: pd.DataFrame, scores: Mapping[str, np.ndarray] | N
     )
 
 
+def store_manifest(projector: Projector, popi: PopiConfig, **extra) -> dict:
+    """What a feature store must match to be reused: projector config, k, POPI settings, plus ``extra``
+    (e.g. ``model``, ``model_step``)."""
+    return extra | {"projector": projector.config(), "k": projector.k, "popi": asdict(popi)}
+
+
 def influence_pass(
-    model: torch.nn.Module,
+    featurize: Featurizer,
     train: pd.DataFrame,
     val: Mapping[str, pd.DataFrame],
-    projector: Projector,
     store_root: str | Path,
     manifest: dict,
-    pad_id: int,
     strategy: str = "cropi",
     fraction: float = 0.1,
     seed: int = 0,
     metric: str = "cosine",
     max_val_prompts: int = 100,
     shard_size: int = 256,
-    popi: PopiConfig = PopiConfig(),
     progress: bool = False,
 ) -> InfluencePass:
-    """Features, scores and selection at the current ``model`` (see the module docstring)."""
+    """Features, scores and selection at the policy ``featurize`` runs (see the module docstring)."""
     root = Path(store_root)
-    base = manifest | {"projector": projector.config(), "k": projector.k, "popi": asdict(popi)}
     val_grads = {}
     for name, frame in val.items():
         rng = np.random.default_rng(seed)
         rows = frame.iloc[np.sort(rng.permutation(len(frame))[:max_val_prompts])] if len(frame) > max_val_prompts else frame
         ids, feats, skipped = features_into_store(
-            model, to_prompt_rollouts(rows), projector, FeatureStore(root / f"val_{name}", base | {"set": name}),
-            pad_id, shard_size, popi, progress,
+            featurize, to_prompt_rollouts(rows), FeatureStore(root / f"val_{name}", manifest | {"set": name}),
+            shard_size, progress,
         )
         try:
             val_grads[name] = validation_gradient(PopiResult(ids.tolist(), feats))
@@ -78,8 +81,7 @@ def influence_pass(
             raise ValueError(f"validation set {name!r}: {e} ({len(rows)} prompts, "
                              f"{len(skipped.get('zero_advantage', []))} zero-advantage)") from None
     ids, feats, skipped = features_into_store(
-        model, to_prompt_rollouts(train), projector, FeatureStore(root / "train", base | {"set": "train"}),
-        pad_id, shard_size, popi, progress,
+        featurize, to_prompt_rollouts(train), FeatureStore(root / "train", manifest | {"set": "train"}), shard_size, progress
     )
     per_set = influence_scores(feats, val_grads, metric) if len(ids) else {n: torch.zeros(0) for n in val_grads}
     pos = {int(p): i for i, p in enumerate(train["prompt_id"])}

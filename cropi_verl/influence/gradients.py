@@ -78,13 +78,11 @@ def parameter_offsets(model: torch.nn.Module) -> tuple[list[tuple[str, torch.nn.
     return out, off
 
 
-def response_logprobs(
+def response_logits(
     model: torch.nn.Module, prompt_ids: Sequence[Sequence[int]], responses: Sequence[Sequence[int]], pad_id: int
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """log pi(response_b[t] | prompt_b, response_b[:t]) as ``[B, T]`` plus a ``[B, T]`` mask (T = longest response).
-
-    One right-padded forward pass of a causal LM (``model(input_ids, attention_mask).logits``).
-    """
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Logits predicting each response token, ``[B, T, V]`` fp32, its target ids ``[B, T]`` and a ``[B, T]`` mask
+    (T = longest response), from one right-padded forward pass (``model(input_ids, attention_mask).logits``)."""
     device = next(model.parameters()).device
     seqs = [list(p) + list(r) for p, r in zip(prompt_ids, responses)]
     width = max(len(s) for s in seqs)
@@ -102,6 +100,14 @@ def response_logprobs(
     logits = model(input_ids=ids, attention_mask=attn).logits
     logits = logits.gather(1, gather_pos[..., None].expand(-1, -1, logits.shape[-1])).float()
     targets = ids.gather(1, (gather_pos + 1).clamp(max=width - 1))
+    return logits, targets, mask
+
+
+def response_logprobs(
+    model: torch.nn.Module, prompt_ids: Sequence[Sequence[int]], responses: Sequence[Sequence[int]], pad_id: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """log pi(response_b[t] | prompt_b, response_b[:t]) as ``[B, T]`` (0 at padding) plus the ``[B, T]`` mask."""
+    logits, targets, mask = response_logits(model, prompt_ids, responses, pad_id)
     logp = torch.log_softmax(logits, dim=-1).gather(-1, targets[..., None]).squeeze(-1)
     return logp * mask, mask
 

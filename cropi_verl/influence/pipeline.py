@@ -3,31 +3,40 @@
 Shard j holds prompts ``[j * shard_size, (j + 1) * shard_size)`` of the given order. Finished shards are
 skipped on a rerun, so an interrupted pass resumes where it stopped; the result does not depend on the shard
 size (each prompt's feature is computed alone).
+
+The features themselves come from a ``Featurizer`` (prompts -> ``PopiResult``): ``local_featurizer`` runs
+``popi_features`` in this process; ``cropi_verl.workers`` provides one that fans a shard out to a Ray worker group.
 """
 
 from __future__ import annotations
 
 import logging
-from typing import Sequence
+from functools import partial
+from typing import Callable, Sequence
 
 import torch
 from tqdm.auto import tqdm
 
-from cropi_verl.influence.gradients import PopiConfig, PromptRollouts, popi_features
+from cropi_verl.influence.gradients import PopiConfig, PopiResult, PromptRollouts, popi_features
 from cropi_verl.influence.projection import Projector
 from cropi_verl.influence.store import FeatureStore
+from cropi_verl.utils.faults import kill_point
 
 log = logging.getLogger(__name__)
 
+Featurizer = Callable[[Sequence[PromptRollouts]], PopiResult]
+
+
+def local_featurizer(model: torch.nn.Module, projector: Projector, pad_id: int, cfg: PopiConfig = PopiConfig()) -> Featurizer:
+    """``popi_features`` at ``model``, in this process."""
+    return partial(popi_features, model, projector=projector, pad_id=pad_id, cfg=cfg)
+
 
 def features_into_store(
-    model: torch.nn.Module,
+    featurize: Featurizer,
     prompts: Sequence[PromptRollouts],
-    projector: Projector,
     store: FeatureStore,
-    pad_id: int,
     shard_size: int = 256,
-    cfg: PopiConfig = PopiConfig(),
     progress: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor, dict[str, list[int]]]:
     """Compute the missing shards; return all shards concatenated (each finished shard is read once)."""
@@ -40,9 +49,10 @@ def features_into_store(
                desc="POPI gradients", unit="prompt", disable=not progress)
     for j in todo:
         chunk = prompts[j * shard_size : (j + 1) * shard_size]
-        res = popi_features(model, chunk, projector, pad_id, cfg)
+        res = featurize(chunk)
         skipped = {"zero_advantage": res.zero_advantage, "nonfinite": res.nonfinite}
         shards[j] = store.write_shard(j, torch.tensor(res.prompt_ids, dtype=torch.int64), res.features, skipped)
+        kill_point("feature_shard")
         bar.update(len(chunk))
     bar.close()
     ids, feats, skipped = store.concat(shards)

@@ -7,7 +7,9 @@ prompt was not scored, e.g. zero advantage) and their offline pass rates. ``n = 
                      only); key(s) = sum_v 1 / rank_v(s); the top n by key (the paper's ``inf_valid_uniform``).
 - ``influence_max``: key(s) = max_v score_v(s); the top n (the paper's ``inf``).
 - ``random``:        n prompts uniformly at random from the whole pool.
-- ``pass_rate``:     mid-difficulty: key(s) = -|p(s) - 0.5|; the top n.
+- ``pass_rate``:     mid-difficulty filter: n prompts uniformly at random among those with 0 < p(s) < 1 (beta
+                     neither always nor never solved them); a shortfall when fewer qualify. (Ranking by
+                     -|p - 0.5| would be the same order as ``learnability``, since p(1-p) = 1/4 - (p - 1/2)^2.)
 - ``learnability``:  key(s) = p(s)(1 - p(s)); the top n.
 - ``full``:          every prompt.
 
@@ -91,7 +93,7 @@ KEYS: dict[str, Callable[[SelectionPool, np.ndarray], np.ndarray]] = {
     "cropi": _key_cropi,
     "influence_max": _key_influence_max,
     "random": lambda pool, tb: np.zeros(len(pool.prompt_ids)),
-    "pass_rate": lambda pool, tb: -np.abs(_pass_rate(pool) - 0.5),
+    "pass_rate": lambda pool, tb: np.where((_pass_rate(pool) > 0) & (_pass_rate(pool) < 1), 0.0, -np.inf),
     "learnability": lambda pool, tb: _pass_rate(pool) * (1 - _pass_rate(pool)),
     "full": lambda pool, tb: np.zeros(len(pool.prompt_ids)),
 }
@@ -110,5 +112,5 @@ def select(strategy: str, pool: SelectionPool, fraction: float, seed: int) -> Se
     chosen = eligible[:n]
     shortfall = n - len(chosen)
     if shortfall:
-        log.warning("%s: only %d scored prompts for %d slots; selecting all of them", strategy, len(chosen), n)
+        log.warning("%s: only %d eligible prompts for %d slots; selecting all of them", strategy, len(chosen), n)
     return SelectionResult(ids[chosen], key[chosen], n, shortfall)

@@ -1,30 +1,45 @@
 """The main job on its embedded default: the tiny CPU CROPI demo (``python -m cropi_verl.local.main [overrides]``).
 
-Steps so far: write the embedded task's parquet files, build (or load from cache) the warmed-up tiny policy,
-measure its initial avg@k pass rate per skill family / tier on the pool and on each validation set, and write
-``${output_dir}/summary.json``. The curriculum loop plugs in after these steps.
+1. Write the embedded task's parquet files; build (or load from cache) the warmed-up tiny policy (= beta).
+2. Collect offline rollouts of the pool and of each validation set from it (resumable).
+3. Start the influence worker group (Ray, verl single_controller, CPU).
+4. For each method in ``methods`` (CROPI and the baselines): a curriculum GRPO run of ``num_stages *
+   steps_per_stage`` steps on the local backend, evaluating the validation sets every ``eval.every`` steps.
+   A finished method (``<out>/<method>/result.json``) is skipped on a rerun; an interrupted one resumes.
+5. Write ``summary.json`` and ``curves.png`` (plus ``selection_<method>.png``) and print the table.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import time
-from dataclasses import fields
+from dataclasses import asdict, fields
 from pathlib import Path
 
 import hydra
 import numpy as np
+import pandas as pd
 import torch
 from omegaconf import DictConfig, OmegaConf
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
+from cropi_verl.curriculum.schedule import StageSchedule
 from cropi_verl.data.toy_task import TARGETED_SETS, UNTARGETED_SETS, ToyTaskConfig, build_toy_task
-from cropi_verl.data.verl_format import write_verl_parquet
-from cropi_verl.eval.accuracy import avg_at_k, mean_by
+from cropi_verl.data.verl_format import row_ids, write_verl_parquet
+from cropi_verl.eval.plots import plot_run
+from cropi_verl.eval.speedup import step_speedup
+from cropi_verl.influence.gradients import PopiConfig
+from cropi_verl.local.grpo import GRPOConfig
+from cropi_verl.local.trainer import EvalConfig, LocalCurriculumTrainer, LocalRun
 from cropi_verl.models.tiny_policy import TinyPolicyConfig, build_tiny_policy
+from cropi_verl.rollout.collect import CollectConfig, collect_rollouts, hf_backend
 from cropi_verl.utils.atomic import atomic_write_json
+from cropi_verl.utils.cli import one_line_errors
+from cropi_verl.workers.group import InfluenceWorkerGroup
 
 log = logging.getLogger("cropi_verl")
+VAL_SETS = TARGETED_SETS + UNTARGETED_SETS
 
 
 def _dataclass_from(cls, node: DictConfig, **extra):
@@ -46,62 +61,130 @@ def prepare(cfg: DictConfig) -> tuple[dict, Path]:
     return frames, policy_dir
 
 
-def initial_pass_rates(cfg: DictConfig, frames: dict, policy_dir: Path) -> dict:
-    """avg@k of the initial policy: per family and tier on (a sample of) the pool, and per validation set."""
-    model = AutoModelForCausalLM.from_pretrained(policy_dir)
+def offline_rollouts(cfg: DictConfig, policy_dir: Path) -> tuple[pd.DataFrame, dict[str, pd.DataFrame]]:
+    """beta's rollouts: ``offline.n`` per pool prompt, ``offline.val_n`` per *targeted* validation prompt (the
+    untargeted sets are held out of scoring, as in the paper); resumable."""
+    model = AutoModelForCausalLM.from_pretrained(policy_dir, dtype=torch.float32).eval()
     tok = AutoTokenizer.from_pretrained(policy_dir)
-    ev = cfg.eval
-    pool = frames["train"]
-    if ev.pool_sample is not None and ev.pool_sample < len(pool):
-        pool = pool.sample(n=ev.pool_sample, random_state=cfg.seed).reset_index(drop=True)
-    kw = dict(k=ev.k, temperature=ev.temperature, max_new_tokens=ev.max_new_tokens, batch_size=ev.batch_size)
-    acc = avg_at_k(model, tok, pool, seed=cfg.seed, progress=True, **kw)
-    out = {
-        "pool": {
-            "mean": float(np.mean(acc)),
-            "by_family": mean_by(pool, acc, "family"),
-            "by_tier": mean_by(pool, acc, "tier"),
-            "zero_advantage_fraction": float(np.mean((acc == 0) | (acc == 1))),
-        },
-        "val": {},
-    }
-    for name in TARGETED_SETS + UNTARGETED_SETS:
-        out["val"][name] = float(np.mean(avg_at_k(model, tok, frames[name], seed=cfg.seed, **kw)))
-    out["targeted"] = float(np.mean([out["val"][n] for n in TARGETED_SETS]))
-    out["untargeted"] = float(np.mean([out["val"][n] for n in UNTARGETED_SETS]))
+    out = {}
+    for split in ("train",) + TARGETED_SETS:
+        off = cfg.offline
+        cc = CollectConfig(model=str(policy_dir), input=str(Path(cfg.output_dir) / "data" / f"{split}.parquet"),
+                           backend="hf", n=off.n if split == "train" else off.val_n, temperature=off.temperature,
+                           max_new_tokens=off.max_new_tokens, seed=cfg.seed, batch_size=off.batch_size,
+                           shard_size=off.shard_size)
+        path = collect_rollouts(cc, Path(cfg.output_dir) / "rollouts" / split, hf_backend(model, tok, cc), tok)
+        out[split] = pd.read_parquet(path)
+    return out.pop("train"), out
+
+
+def pool_summary(train_rollouts: pd.DataFrame, prompts: pd.DataFrame) -> tuple[dict, pd.DataFrame]:
+    """beta's offline pass rate on the pool, overall and by skill family / tier, and the per-prompt table."""
+    info = pd.DataFrame({"prompt_id": row_ids(prompts), "family": [e["family"] for e in prompts["extra_info"]],
+                         "tier": [str(e["tier"]) for e in prompts["extra_info"]]})
+    pool = train_rollouts[["prompt_id", "pass_rate"]].merge(info, on="prompt_id")
+    p = pool["pass_rate"]
+    return {
+        "mean": float(p.mean()),
+        "by_family": {k: float(v) for k, v in pool.groupby("family")["pass_rate"].mean().items()},
+        "by_tier": {k: float(v) for k, v in pool.groupby("tier")["pass_rate"].mean().items()},
+        "zero_advantage_fraction": float(((p == 0) | (p == 1)).mean()),
+    }, pool
+
+
+def run_method(cfg: DictConfig, strategy: str, frames: dict, policy_dir: Path, train_roll: pd.DataFrame,
+               val_roll: dict, group: InfluenceWorkerGroup, manifest: dict) -> dict:
+    out = Path(cfg.output_dir) / strategy
+    if (out / "result.json").is_file():
+        log.info("%s: already finished, reusing %s", strategy, out / "result.json")
+        return json.loads((out / "result.json").read_text())
+    cur = cfg.curriculum
+    fraction = 1.0 if strategy == "full" else cur.fraction
+    schedule = StageSchedule(cur.num_stages, cur.steps_per_stage, fraction, strategy, cur.rescore)
+    inf = cfg.influence
+    run = LocalRun(
+        policy_dir=policy_dir, prompts=frames["train"], train_rollouts=train_roll, val_rollouts=val_roll,
+        val_prompts={n: frames[n] for n in VAL_SETS}, targeted=list(TARGETED_SETS), schedule=schedule,
+        grpo=_dataclass_from(GRPOConfig, cfg.grpo), eval=_dataclass_from(EvalConfig, cfg.eval), out_dir=out,
+        featurizer=group.update_weights, manifest=manifest, seed=cfg.seed, ckpt_every=cfg.train.ckpt_every,
+        influence_kw={"metric": inf.metric, "max_val_prompts": inf.max_val_prompts, "shard_size": inf.shard_size},
+        loggers=tuple(cfg.train.loggers), log_every=cfg.train.log_every,
+    )
+    log.info("=== %s: %d stages x %d steps, fraction %.2f ===", strategy, cur.num_stages, cur.steps_per_stage, fraction)
+    return LocalCurriculumTrainer(run).fit()
+
+
+def summarize(cfg: DictConfig, results: dict[str, dict]) -> dict:
+    """Final/best accuracies per method, CROPI's step-level speed-up over full data, and the selection cost."""
+    table = {}
+    for name, res in results.items():
+        h = res["history"]
+        best = max(h, key=lambda r: r["targeted"])
+        table[name] = {"final_targeted": h[-1]["targeted"], "final_untargeted": h[-1]["untargeted"],
+                       "best_targeted": best["targeted"], "best_step": best["step"], "final_val": h[-1]["val"]}
+    out: dict = {"methods": table}
+
+    def curve(name: str) -> tuple[list, list]:
+        h = results[name]["history"]
+        return [r["step"] for r in h], [r["targeted"] for r in h]
+
+    if "full" in results:
+        out["speedup"] = {m: step_speedup(*curve("full"), *curve(m)) for m in results if m != "full"}
+    if "cropi" in results and "random" in results:
+        c, r = table["cropi"], table["random"]
+        out["cropi_vs_random"] = {"final_targeted_delta": c["final_targeted"] - r["final_targeted"],
+                                  "beats_random_at_equal_steps": c["final_targeted"] > r["final_targeted"]}
+    if "cropi" in results:
+        res = results["cropi"]
+        per_stage_train = res["train_seconds"] / cfg.curriculum.num_stages
+        passes = [s["stats"]["seconds"] for s in res["stages"] if s.get("score_file")]
+        out["selection_cost"] = {"influence_pass_seconds": passes, "train_stage_seconds": round(per_stage_train, 2),
+                                 "pass_over_stage": (float(np.mean(passes)) / per_stage_train) if passes else None}
     return out
 
 
-def print_table(initial: dict) -> None:
-    pool = initial["pool"]
-    print("\ninitial policy avg@k")
-    print(f"{'group':<16}{'accuracy':>10}")
-    for fam, a in pool["by_family"].items():
-        print(f"{'pool/' + fam:<16}{a:>10.3f}")
-    for tier, a in pool["by_tier"].items():
-        print(f"{'pool/tier' + tier:<16}{a:>10.3f}")
-    print(f"{'pool (all)':<16}{pool['mean']:>10.3f}")
-    for name, a in initial["val"].items():
-        print(f"{name:<16}{a:>10.3f}")
-    print(f"{'targeted':<16}{initial['targeted']:>10.3f}\n{'untargeted':<16}{initial['untargeted']:>10.3f}")
+def print_table(pool: dict, summary: dict) -> None:
+    print(f"\noffline pass rate of beta on the pool: {pool['mean']:.3f} "
+          f"({', '.join(f'{k} {v:.2f}' for k, v in pool['by_family'].items())}); "
+          f"zero-advantage {pool['zero_advantage_fraction']:.0%}")
+    print(f"\n{'method':<18}{'final tgt':>10}{'best tgt':>10}{'@step':>7}{'final untgt':>13}{'speed-up':>10}")
+    sp = summary.get("speedup", {})
+    for name, row in summary["methods"].items():
+        s = sp.get(name, {}).get("speedup")
+        s_txt = "-" if name == "full" else ("never" if s is None else f"{s:.2f}x")
+        print(f"{name:<18}{row['final_targeted']:>10.3f}{row['best_targeted']:>10.3f}{row['best_step']:>7}"
+              f"{row['final_untargeted']:>13.3f}{s_txt:>10}")
+    if "selection_cost" in summary and summary["selection_cost"]["pass_over_stage"] is not None:
+        c = summary["selection_cost"]
+        print(f"\ninfluence pass: {np.mean(c['influence_pass_seconds']):.1f}s per stage boundary, "
+              f"{c['pass_over_stage']:.0%} of a training stage ({c['train_stage_seconds']:.1f}s)")
 
 
 @hydra.main(config_path="../../configs", config_name="tiny_cpu", version_base=None)
+@one_line_errors
 def main(cfg: DictConfig) -> None:
     torch.set_num_threads(cfg.threads)
     t0 = time.time()
     frames, policy_dir = prepare(cfg)
-    initial = initial_pass_rates(cfg, frames, policy_dir)
-    print_table(initial)
-    summary = {
-        "run_name": cfg.run_name,
-        "policy_dir": str(policy_dir),
-        "initial": initial,
-        "wall_seconds": round(time.time() - t0, 1),
-        "config": OmegaConf.to_container(cfg, resolve=True),
-    }
-    path = atomic_write_json(summary, Path(cfg.output_dir) / "summary.json")
-    print(f"wrote {path}")
+    train_roll, val_roll = offline_rollouts(cfg, policy_dir)
+    pool, pool_table = pool_summary(train_roll, frames["train"])
+    inf = cfg.influence
+    group = InfluenceWorkerGroup(inf.workers, use_gpu=False, threads=inf.threads_per_worker)
+    popi = PopiConfig(micro_batch=inf.micro_batch, clip_ratio=inf.clip_ratio)
+    tok = AutoTokenizer.from_pretrained(policy_dir)
+    manifest = group.init_model(str(policy_dir), {"method": inf.method, "k": inf.k, "seed": inf.seed,
+                                                  "subset_ratio": inf.subset_ratio}, asdict(popi), tok.pad_token_id)
+    manifest |= {"policy": str(policy_dir)}
+    results = {m: run_method(cfg, m, frames, policy_dir, train_roll, val_roll, group, manifest) for m in cfg.methods}
+    group.close()
+    summary = summarize(cfg, results)
+    out = Path(cfg.output_dir)
+    plot_run(out, results, summary.get("speedup", {}).get("cropi"), pool_table)
+    print_table(pool, summary)
+    summary |= {"run_name": cfg.run_name, "policy_dir": str(policy_dir), "pool": pool,
+                "curves": {n: r["history"] for n, r in results.items()}, "wall_seconds": round(time.time() - t0, 1),
+                "config": OmegaConf.to_container(cfg, resolve=True)}
+    print(f"wrote {atomic_write_json(summary, out / 'summary.json')} and {out / 'curves.png'}")
 
 
 if __name__ == "__main__":

@@ -1,0 +1,96 @@
+"""``stage_boundary``: the one routine both backends call at the first step of every stage.
+
+It decides the stage's subset and returns its ``StageState``:
+
+1. ``<curriculum_dir>/stage_<s>/state.json`` exists: the selection of this stage is already final (a resumed run),
+   so it is returned as it is; nothing is recomputed.
+2. The schedule asks for an influence pass: ``featurizer()`` gives a ``Featurizer`` at the current policy (the
+   caller syncs weights to its worker group there), the pass writes resumable feature stores under
+   ``stage_<s>/features`` and ``stage_<s>/scores.parquet``; the selection follows from the scores.
+3. One-shot influence after stage 0: the previous stage's subset is kept.
+4. Otherwise: ``select()`` by pass rate / learnability / random / full with seed ``seed + s``.
+
+Then ``state.json`` is written atomically; it is the last thing written, so a kill before it redoes (and resumes)
+the stage's work and a kill after it reuses it.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+from typing import Callable, Mapping
+
+import pandas as pd
+
+from cropi_verl.curriculum.influence_pass import influence_pass, pool_for_selection
+from cropi_verl.curriculum.schedule import StageSchedule
+from cropi_verl.curriculum.state import StageState
+from cropi_verl.influence.pipeline import Featurizer
+from cropi_verl.influence.selection import select
+from cropi_verl.utils.atomic import atomic_write_parquet
+from cropi_verl.utils.faults import kill_point
+
+log = logging.getLogger(__name__)
+
+
+def stage_dir(curriculum_dir: str | Path, stage: int) -> Path:
+    return Path(curriculum_dir) / f"stage_{stage:03d}"
+
+
+def stage_boundary(
+    stage: int,
+    step: int,
+    schedule: StageSchedule,
+    train: pd.DataFrame,
+    val: Mapping[str, pd.DataFrame],
+    curriculum_dir: str | Path,
+    featurizer: Callable[[], Featurizer],
+    manifest: dict,
+    previous: StageState | None = None,
+    seed: int = 0,
+    metric: str = "cosine",
+    max_val_prompts: int = 100,
+    shard_size: int = 256,
+    progress: bool = False,
+) -> StageState:
+    """The subset for stage ``stage`` starting at global step ``step`` (see the module docstring).
+
+    ``train``/``val`` are offline rollout tables; ``manifest`` identifies the feature stores (model, projector,
+    POPI settings); ``model_step`` is added here.
+    """
+    out = stage_dir(curriculum_dir, stage)
+    if (out / "state.json").is_file():
+        state = StageState.load(out / "state.json")
+        if state.stage != stage or state.start_step != step or state.strategy != schedule.strategy:
+            raise ValueError(f"{out / 'state.json'}: holds stage {state.stage} at step {state.start_step} "
+                             f"({state.strategy}), expected stage {stage} at step {step} ({schedule.strategy}); "
+                             "is this output directory from another run?")
+        log.info("stage %d: selection already final (%d prompts), reusing %s", stage, len(state.selected_ids), out)
+        return state
+    t0 = time.time()
+    sel_seed = seed + stage
+    stats: dict = {"n_pool": len(train)}
+    score_file = None
+    if schedule.needs_pass(stage):
+        res = influence_pass(featurizer(), train, val, out / "features", manifest | {"model_step": step},
+                             schedule.select_strategy, schedule.fraction, sel_seed, metric, max_val_prompts,
+                             shard_size, progress)
+        score_file = str(atomic_write_parquet(res.scores, out / "scores.parquet"))
+        kill_point("scores_written")
+        selected = res.selection.prompt_ids.tolist()
+        stats |= {"n_zero_advantage": res.n_zero_advantage, "n_nonfinite": res.n_nonfinite,
+                  "shortfall": res.selection.shortfall}
+    elif schedule.uses_influence:
+        if previous is None:
+            raise ValueError(f"stage {stage}: one-shot influence needs the previous stage's state")
+        selected, score_file = list(previous.selected_ids), previous.score_file
+    else:
+        selected = select(schedule.select_strategy, pool_for_selection(train), schedule.fraction, sel_seed).prompt_ids.tolist()
+    stats["seconds"] = round(time.time() - t0, 3)
+    state = StageState(stage, step, schedule.strategy, [int(i) for i in selected], sel_seed, seed * 1000 + stage,
+                       score_file, stats)
+    state.save(out / "state.json")
+    log.info("stage %d (step %d): %s selected %d of %d prompts in %.1fs", stage, step, schedule.strategy,
+             len(selected), len(train), stats["seconds"])
+    return state

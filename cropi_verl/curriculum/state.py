@@ -1,0 +1,43 @@
+"""The stage state: what a resumed run needs to train on the same subset (saved atomically as JSON).
+
+It lives at ``<curriculum_dir>/stage_<s>/state.json`` (written once the stage's selection is final) and is also
+embedded in every trainer checkpoint, so a resume lands in the same stage with the same subset.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from cropi_verl.utils.atomic import atomic_write_json
+
+
+@dataclass
+class StageState:
+    stage: int  # 0-based stage index
+    start_step: int  # global step at which the stage starts (the policy its scores were computed at)
+    strategy: str
+    selected_ids: list[int]  # prompt ids, best first
+    selection_seed: int  # tie-breaks / random draws of this stage's selection
+    sampler_seed: int  # the ranked sampler's shuffle seed
+    score_file: str | None = None  # scores.parquet of this stage (None: no influence pass at this stage)
+    stats: dict = field(default_factory=dict)  # n_pool, n_zero_advantage, n_nonfinite, shortfall, seconds
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "StageState":
+        return cls(**d)
+
+    def save(self, path: str | Path) -> Path:
+        return atomic_write_json(self.to_dict(), Path(path))
+
+    @classmethod
+    def load(cls, path: str | Path) -> "StageState":
+        p = Path(path)
+        try:
+            return cls.from_dict(json.loads(p.read_text()))
+        except (OSError, ValueError, TypeError) as e:
+            raise ValueError(f"{p}: not a readable stage state ({e})") from None

@@ -1,0 +1,99 @@
+"""Plots (matplotlib, Agg): accuracy curves per method, and what each stage selected.
+
+- ``plot_curves``: targeted and untargeted validation accuracy vs step, one line per method; the step at which
+  full-data GRPO reaches its best and the step at which CROPI reaches it are marked.
+- ``plot_selection``: per stage of one run, the offline pass-rate histogram of the selected prompts, the influence
+  score distribution (pool vs selected), the overlap |S_s ∩ S_{s-1}| / |S_s| with the previous stage, and the
+  skill-family mix.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from pathlib import Path
+from typing import Mapping
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+
+
+def plot_curves(methods: Mapping[str, dict], speedup: dict | None, path: str | Path) -> Path:
+    """``methods[name]["history"]`` = [{"step", "targeted", "untargeted"}, ...]; ``speedup`` from ``step_speedup``."""
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4), sharex=True)
+    for ax, key in zip(axes, ("targeted", "untargeted")):
+        for name, res in methods.items():
+            h = res["history"]
+            ax.plot([r["step"] for r in h], [r[key] for r in h], marker="o", ms=3, label=name,
+                    lw=2.2 if name == "cropi" else 1.2)
+        ax.set_title(f"{key} validation accuracy (avg@k)")
+        ax.set_xlabel("GRPO step")
+        ax.grid(alpha=0.3)
+    if speedup:
+        ax = axes[0]
+        ax.axhline(speedup["baseline_best"], color="grey", ls=":", lw=1)
+        ax.axvline(speedup["baseline_best_step"], color="grey", ls="--", lw=1, label="full: best")
+        if speedup["steps_to_reach"] is not None:
+            ax.axvline(speedup["steps_to_reach"], color="C0", ls="--", lw=1,
+                       label=f"cropi reaches it ({speedup['speedup']:.2f}x)")
+    axes[0].legend(fontsize=8)
+    return _save(fig, path)
+
+
+def plot_selection(stages: list[dict], pool: pd.DataFrame, scores: Mapping[int, pd.DataFrame], path: str | Path) -> Path:
+    """``stages``: StageState dicts; ``pool``: prompt_id, pass_rate, family; ``scores[stage]``: scores.parquet."""
+    fam = dict(zip(pool["prompt_id"], pool["family"]))
+    rate = dict(zip(pool["prompt_id"], pool["pass_rate"]))
+    families = sorted(set(pool["family"]))
+    fig, axes = plt.subplots(1, 4, figsize=(17, 3.8))
+    prev: set[int] | None = None
+    overlaps = []
+    for st in stages:
+        sel = st["selected_ids"]
+        label = f"stage {st['stage']}"
+        axes[0].hist([rate[i] for i in sel], bins=np.linspace(0, 1, 11), histtype="step", lw=1.5, label=label)
+        if st["stage"] in scores:
+            cols = [c for c in scores[st["stage"]].columns if c.startswith("score_")]
+            for c in cols:
+                s = scores[st["stage"]][c].dropna()
+                axes[1].hist(s, bins=30, histtype="step", label=f"{label} {c[6:]}")
+        overlaps.append(np.nan if prev is None else len(prev & set(sel)) / len(sel))
+        prev = set(sel)
+        mix = Counter(fam[i] for i in sel)
+        axes[3].bar(np.arange(len(families)) + 0.8 * st["stage"] / len(stages), [mix[f] / len(sel) for f in families],
+                    width=0.8 / len(stages), label=label)
+    axes[0].set_title("offline pass rate of the selected")
+    axes[1].set_title("influence scores (scored pool)")
+    axes[2].bar([st["stage"] for st in stages], np.nan_to_num(overlaps), color="C2")
+    axes[2].set_title("overlap with the previous stage")
+    axes[2].set_ylim(0, 1)
+    axes[3].set_xticks(np.arange(len(families)) + 0.4 - 0.4 / len(stages), families)
+    axes[3].axhline(1 / len(families), color="grey", ls=":", lw=1)
+    axes[3].set_title("skill-family mix of the selected")
+    for ax in (axes[0], axes[1], axes[3]):
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend(fontsize=7)
+    return _save(fig, path)
+
+
+def plot_run(out_dir: str | Path, results: Mapping[str, dict], speedup: dict | None, pool: pd.DataFrame) -> list[Path]:
+    """``curves.png`` and ``selection_<method>.png`` (every method but ``full``) of one demo run."""
+    out = Path(out_dir)
+    paths = [plot_curves(results, speedup, out / "curves.png")]
+    for name, res in results.items():
+        if name != "full":
+            scores = {s["stage"]: pd.read_parquet(s["score_file"]) for s in res["stages"] if s.get("score_file")}
+            paths.append(plot_selection(res["stages"], pool, scores, out / f"selection_{name}.png"))
+    return paths
+
+
+def _save(fig, path: str | Path) -> Path:
+    fig.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path

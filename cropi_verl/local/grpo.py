@@ -1,0 +1,114 @@
+"""One GRPO step on an HF policy, on CPU: sample, reward, verl's GRPO advantage, verl's policy loss, update.
+
+For a batch of B prompts with n responses each:
+
+- rewards r_{b,j} from ``cropi_verl.rewards.compute_score``, placed on the last response token;
+- ``core_algos.compute_grpo_outcome_advantage``: A_{b,j} = (r_{b,j} - mean_j r_b) / (std_j r_b + eps);
+- one update per batch (verl with ``ppo_epochs=1`` and mini-batch = batch), so old log-probs are the detached
+  current ones and the ratio is 1 in value;
+- loss = ``policy_loss_fn(vanilla)`` (PPO clip, ``loss_agg_mode``) - entropy_coeff * entropy
+  + kl_loss_coef * ``kl_penalty(logp, ref_logp, kl_loss_type)`` aggregated the same way, as verl's actor does;
+- gradient clipping at ``grad_clip``, then one optimizer step.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+import torch
+from verl.trainer.ppo import core_algos
+from verl.utils.torch_functional import entropy_from_logits
+from verl.workers.config import ActorConfig
+
+from cropi_verl.influence.gradients import response_logits
+from cropi_verl.rewards import compute_score
+from cropi_verl.rollout.hf_backend import chat_prompt_ids, sample_chat
+
+
+@dataclass(frozen=True)
+class GRPOConfig:
+    batch_size: int = 16  # prompts per step
+    n: int = 8  # responses per prompt
+    temperature: float = 1.0
+    max_new_tokens: int = 32
+    lr: float = 1e-4
+    weight_decay: float = 0.0
+    grad_clip: float = 1.0
+    clip_ratio: float = 0.2
+    loss_agg_mode: str = "token-mean"
+    norm_adv_by_std_in_grpo: bool = True
+    use_kl_loss: bool = False
+    kl_loss_coef: float = 0.001
+    kl_loss_type: str = "low_var_kl"
+    entropy_coeff: float = 0.0
+
+    def actor_config(self) -> ActorConfig:
+        """verl's actor config carrying the loss settings ``policy_loss_fn`` reads."""
+        return ActorConfig(strategy="fsdp", ppo_mini_batch_size=self.batch_size, ppo_micro_batch_size_per_gpu=self.batch_size,
+                           rollout_n=self.n, clip_ratio=self.clip_ratio, clip_ratio_low=self.clip_ratio,
+                           clip_ratio_high=self.clip_ratio, loss_agg_mode=self.loss_agg_mode)
+
+
+def grpo_step(
+    model: torch.nn.Module,
+    tokenizer,
+    optimizer: torch.optim.Optimizer,
+    batch: pd.DataFrame,
+    cfg: GRPOConfig,
+    seed: int,
+    ref_model: torch.nn.Module | None = None,
+) -> dict[str, float]:
+    """Sample ``cfg.n`` responses per row of ``batch`` (seed ``seed``), update ``model`` once; returns metrics."""
+    prompts = [chat_prompt_ids(tokenizer, list(p)) for p in batch["prompt"]]
+    model.eval()
+    gens = sample_chat(model, tokenizer, prompts, cfg.n, cfg.temperature, 1.0, cfg.max_new_tokens, seed)
+    flat = [g for group in gens for g in group]
+    rewards = torch.tensor([
+        compute_score(row["data_source"], tokenizer.decode(g.response_ids, skip_special_tokens=True),
+                      row["reward_model"]["ground_truth"], row["extra_info"])
+        for (_, row), group in zip(batch.iterrows(), gens) for g in group
+    ], dtype=torch.float32)
+    model.train()
+    logits, targets, mask = response_logits(model, [g.prompt_ids for g in flat], [g.response_ids for g in flat],
+                                            tokenizer.pad_token_id)
+    lengths = mask.sum(-1).long()
+    token_rewards = torch.zeros_like(mask)
+    token_rewards[torch.arange(len(flat)), lengths - 1] = rewards
+    adv, _ = core_algos.compute_grpo_outcome_advantage(
+        token_rewards, mask, np.repeat(np.arange(len(batch)), cfg.n), norm_adv_by_std_in_grpo=cfg.norm_adv_by_std_in_grpo
+    )
+    logp = torch.log_softmax(logits, dim=-1).gather(-1, targets[..., None]).squeeze(-1)
+    pg_loss, pg_metrics = core_algos.get_policy_loss_fn("vanilla")(
+        old_log_prob=logp.detach(), log_prob=logp, advantages=adv, response_mask=mask,
+        loss_agg_mode=cfg.loss_agg_mode, config=cfg.actor_config(),
+    )
+    loss = pg_loss
+    metrics = {"actor/pg_loss": pg_loss.item(), **pg_metrics}
+    if cfg.entropy_coeff:
+        entropy = core_algos.agg_loss(entropy_from_logits(logits), mask, cfg.loss_agg_mode)
+        loss = loss - cfg.entropy_coeff * entropy
+        metrics["actor/entropy"] = entropy.item()
+    if cfg.use_kl_loss:
+        if ref_model is None:
+            raise ValueError("use_kl_loss needs a reference model")
+        with torch.no_grad():
+            ref_logits, _, _ = response_logits(ref_model, [g.prompt_ids for g in flat], [g.response_ids for g in flat],
+                                               tokenizer.pad_token_id)
+            ref_logp = torch.log_softmax(ref_logits, dim=-1).gather(-1, targets[..., None]).squeeze(-1)
+        kl = core_algos.agg_loss(core_algos.kl_penalty(logp, ref_logp, cfg.kl_loss_type), mask, cfg.loss_agg_mode)
+        loss = loss + cfg.kl_loss_coef * kl
+        metrics["actor/kl_loss"] = kl.item()
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    metrics["actor/grad_norm"] = float(torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip))
+    optimizer.step()
+    group_rewards = rewards.view(len(batch), cfg.n)
+    metrics |= {
+        "critic/score/mean": float(rewards.mean()),
+        "batch/solve_all": float((group_rewards.min(1).values == 1).float().mean()),
+        "batch/solve_none": float((group_rewards.max(1).values == 0).float().mean()),
+        "response_length/mean": float(lengths.float().mean()),
+    }
+    return metrics

@@ -1,0 +1,227 @@
+"""The local backend's curriculum run: GRPO steps on CPU with ``stage_boundary`` at every stage start.
+
+Per global step t (0-based): at a stage boundary the stage's subset is chosen (``stage_boundary``, the same routine
+the verl trainer calls) and a ``StatefulDataLoader`` over ``RankedSubsetSampler`` is built; every ``eval_every``
+steps (and at the end) the validation sets are evaluated; then one ``grpo_step`` with seed ``seed * 100003 + t``.
+
+Every ``ckpt_every`` steps ``<out>/ckpt/step_<t>.pt`` holds the model, optimizer, loader (sampler position),
+stage state and eval history; ``<out>/ckpt/latest.json`` is written after it, atomically. A rerun resumes from
+it and continues exactly: sampling seeds depend only on the step, and the sampler resumes at its position.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Mapping
+
+import numpy as np
+import pandas as pd
+import torch
+from torch.utils.data import Dataset
+from torchdata.stateful_dataloader import StatefulDataLoader
+from transformers import AutoModelForCausalLM, AutoTokenizer
+from verl.utils.tracking import Tracking
+
+from cropi_verl.curriculum.boundary import stage_boundary
+from cropi_verl.curriculum.sampler import RankedSubsetSampler
+from cropi_verl.curriculum.schedule import StageSchedule
+from cropi_verl.curriculum.state import StageState
+from cropi_verl.data.verl_format import row_ids
+from cropi_verl.eval.accuracy import avg_at_k
+from cropi_verl.influence.pipeline import Featurizer
+from cropi_verl.local.grpo import GRPOConfig, grpo_step
+from cropi_verl.utils.atomic import atomic_path, atomic_write_json
+from cropi_verl.utils.faults import kill_point
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class EvalConfig:
+    k: int = 4
+    temperature: float = 1.0
+    max_new_tokens: int = 32
+    batch_size: int = 100
+    every: int = 5  # evaluate every this many steps (and at step 0 and at the end)
+
+
+@dataclass
+class LocalRun:
+    """Everything one curriculum run needs; ``featurizer(model)`` returns a Featurizer at ``model``'s weights."""
+
+    policy_dir: Path
+    prompts: pd.DataFrame  # verl-format training prompts; prompt ids = extra_info.index
+    train_rollouts: pd.DataFrame
+    val_rollouts: Mapping[str, pd.DataFrame]
+    val_prompts: Mapping[str, pd.DataFrame]  # evaluated every eval.every steps
+    targeted: list[str]
+    schedule: StageSchedule
+    grpo: GRPOConfig
+    eval: EvalConfig
+    out_dir: Path
+    featurizer: Callable[[torch.nn.Module], Featurizer]
+    manifest: dict
+    seed: int = 0
+    ckpt_every: int = 10
+    influence_kw: dict = field(default_factory=dict)  # metric, max_val_prompts, shard_size for stage_boundary
+    loggers: tuple[str, ...] = ("console",)
+    log_every: int = 10
+
+
+class _Positions(Dataset):
+    """Dataset of row positions; the loop looks the rows up in the prompts frame."""
+
+    def __init__(self, n: int) -> None:
+        self.n = n
+
+    def __len__(self) -> int:
+        return self.n
+
+    def __getitem__(self, i: int) -> int:
+        return i
+
+
+def _collate(positions: list[int]) -> list[int]:
+    return positions
+
+
+def stage_loader(run: LocalRun, state: StageState, id_to_pos: Mapping[int, int]) -> StatefulDataLoader:
+    """The stage's dataloader: batches of row positions of the selected prompts, shuffled by the sampler seed."""
+    positions = [id_to_pos[i] for i in state.selected_ids]
+    if len(positions) < run.grpo.batch_size:
+        raise ValueError(f"stage {state.stage}: {len(positions)} selected prompts, fewer than the batch size "
+                         f"{run.grpo.batch_size}; raise the select fraction or lower grpo.batch_size")
+    sampler = RankedSubsetSampler(positions, state.sampler_seed)
+    return StatefulDataLoader(_Positions(len(run.prompts)), batch_size=run.grpo.batch_size, sampler=sampler,
+                              drop_last=True, collate_fn=_collate, num_workers=0)
+
+
+def targeted_mean(accs: Mapping[str, float], names: list[str]) -> float:
+    return float(np.mean([accs[n] for n in names]))
+
+
+class LocalCurriculumTrainer:
+    def __init__(self, run: LocalRun) -> None:
+        self.run = run
+        self.tokenizer = AutoTokenizer.from_pretrained(run.policy_dir)
+        self.model = AutoModelForCausalLM.from_pretrained(run.policy_dir, dtype=torch.float32)
+        self.ref_model = (AutoModelForCausalLM.from_pretrained(run.policy_dir, dtype=torch.float32).eval()
+                          if run.grpo.use_kl_loss else None)
+        self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=run.grpo.lr, weight_decay=run.grpo.weight_decay)
+        ids = row_ids(run.prompts)
+        self.id_to_pos = {i: p for p, i in enumerate(ids)}
+        missing = [int(i) for i in run.train_rollouts["prompt_id"] if int(i) not in self.id_to_pos]
+        if missing:
+            raise ValueError(f"{len(missing)} rollout prompt ids are not in the training prompts (first: {missing[:5]}); "
+                             "were the rollouts collected from another dataset?")
+        self.step = 0
+        self.state: StageState | None = None
+        self.loader: StatefulDataLoader | None = None
+        self.batches = None
+        self.history: list[dict] = []
+        self.stage_states: list[dict] = []
+        self.ckpt_dir = run.out_dir / "ckpt"
+
+    # ----- checkpoints -------------------------------------------------------------------------------------------
+    def save_checkpoint(self) -> Path:
+        path = self.ckpt_dir / f"step_{self.step:06d}.pt"
+        blob = {"step": self.step, "model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
+                "loader": self.loader.state_dict(), "stage_state": self.state.to_dict(), "history": self.history,
+                "stage_states": self.stage_states}
+        with atomic_path(path) as tmp:
+            torch.save(blob, tmp)
+        previous = self._latest()
+        atomic_write_json({"step": self.step, "path": path.name}, self.ckpt_dir / "latest.json")
+        if previous is not None and previous != path:
+            previous.unlink(missing_ok=True)
+        return path
+
+    def _latest(self) -> Path | None:
+        meta = self.ckpt_dir / "latest.json"
+        return self.ckpt_dir / json.loads(meta.read_text())["path"] if meta.is_file() else None
+
+    def load_checkpoint(self) -> bool:
+        path = self._latest()
+        if path is None:
+            return False
+        blob = torch.load(path, weights_only=False)
+        self.step = blob["step"]
+        self.model.load_state_dict(blob["model"])
+        self.optimizer.load_state_dict(blob["optimizer"])
+        self.state = StageState.from_dict(blob["stage_state"])
+        self.loader = stage_loader(self.run, self.state, self.id_to_pos)
+        self.loader.load_state_dict(blob["loader"])
+        self.history, self.stage_states = blob["history"], blob["stage_states"]
+        log.info("resumed %s at step %d (stage %d)", self.run.out_dir, self.step, self.state.stage)
+        return True
+
+    # ----- the loop ----------------------------------------------------------------------------------------------
+    def evaluate(self) -> dict:
+        ev = self.run.eval
+        accs = {name: float(np.mean(avg_at_k(self.model, self.tokenizer, frame, ev.k, ev.temperature, ev.max_new_tokens,
+                                             self.run.seed, ev.batch_size)))
+                for name, frame in self.run.val_prompts.items()}
+        others = [n for n in accs if n not in self.run.targeted]
+        rec = {"step": self.step, "val": accs, "targeted": targeted_mean(accs, self.run.targeted),
+               "untargeted": targeted_mean(accs, others) if others else float("nan")}
+        self.history.append(rec)
+        return rec
+
+    def _boundary(self) -> None:
+        run = self.run
+        stage = run.schedule.stage_of(self.step)
+        self.state = stage_boundary(
+            stage, self.step, run.schedule, run.train_rollouts, run.val_rollouts, run.out_dir / "curriculum",
+            lambda: run.featurizer(self.model), run.manifest, self.state, run.seed, **run.influence_kw,
+        )
+        kill_point("selection_done")
+        self.stage_states.append(self.state.to_dict())
+        self.loader, self.batches = stage_loader(run, self.state, self.id_to_pos), None
+
+    def _next_batch(self) -> pd.DataFrame:
+        if self.batches is None:
+            self.batches = iter(self.loader)
+        try:
+            positions = next(self.batches)
+        except StopIteration:  # end of an epoch over the subset: the sampler reshuffles
+            self.batches = iter(self.loader)
+            positions = next(self.batches)
+        return self.run.prompts.iloc[positions]
+
+    def fit(self) -> dict:
+        """Train for ``schedule.total_steps`` steps (resuming if a checkpoint exists); returns the result record."""
+        run = self.run
+        torch.manual_seed(run.seed)
+        self.load_checkpoint()
+        tracker = Tracking("cropi_verl_local", run.out_dir.name, list(run.loggers))
+        t_train = t_select = 0.0
+        if self.step == 0 and not self.history:
+            self.evaluate()
+        total = run.schedule.total_steps
+        while self.step < total:
+            if run.schedule.is_boundary(self.step) and (self.state is None or self.state.start_step != self.step):
+                t0 = time.time()
+                self._boundary()
+                t_select += time.time() - t0
+            t0 = time.time()
+            metrics = grpo_step(self.model, self.tokenizer, self.optimizer, self._next_batch(), run.grpo,
+                                run.seed * 100003 + self.step, self.ref_model)
+            t_train += time.time() - t0
+            self.step += 1
+            if self.step % run.eval.every == 0 or self.step == total:
+                rec = self.evaluate()
+                metrics |= {f"val/{k}": v for k, v in rec["val"].items()} | {"val/targeted": rec["targeted"]}
+            if self.step % run.log_every == 0 or self.step == total:
+                tracker.log(metrics | {"curriculum/stage": self.state.stage}, step=self.step)
+            if self.step % run.ckpt_every == 0 or self.step == total:
+                self.save_checkpoint()
+            kill_point("train_step")
+        tracker.finish()
+        result = {"strategy": run.schedule.strategy, "history": self.history, "stages": self.stage_states,
+                  "train_seconds": round(t_train, 2), "select_seconds": round(t_select, 2)}
+        atomic_write_json(result, run.out_dir / "result.json")
+        return result

@@ -1,0 +1,76 @@
+"""Hydra entry point of the verl recipe: ``python -m cropi_verl.trainer.main [overrides]`` (configs/cropi_trainer.yaml).
+
+Validates verl's config and the ``cropi:`` group (one clear error before any GPU work), then runs
+``CROPITaskRunner`` through verl's ``run_ppo`` (Ray init, runtime env). ``CROPI_DRY_RUN=1`` prints the composed
+config and exits after the checks.
+"""
+
+from __future__ import annotations
+
+import os
+
+import hydra
+import ray
+from omegaconf import DictConfig, OmegaConf
+
+from cropi_verl.trainer.curriculum_config import check_cropi_config
+from cropi_verl.utils.cli import one_line_errors
+
+
+@ray.remote
+class CROPITaskRunner:
+    """verl's v1 task flow (TransferQueue, trainer, agent loop manager, fit) with ``CROPITrainer``."""
+
+    def run(self, config: DictConfig) -> None:
+        import transfer_queue as tq
+        from verl.trainer.main_ppo import TaskRunnerV1
+        from verl.utils.logging_utils import configure_verl_logging
+
+        from cropi_verl.trainer.cropi_trainer import CROPITrainer
+
+        configure_verl_logging()
+        config.transfer_queue.enable = True
+        OmegaConf.resolve(config)
+        tq.init(config.transfer_queue)
+        helper = TaskRunnerV1.__ray_metadata__.modified_class()  # reuse its agent-loop-manager construction
+        succeeded = False
+        try:
+            helper.config, helper.trainer = config, CROPITrainer(config=config)
+            helper.trainer.init()
+            helper.init_agent_loop_manager()
+            helper.trainer.fit(helper.agent_loop_manager)
+            succeeded = True
+        finally:
+            try:
+                if getattr(helper.trainer, "logger", None) is not None:
+                    helper.trainer.logger.finish(exit_code=0 if succeeded else 1)
+            finally:
+                tq.close()
+
+
+def check(config: DictConfig) -> None:
+    """verl's own config validation, then ours."""
+    from verl.trainer.ppo.utils import need_critic, need_reference_policy
+    from verl.utils.config import validate_config
+
+    validate_config(config=config, use_reference_policy=need_reference_policy(config), use_critic=need_critic(config))
+    check_cropi_config(OmegaConf.to_container(config.cropi, resolve=True),
+                       OmegaConf.to_container(config.trainer, resolve=True))
+
+
+@hydra.main(config_path="../../configs", config_name="cropi_trainer", version_base=None)
+@one_line_errors
+def main(config: DictConfig) -> None:
+    from verl.trainer.main_ppo import run_ppo
+    from verl.utils.device import auto_set_device
+
+    auto_set_device(config)
+    check(config)
+    if os.environ.get("CROPI_DRY_RUN"):
+        print(OmegaConf.to_yaml(config))
+        return
+    run_ppo(config, task_runner_class=CROPITaskRunner)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,30 @@
+"""Entry-point error handling: bad input ends a command with one clear line, not a traceback.
+
+Errors raised for bad input in this package are ``ValueError``s (``DataValidationError``, manifest mismatches,
+config checks) or missing files. ``CROPI_DEBUG=1`` re-raises them with the full traceback.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from functools import wraps
+from typing import Callable, TypeVar
+
+T = TypeVar("T")
+
+
+def one_line_errors(fn: Callable[..., T]) -> Callable[..., T]:
+    """Run ``fn``; on ValueError / FileNotFoundError print ``error: <message>`` to stderr and exit with status 2."""
+
+    @wraps(fn)
+    def run(*args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except (ValueError, FileNotFoundError) as e:
+            if os.environ.get("CROPI_DEBUG"):
+                raise
+            print(f"error: {e}  (CROPI_DEBUG=1 shows the traceback)", file=sys.stderr)
+            sys.exit(2)
+
+    return run

@@ -1,0 +1,90 @@
+"""The influence worker: a verl ``Worker`` that computes projected POPI gradients for its shard of prompts.
+
+Driven by a ``RayWorkerGroup`` (``InfluenceWorkerGroup``):
+
+- ``init_model(model_path, ...)`` (ONE_TO_ALL): load the policy architecture and weights, build the projector;
+- ``update_weights(state_dict)`` (ONE_TO_ALL): receive the *current* policy weights at a stage boundary, so no
+  worker restarts between stages;
+- ``compute_features(data)`` (DP_COMPUTE_PROTO): the batch of prompts is split across ranks; each rank returns,
+  per prompt, its feature ``P g_s`` (``[k]`` float32; zeros when skipped) and a status (``ok``, ``zero_advantage``,
+  ``nonfinite``).
+
+Each prompt's feature is computed alone (``popi_features``), and every worker runs with the same thread count, so the
+result is bit-identical for any number of workers.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from verl import DataProto
+from verl.single_controller.base import Worker
+from verl.single_controller.base.decorator import Dispatch, register
+
+from cropi_verl.curriculum.influence_pass import store_manifest
+from cropi_verl.influence.gradients import PopiConfig, PromptRollouts, parameter_offsets, popi_features
+from cropi_verl.influence.projection import make_projector
+
+ROLLOUT_KEYS = ("prompt_id", "prompt_ids", "responses", "behaviour_logprobs", "rewards")
+
+
+def rollouts_to_proto(prompts: list[PromptRollouts]) -> DataProto:
+    """Ragged prompt rollouts as a DataProto of object arrays (one row per prompt)."""
+    cols = {}
+    for key in ROLLOUT_KEYS:
+        arr = np.empty(len(prompts), dtype=object)
+        arr[:] = [getattr(p, key) for p in prompts]
+        cols[key] = arr
+    cols["prompt_id"] = cols["prompt_id"].astype(np.int64)
+    return DataProto.from_single_dict(cols)
+
+
+def proto_to_rollouts(data: DataProto) -> list[PromptRollouts]:
+    nt = data.non_tensor_batch
+    return [PromptRollouts(int(nt["prompt_id"][i]), *(list(nt[k][i]) for k in ROLLOUT_KEYS[1:])) for i in range(len(data))]
+
+
+class InfluenceWorker(Worker):
+    """One rank of the influence worker group (see the module docstring)."""
+
+    def __init__(self, threads: int = 1) -> None:
+        super().__init__()
+        torch.set_num_threads(threads)
+        self.model: torch.nn.Module | None = None
+
+    @register(dispatch_mode=Dispatch.ONE_TO_ALL)
+    def init_model(self, model_path: str, projector: dict, popi: dict, pad_id: int, device: str = "cpu") -> dict:
+        """Load the policy at ``model_path`` and build ``make_projector(dim=#params, **projector)``; returns the
+        feature-store manifest of this setup (``store_manifest``)."""
+        from transformers import AutoModelForCausalLM
+
+        self.device = device
+        self.model = AutoModelForCausalLM.from_pretrained(model_path, dtype=torch.float32).to(device)
+        _, dim = parameter_offsets(self.model)
+        self.projector = make_projector(dim=dim, **projector)
+        self.popi = PopiConfig(**popi)
+        self.pad_id = pad_id
+        return store_manifest(self.projector, self.popi)
+
+    @register(dispatch_mode=Dispatch.ONE_TO_ALL)
+    def update_weights(self, state_dict: dict[str, torch.Tensor]) -> None:
+        """Load the current policy's weights (strict: every key must match the model)."""
+        self.model.load_state_dict(state_dict, strict=True)
+
+    @register(dispatch_mode=Dispatch.DP_COMPUTE_PROTO)
+    def compute_features(self, data: DataProto) -> DataProto:
+        """Per prompt: ``features`` [n, k] and ``status`` (see the module docstring)."""
+        prompts = proto_to_rollouts(data)
+        res = popi_features(self.model, prompts, self.projector, self.pad_id, self.popi)
+        row = {int(p): i for i, p in enumerate(res.prompt_ids)}
+        feats = torch.zeros(len(prompts), self.projector.k)
+        status = np.empty(len(prompts), dtype=object)
+        zero, nonfinite = set(res.zero_advantage), set(res.nonfinite)
+        for i, p in enumerate(prompts):
+            if p.prompt_id in row:
+                feats[i] = res.features[row[p.prompt_id]]
+                status[i] = "ok"
+            else:
+                status[i] = "zero_advantage" if p.prompt_id in zero else "nonfinite"
+        return DataProto.from_single_dict({"features": feats, "prompt_id": data.non_tensor_batch["prompt_id"],
+                                           "status": status})

@@ -1,0 +1,138 @@
+"""Curriculum pieces: schedule, stage state, the ranked sampler (with torchdata's StatefulDataLoader) and the
+stage-boundary routine's reuse / one-shot / re-draw rules."""
+
+from __future__ import annotations
+
+import io
+
+import numpy as np
+import pytest
+import torch
+from torchdata.stateful_dataloader import StatefulDataLoader
+
+from cropi_verl.curriculum.boundary import stage_boundary, stage_dir
+from cropi_verl.curriculum.sampler import RankedSubsetSampler
+from cropi_verl.curriculum.schedule import StageSchedule
+from cropi_verl.curriculum.state import StageState
+from cropi_verl.influence.gradients import parameter_offsets
+from cropi_verl.influence.pipeline import local_featurizer
+from cropi_verl.influence.projection import make_projector
+from influence_helpers import PAD, make_prompts, rollout_table, tiny_model
+
+POSITIONS = [3, 17, 5, 11, 29, 8, 2]
+
+
+def test_sampler_epochs_are_seeded_permutations_of_the_subset():
+    s = RankedSubsetSampler(POSITIONS, seed=4)
+    e0, e1 = list(s), list(s)
+    assert sorted(e0) == sorted(POSITIONS) == sorted(e1) and e0 != e1
+    g = torch.Generator().manual_seed(4)  # epoch 0 uses seed + 0
+    assert e0 == [POSITIONS[i] for i in torch.randperm(len(POSITIONS), generator=g).tolist()]
+    assert list(RankedSubsetSampler(POSITIONS, seed=4)) == e0
+
+
+def test_sampler_state_round_trip_mid_epoch():
+    ref = RankedSubsetSampler(POSITIONS, seed=1)
+    uninterrupted = list(ref) + list(ref)
+    s = RankedSubsetSampler(POSITIONS, seed=1)
+    first = list(s)  # one full epoch
+    it = iter(s)
+    first += [next(it) for _ in range(3)]
+    state = s.state_dict()
+    assert state == {"epoch": 1, "yielded": 3, "seed": 1, "n": 7}
+    resumed = RankedSubsetSampler(POSITIONS, seed=1)
+    resumed.load_state_dict(state)
+    assert first + list(resumed) == uninterrupted
+
+
+def test_sampler_refuses_a_state_from_another_subset():
+    s = RankedSubsetSampler(POSITIONS, seed=1)
+    with pytest.raises(ValueError, match="wrong stage subset"):
+        s.load_state_dict(RankedSubsetSampler(POSITIONS[:5], seed=1).state_dict())
+    with pytest.raises(ValueError, match="at least one"):
+        RankedSubsetSampler([], seed=0)
+
+
+def _loader(seed=2):
+    return StatefulDataLoader(list(range(40)), batch_size=2, sampler=RankedSubsetSampler(POSITIONS, seed), drop_last=True)
+
+
+def test_stateful_dataloader_round_trip_through_torch_save():
+    """The loader state (as verl's data.pt stores it) restores the sampler's position exactly."""
+    loader = _loader()
+    it = iter(loader)
+    consumed = [next(it).tolist() for _ in range(2)]
+    buf = io.BytesIO()
+    torch.save(loader.state_dict(), buf)
+    restored = _loader()
+    restored.load_state_dict(torch.load(io.BytesIO(buf.getvalue()), weights_only=False))
+    rest = [b.tolist() for b in restored]
+    full = [b.tolist() for b in _loader()]
+    assert consumed + rest == full and len(full) == 3  # 7 rows, batch 2, drop_last
+    nxt = [b.tolist() for b in restored]  # the next epoch: reshuffled (seed + 1)
+    assert len(nxt) == 3 and nxt != full
+
+
+def test_stage_state_round_trip_and_clear_error(tmp_path):
+    st = StageState(2, 40, "cropi", [5, 1, 9], 2, 2002, "x/scores.parquet", {"n_pool": 10})
+    assert StageState.load(st.save(tmp_path / "s.json")) == st
+    (tmp_path / "bad.json").write_text("{\"stage\": 1")
+    with pytest.raises(ValueError, match="bad.json: not a readable stage state"):
+        StageState.load(tmp_path / "bad.json")
+
+
+def test_schedule_rules():
+    s = StageSchedule(num_stages=3, steps_per_stage=5, strategy="cropi")
+    assert [s.stage_of(t) for t in (0, 4, 5, 14, 20)] == [0, 0, 1, 2, 2]
+    assert [t for t in range(20) if s.is_boundary(t)] == [0, 5, 10]
+    assert all(s.needs_pass(i) for i in range(3))
+    one = StageSchedule(num_stages=3, steps_per_stage=5, strategy="influence_oneshot")
+    assert [one.needs_pass(i) for i in range(3)] == [True, False, False] and one.select_strategy == "cropi"
+    assert not StageSchedule(strategy="random").needs_pass(0)
+    assert [StageSchedule(strategy="cropi", rescore=False).needs_pass(i) for i in range(2)] == [True, False]
+    with pytest.raises(ValueError, match="not one of"):
+        StageSchedule(strategy="best")
+    with pytest.raises(ValueError, match=r"fraction must be in \(0, 1\]"):
+        StageSchedule(fraction=1.5)
+
+
+@pytest.fixture
+def pool():
+    model = tiny_model()
+    _, dim = parameter_offsets(model)
+    proj = make_projector("sparse_jl", dim, k=64)
+    train = rollout_table(make_prompts(30, zero_every=5))
+    val = {"v": rollout_table(make_prompts(6, seed=7))}
+    calls = []
+
+    def featurizer():
+        calls.append(1)
+        return local_featurizer(model, proj, PAD)
+
+    return train, val, featurizer, calls
+
+
+def test_boundary_reuses_a_final_selection_and_keeps_one_shot_subsets(tmp_path, pool):
+    train, val, featurizer, calls = pool
+    sched = StageSchedule(num_stages=2, steps_per_stage=4, fraction=0.2, strategy="influence_oneshot")
+    s0 = stage_boundary(0, 0, sched, train, val, tmp_path, featurizer, {"m": 1})
+    assert len(calls) == 1 and len(s0.selected_ids) == 6 and s0.stats["n_zero_advantage"] == 6
+    assert (stage_dir(tmp_path, 0) / "scores.parquet").is_file()
+    again = stage_boundary(0, 0, sched, train, val, tmp_path, featurizer, {"m": 1})
+    assert again == s0 and len(calls) == 1  # a final selection is never recomputed
+    s1 = stage_boundary(1, 4, sched, train, val, tmp_path, featurizer, {"m": 1}, previous=s0)
+    assert s1.selected_ids == s0.selected_ids and len(calls) == 1
+    with pytest.raises(ValueError, match="expected stage 1 at step 8"):
+        stage_boundary(1, 8, sched, train, val, tmp_path, featurizer, {"m": 1}, previous=s0)
+
+
+def test_boundary_redraws_random_per_stage_without_gradients(tmp_path, pool):
+    train, val, featurizer, calls = pool
+    sched = StageSchedule(num_stages=2, steps_per_stage=4, fraction=0.2, strategy="random")
+    a = stage_boundary(0, 0, sched, train, val, tmp_path, featurizer, {}, seed=3)
+    b = stage_boundary(1, 4, sched, train, val, tmp_path, featurizer, {}, previous=a, seed=3)
+    assert not calls and len(a.selected_ids) == len(b.selected_ids) == 6
+    assert a.selected_ids != b.selected_ids and set(a.selected_ids) <= set(train["prompt_id"])
+    assert (a.selection_seed, b.selection_seed) == (3, 4)
+    full = stage_boundary(0, 0, StageSchedule(fraction=1.0, strategy="full"), train, val, tmp_path / "f", featurizer, {})
+    assert sorted(full.selected_ids) == sorted(train["prompt_id"])
