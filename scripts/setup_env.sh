@@ -15,6 +15,6 @@ echo "[setup_env] installing into $VENV (one-time, ~2-3 min)" >&2
 [[ -x "$VENV/bin/python" ]] || "$PYTHON" -m venv "$VENV"
 "$VENV/bin/python" -m pip install -q --upgrade pip
 "$VENV/bin/python" -m pip install -q "$TORCH_SPEC"
-"$VENV/bin/python" -m pip install -q -e "$ROOT[test]"
+"$VENV/bin/python" -m pip install -q -e "${ROOT}[test]"
 echo "$WANT" > "$STAMP"
 echo "[setup_env] done" >&2

@@ -38,6 +38,7 @@ _GOLDEN = 0x9E3779B1
 _C1, _C2 = 0x85EBCA6B, 0xC2B2AE35
 BLOCK = 1 << 18  # canonical block: the unit of accumulation order (never depends on chunk_size)
 MATRIX_ROWS = 4096  # dense JL: rows of the matrix generated per seed (aligned to global coordinates)
+BUCKET_CACHE_BYTES = 256 << 20  # sparse_jl: memory for cached bucket indices (speed only, never the result)
 
 
 def _signed32(c: int) -> int:
@@ -161,10 +162,30 @@ class BlockwiseProjector(Projector):
 
 
 class SparseJL(BlockwiseProjector):
+    """The bucket index of each block is kept (int32, up to ``BUCKET_CACHE_BYTES``): a per-parameter stream
+    projects the same coordinate ranges for every prompt, so the hash is computed once per range."""
+
+    def __init__(self, cfg: ProjectorConfig):
+        super().__init__(cfg)
+        self._buckets: dict[tuple[int, int, str], torch.Tensor] = {}
+        self._cache_left = BUCKET_CACHE_BYTES
+
+    def _bucket_index(self, start: int, n: int, device: torch.device) -> torch.Tensor:
+        """c(i) = h(i) mod 2k for coordinates start..start+n-1 (int32)."""
+        key = (start, n, str(device))
+        c = self._buckets.get(key)
+        if c is None:
+            h = coordinate_hash(self.cfg.seed, start, n, device)
+            two_k = 2 * self.k
+            c = h.bitwise_and_(two_k - 1) if two_k & (two_k - 1) == 0 else h.bitwise_and_(0x7FFFFFFF).remainder_(two_k)
+            if self._cache_left >= 4 * n:
+                self._buckets[key] = c
+                self._cache_left -= 4 * n
+        return c
+
     def _block(self, xb: torch.Tensor, start: int, n: int) -> torch.Tensor:
-        h = coordinate_hash(self.cfg.seed, start, n, xb.device)
+        c = self._bucket_index(start, n, xb.device)
         two_k = 2 * self.k
-        c = (h.bitwise_and_(two_k - 1) if two_k & (two_k - 1) == 0 else h.bitwise_and_(0x7FFFFFFF).remainder_(two_k)).long()
         acc = torch.zeros(xb.shape[0], two_k, dtype=torch.float32, device=xb.device)
         acc.index_add_(1, c, xb)
         return (acc[:, 0::2] - acc[:, 1::2]).double()

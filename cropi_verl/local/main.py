@@ -114,6 +114,13 @@ def run_method(cfg: DictConfig, strategy: str, frames: dict, policy_dir: Path, t
     return LocalCurriculumTrainer(run).fit()
 
 
+def family_mix(results: dict[str, dict], pool: pd.DataFrame) -> dict[str, list[dict[str, float]]]:
+    """Per method and stage: the share of each skill family among the selected prompts."""
+    fam = dict(zip(pool["prompt_id"], pool["family"]))
+    return {name: [pd.Series([fam[i] for i in s["selected_ids"]]).value_counts(normalize=True).round(3).to_dict()
+                   for s in res["stages"]] for name, res in results.items() if name != "full"}
+
+
 def summarize(cfg: DictConfig, results: dict[str, dict]) -> dict:
     """Final/best accuracies per method, CROPI's step-level speed-up over full data, and the selection cost."""
     table = {}
@@ -177,7 +184,7 @@ def main(cfg: DictConfig) -> None:
     manifest |= {"policy": str(policy_dir)}
     results = {m: run_method(cfg, m, frames, policy_dir, train_roll, val_roll, group, manifest) for m in cfg.methods}
     group.close()
-    summary = summarize(cfg, results)
+    summary = summarize(cfg, results) | {"selection_family_mix": family_mix(results, pool_table)}
     out = Path(cfg.output_dir)
     plot_run(out, results, summary.get("speedup", {}).get("cropi"), pool_table)
     print_table(pool, summary)

@@ -136,6 +136,11 @@ class CROPITrainer(PPOTrainerSync):
         super().on_train_begin()
         self._ensure_stage()
 
+    def on_train_end(self) -> None:
+        super().on_train_end()
+        if self.influence_group is not None:
+            self.influence_group.close()
+
     def on_step_end(self) -> None:
         super().on_step_end()  # verl: sync the new weights to the rollout replicas
         if self.global_steps < self.total_training_steps and self.schedule.is_boundary(self.global_steps):

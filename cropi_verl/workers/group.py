@@ -23,10 +23,10 @@ log = logging.getLogger(__name__)
 class InfluenceWorkerGroup:
     """``n_workers`` influence workers (``threads`` torch threads each) on CPU or GPU."""
 
-    def __init__(self, n_workers: int = 1, use_gpu: bool = False, threads: int = 1, name_prefix: str = "cropi_influence",
+    def __init__(self, n_workers: int = 1, use_gpu: bool = False, threads: int = 1, name_prefix: str | None = None,
                  resource_pool: RayResourcePool | None = None):
         """``resource_pool``: place the workers in an existing pool (on GPU: the actor's, colocated with it);
-        default: a new pool of ``n_workers`` bundles."""
+        default: a new pool of ``n_workers`` bundles. ``name_prefix``: Ray names (default: random, unique)."""
         if not ray.is_initialized():  # logical CPUs: one bundle per worker, whatever the core count
             ray.init(num_cpus=max(8, n_workers), include_dashboard=False, log_to_driver=False)
         self.owns_pool = resource_pool is None
