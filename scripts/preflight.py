@@ -89,7 +89,8 @@ def preflight(cfg) -> tuple[list[str], list[str]]:
                          f"of the training file; pass rate mean {np.nanmean(p):.3f}, quartiles "
                          f"{np.round(np.nanpercentile(p, [25, 50, 75]), 3).tolist()}; zero-advantage {int(zero.sum())} "
                          f"({zero.mean():.0%}) -> {scored} can be scored")
-            n_select = round(cropi["fraction"] * len(roll)) if isinstance(cropi["fraction"], (int, float)) else 0
+            frac = cropi["fraction"]
+            n_select = round(frac * len(roll)) if isinstance(frac, (int, float)) and 0 < frac <= 1 else 0
             if cropi["strategy"] in ("cropi", "influence_max", "influence_oneshot") and scored < n_select:
                 problems.append(f"only {scored} prompts can be scored but cropi.fraction selects {n_select}")
     for name, path in (cropi.get("val_rollouts") or {}).items():

@@ -223,3 +223,14 @@ def test_trainer_main_reports_bad_cropi_config_in_one_line(tmp_path):
     assert out.returncode == 2, out.stderr[-2000:]
     err = [line for line in out.stderr.splitlines() if line.startswith("error:")]
     assert len(err) == 1 and "cropi.fraction=0" in err[0] and "none.parquet: no such file" in err[0]
+
+
+def test_trainer_main_reports_verl_config_errors_in_one_line(tmp_path):
+    for name in ("train.parquet", "val.parquet"):
+        (tmp_path / name).write_bytes(b"")  # existence is all the cropi checks need
+    out = subprocess.run([sys.executable, "-m", "cropi_verl.trainer.main", f"cropi.train_rollouts={tmp_path / 'train.parquet'}",
+                          f"cropi.val_rollouts={{v:{tmp_path / 'val.parquet'}}}"],
+                         cwd=ROOT, capture_output=True, text=True, timeout=300, env=dict(os.environ, CROPI_DRY_RUN="1"))
+    assert out.returncode == 2, out.stderr[-2000:]
+    err = [line for line in out.stderr.splitlines() if line.startswith("error:")]
+    assert len(err) == 1 and err[0].startswith("error: verl config:") and "micro_batch_size" in err[0]

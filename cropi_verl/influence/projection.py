@@ -162,8 +162,9 @@ class BlockwiseProjector(Projector):
 
 
 class SparseJL(BlockwiseProjector):
-    """The bucket index of each block is kept (int32, up to ``BUCKET_CACHE_BYTES``): a per-parameter stream
-    projects the same coordinate ranges for every prompt, so the hash is computed once per range."""
+    """The bucket index of each block is kept (int64, ``index_add_``'s fast path; up to ``BUCKET_CACHE_BYTES``):
+    a per-parameter stream projects the same coordinate ranges for every prompt, so the hash is computed once per
+    range."""
 
     def __init__(self, cfg: ProjectorConfig):
         super().__init__(cfg)
@@ -171,16 +172,16 @@ class SparseJL(BlockwiseProjector):
         self._cache_left = BUCKET_CACHE_BYTES
 
     def _bucket_index(self, start: int, n: int, device: torch.device) -> torch.Tensor:
-        """c(i) = h(i) mod 2k for coordinates start..start+n-1 (int32)."""
+        """c(i) = h(i) mod 2k for coordinates start..start+n-1 (int64)."""
         key = (start, n, str(device))
         c = self._buckets.get(key)
         if c is None:
             h = coordinate_hash(self.cfg.seed, start, n, device)
             two_k = 2 * self.k
-            c = h.bitwise_and_(two_k - 1) if two_k & (two_k - 1) == 0 else h.bitwise_and_(0x7FFFFFFF).remainder_(two_k)
-            if self._cache_left >= 4 * n:
+            c = (h.bitwise_and_(two_k - 1) if two_k & (two_k - 1) == 0 else h.bitwise_and_(0x7FFFFFFF).remainder_(two_k)).long()
+            if self._cache_left >= 8 * n:
                 self._buckets[key] = c
-                self._cache_left -= 4 * n
+                self._cache_left -= 8 * n
         return c
 
     def _block(self, xb: torch.Tensor, start: int, n: int) -> torch.Tensor:

@@ -49,13 +49,18 @@ class CROPITaskRunner:
 
 
 def check(config: DictConfig) -> None:
-    """verl's own config validation, then ours."""
+    """Our ``cropi:`` checks, then verl's own config validation (its assertion errors become one-line errors)."""
+    from hydra.errors import InstantiationException
     from verl.trainer.ppo.utils import need_critic, need_reference_policy
     from verl.utils.config import validate_config
 
-    validate_config(config=config, use_reference_policy=need_reference_policy(config), use_critic=need_critic(config))
     check_cropi_config(OmegaConf.to_container(config.cropi, resolve=True),
                        OmegaConf.to_container(config.trainer, resolve=True))
+    try:
+        validate_config(config=config, use_reference_policy=need_reference_policy(config),
+                        use_critic=need_critic(config))
+    except (AssertionError, InstantiationException) as e:
+        raise ValueError(f"verl config: {' '.join(str(e).split())}") from None
 
 
 @hydra.main(config_path="../../configs", config_name="cropi_trainer", version_base=None)

@@ -24,6 +24,7 @@ from verl.single_controller.base.decorator import Dispatch, register
 from cropi_verl.curriculum.influence_pass import store_manifest
 from cropi_verl.influence.gradients import PopiConfig, PromptRollouts, parameter_offsets, popi_features
 from cropi_verl.influence.projection import make_projector
+from cropi_verl.utils.faults import kill_point
 
 ROLLOUT_KEYS = ("prompt_id", "prompt_ids", "responses", "behaviour_logprobs", "rewards")
 
@@ -75,6 +76,7 @@ class InfluenceWorker(Worker):
     def compute_features(self, data: DataProto) -> DataProto:
         """Per prompt: ``features`` [n, k] and ``status`` (see the module docstring)."""
         prompts = proto_to_rollouts(data)
+        kill_point("influence_worker")
         res = popi_features(self.model, prompts, self.projector, self.pad_id, self.popi)
         row = {int(p): i for i, p in enumerate(res.prompt_ids)}
         feats = torch.zeros(len(prompts), self.projector.k)
