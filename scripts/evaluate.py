@@ -19,6 +19,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from cropi_verl.data.verl_format import read_verl_parquet
 from cropi_verl.eval.accuracy import avg_at_k
+from cropi_verl.utils.cli import named_paths
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -32,12 +33,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--batch-size", type=int, default=32)
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args(argv)
-    sets = {}
-    for item in args.set:
-        name, sep, path = item.partition("=")
-        if not sep:
-            ap.error(f"--set expects NAME=PARQUET, got {item!r}")
-        sets[name] = read_verl_parquet(path)
+    sets = {name: read_verl_parquet(path) for name, path in named_paths(ap, args.set, "--set").items()}
     unknown = [t for t in args.targeted if t not in sets]
     if unknown:
         ap.error(f"--targeted names {unknown} are not among the --set names {list(sets)}")

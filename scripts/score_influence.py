@@ -25,6 +25,7 @@ from cropi_verl.influence.pipeline import local_featurizer
 from cropi_verl.influence.projection import METHODS, make_projector
 from cropi_verl.influence.selection import STRATEGIES
 from cropi_verl.utils.atomic import atomic_write_json, atomic_write_parquet
+from cropi_verl.utils.cli import named_paths
 
 
 def _read_rollouts(path: str) -> pd.DataFrame:
@@ -57,12 +58,7 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
 
-    val = {}
-    for item in args.val:
-        name, sep, path = item.partition("=")
-        if not sep:
-            ap.error(f"--val expects NAME=ROLLOUTS, got {item!r}")
-        val[name] = _read_rollouts(path)
+    val = {name: _read_rollouts(path) for name, path in named_paths(ap, args.val, "--val").items()}
     train = _read_rollouts(args.train_rollouts)
     from transformers import AutoModelForCausalLM, AutoTokenizer
 

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import random
 
+import pandas as pd
 import torch
 from transformers import Qwen2Config, Qwen2ForCausalLM
 
 from cropi_verl.influence.gradients import PromptRollouts
+from cropi_verl.rollout.records import RECORD_COLUMNS, Response, make_row
 
 VOCAB, PAD = 48, 0
 
@@ -38,12 +40,8 @@ def make_prompts(n: int, k: int = 4, seed: int = 0, zero_every: int = 0) -> list
     return out
 
 
-def rollout_table(prompts: list[PromptRollouts]) -> "pd.DataFrame":
+def rollout_table(prompts: list[PromptRollouts]) -> pd.DataFrame:
     """The offline-rollout record table (``cropi_verl.rollout.records``) of hand-built prompt rollouts."""
-    import pandas as pd
-
-    from cropi_verl.rollout.records import RECORD_COLUMNS, Response, make_row
-
     rows = [make_row(p.prompt_id, "cropi_toy/add", "train", "0", p.prompt_ids,
                      [Response(r, "", lp, False) for r, lp in zip(p.responses, p.behaviour_logprobs)], p.rewards, None)
             for p in prompts]

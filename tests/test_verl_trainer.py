@@ -38,15 +38,10 @@ def test_composes_verl_defaults_with_the_cropi_group_and_overrides():
     assert "actor_rollout_ref" in cfg and cfg.data.train_batch_size == 1024  # verl's own defaults are there
 
 
-def test_cfg_job_prints_the_composed_config():
+def test_a_mistyped_key_is_refused_by_hydra():
     out = subprocess.run([sys.executable, "-m", "cropi_verl.trainer.main", "--cfg", "job", "cropi.k=1"],
                          cwd=ROOT, capture_output=True, text=True, timeout=300)
-    assert out.returncode != 0 and "cropi.k" in out.stderr  # a typo'd key is refused by hydra
-    out = subprocess.run([sys.executable, "-m", "cropi_verl.trainer.main", "--cfg", "job", "cropi.projection.k=4096"],
-                         cwd=ROOT, capture_output=True, text=True, timeout=300)
-    assert out.returncode == 0, out.stderr[-2000:]
-    printed = OmegaConf.create(out.stdout)
-    assert printed.cropi.projection.k == 4096 and printed.algorithm.adv_estimator == "grpo"
+    assert out.returncode != 0 and "cropi.k" in out.stderr  # the real key is cropi.projection.k
 
 
 def test_config_checks_list_every_problem_in_one_error(tmp_path):

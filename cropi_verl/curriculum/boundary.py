@@ -19,7 +19,7 @@ from __future__ import annotations
 import logging
 import time
 from pathlib import Path
-from typing import Callable, Mapping
+from typing import Callable, Iterable, Mapping
 
 import pandas as pd
 
@@ -36,6 +36,15 @@ log = logging.getLogger(__name__)
 
 def stage_dir(curriculum_dir: str | Path, stage: int) -> Path:
     return Path(curriculum_dir) / f"stage_{stage:03d}"
+
+
+def check_rollout_ids(train_rollouts: pd.DataFrame, prompt_ids: Iterable[int], label: str) -> None:
+    """Every rollout prompt id must be a row of the training prompts (else: rollouts of another dataset)."""
+    known = set(int(i) for i in prompt_ids)
+    unknown = [int(i) for i in train_rollouts["prompt_id"] if int(i) not in known]
+    if unknown:
+        raise ValueError(f"{label}: {len(unknown)} prompt ids are not rows of the training prompts (first: "
+                         f"{unknown[:5]}); were the rollouts collected from another dataset?")
 
 
 def stage_boundary(
@@ -79,6 +88,11 @@ def stage_boundary(
         score_file = str(atomic_write_parquet(res.scores, out / "scores.parquet"))
         kill_point("scores_written")
         selected = res.selection.prompt_ids.tolist()
+        if not selected:
+            raise ValueError(f"stage {stage}: no prompt of the pool of {len(train)} can be scored ({res.n_zero_advantage} "
+                             f"zero-advantage: beta solved all or none of its responses; {res.n_nonfinite} non-finite); "
+                             "influence cannot select. Re-collect the rollouts with more responses or a higher "
+                             "temperature, or use a pass_rate / random strategy")
         stats |= {"n_zero_advantage": res.n_zero_advantage, "n_nonfinite": res.n_nonfinite,
                   "shortfall": res.selection.shortfall}
     elif schedule.uses_influence:

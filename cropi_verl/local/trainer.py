@@ -26,7 +26,7 @@ from torchdata.stateful_dataloader import StatefulDataLoader
 from transformers import AutoModelForCausalLM, AutoTokenizer
 from verl.utils.tracking import Tracking
 
-from cropi_verl.curriculum.boundary import stage_boundary
+from cropi_verl.curriculum.boundary import check_rollout_ids, stage_boundary
 from cropi_verl.curriculum.sampler import RankedSubsetSampler
 from cropi_verl.curriculum.schedule import StageSchedule
 from cropi_verl.curriculum.state import StageState
@@ -114,10 +114,7 @@ class LocalCurriculumTrainer:
         self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=run.grpo.lr, weight_decay=run.grpo.weight_decay)
         ids = row_ids(run.prompts)
         self.id_to_pos = {i: p for p, i in enumerate(ids)}
-        missing = [int(i) for i in run.train_rollouts["prompt_id"] if int(i) not in self.id_to_pos]
-        if missing:
-            raise ValueError(f"{len(missing)} rollout prompt ids are not in the training prompts (first: {missing[:5]}); "
-                             "were the rollouts collected from another dataset?")
+        check_rollout_ids(run.train_rollouts, self.id_to_pos, "train rollouts")
         self.step = 0
         self.state: StageState | None = None
         self.loader: StatefulDataLoader | None = None

@@ -32,7 +32,7 @@ from verl.trainer.ppo.v1.trainer_sync import PPOTrainerSync
 from verl.utils.checkpoint.checkpoint_manager import find_latest_ckpt_path
 from verl.utils.dataset.rl_dataset import collate_fn
 
-from cropi_verl.curriculum.boundary import stage_boundary
+from cropi_verl.curriculum.boundary import check_rollout_ids, stage_boundary
 from cropi_verl.curriculum.sampler import RankedSubsetSampler
 from cropi_verl.curriculum.state import StageState
 from cropi_verl.trainer.curriculum_config import check_cropi_config
@@ -64,10 +64,7 @@ class CROPITrainer(PPOTrainerSync):
         names = cropi.get("val_sets") or list(cropi.get("val_rollouts") or {})
         self.val_rollouts = {n: pd.read_parquet(cropi["val_rollouts"][n]) for n in names}
         if self.train_rollouts is not None:
-            unknown = [int(i) for i in self.train_rollouts["prompt_id"] if int(i) not in self.id_to_pos]
-            if unknown:
-                raise ValueError(f"cropi.train_rollouts: {len(unknown)} prompt ids are not rows of data.train_files "
-                                 f"(first: {unknown[:5]}); were they collected from another dataset?")
+            check_rollout_ids(self.train_rollouts, self.id_to_pos, f"cropi.train_rollouts={cropi['train_rollouts']}")
         self.curriculum_dir = Path(cropi["output_dir"])
         self.influence_group = None
 

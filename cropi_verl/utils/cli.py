@@ -6,10 +6,11 @@ config checks) or missing files. ``CROPI_DEBUG=1`` re-raises them with the full 
 
 from __future__ import annotations
 
+import argparse
 import os
 import sys
 from functools import wraps
-from typing import Callable, TypeVar
+from typing import Callable, Sequence, TypeVar
 
 T = TypeVar("T")
 
@@ -28,3 +29,14 @@ def one_line_errors(fn: Callable[..., T]) -> Callable[..., T]:
             sys.exit(2)
 
     return run
+
+
+def named_paths(parser: argparse.ArgumentParser, items: Sequence[str], flag: str) -> dict[str, str]:
+    """``NAME=PATH`` arguments of a repeated ``flag`` as {NAME: PATH}; a malformed one is a usage error."""
+    out = {}
+    for item in items:
+        name, sep, path = item.partition("=")
+        if not sep or not name:
+            parser.error(f"{flag} expects NAME=PATH, got {item!r}")
+        out[name] = path
+    return out

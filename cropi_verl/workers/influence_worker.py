@@ -81,7 +81,7 @@ class InfluenceWorker(Worker):
         row = {int(p): i for i, p in enumerate(res.prompt_ids)}
         feats = torch.zeros(len(prompts), self.projector.k)
         status = np.empty(len(prompts), dtype=object)
-        zero, nonfinite = set(res.zero_advantage), set(res.nonfinite)
+        zero = set(res.zero_advantage)
         for i, p in enumerate(prompts):
             if p.prompt_id in row:
                 feats[i] = res.features[row[p.prompt_id]]
