@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import logging
 import time
+import warnings
 from dataclasses import asdict, fields
 from pathlib import Path
 
@@ -171,6 +172,7 @@ def print_table(pool: dict, summary: dict) -> None:
 @one_line_errors
 def main(cfg: DictConfig) -> None:
     torch.set_num_threads(cfg.threads)
+    warnings.filterwarnings("ignore", message=".*'set_vital' is deprecated")  # torchdata's, once per dataloader
     t0 = time.time()
     frames, policy_dir = prepare(cfg)
     train_roll, val_roll = offline_rollouts(cfg, policy_dir)
