@@ -17,6 +17,9 @@ from cropi_verl.trainer.curriculum_config import check_cropi_config
 from cropi_verl.utils.cli import one_line_errors
 
 
+DRY_RUN_HEADER = "# CROPI_DRY_RUN: every check passed; the composed config:"
+
+
 @ray.remote
 class CROPITaskRunner:
     """verl's v1 task flow (TransferQueue, trainer, agent loop manager, fit) with ``CROPITrainer``."""
@@ -72,6 +75,7 @@ def main(config: DictConfig) -> None:
     auto_set_device(config)
     check(config)
     if os.environ.get("CROPI_DRY_RUN"):
+        print(DRY_RUN_HEADER)
         print(OmegaConf.to_yaml(config))
         return
     run_ppo(config, task_runner_class=CROPITaskRunner)
