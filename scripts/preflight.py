@@ -24,7 +24,8 @@ from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
 from cropi_verl.data.verl_format import read_verl_parquet, row_ids
-from cropi_verl.rollout.records import RECORD_COLUMNS
+from cropi_verl.influence.gradients import is_zero_advantage
+from cropi_verl.rollout.records import RECORD_COLUMNS, to_prompt_rollouts
 from cropi_verl.trainer.curriculum_config import check_cropi_config
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -48,8 +49,8 @@ def _rollouts(path: str, label: str, problems: list[str]) -> pd.DataFrame | None
 
 
 def _zero_advantage(frame: pd.DataFrame) -> np.ndarray:
-    """All unflagged rewards equal (or fewer than two): the POPI gradient is zero."""
-    return np.array([len({r for r, f in zip(rw, fl) if not f}) < 2 for rw, fl in zip(frame["reward"], frame["flag"])])
+    """Per prompt: its unflagged rewards are all equal (or fewer than two), so its POPI gradient is zero."""
+    return np.array([is_zero_advantage(p.rewards) for p in to_prompt_rollouts(frame)], dtype=bool)
 
 
 def preflight(cfg) -> tuple[list[str], list[str]]:

@@ -135,3 +135,13 @@ def test_boundary_redraws_random_per_stage_without_gradients(tmp_path, pool):
     assert (a.selection_seed, b.selection_seed) == (3, 4)
     full = stage_boundary(0, 0, StageSchedule(fraction=1.0, strategy="full"), train, val, tmp_path / "f", featurizer, {})
     assert sorted(full.selected_ids) == sorted(train["prompt_id"])
+
+
+def test_stage_dataloader_refuses_a_subset_smaller_than_one_batch():
+    from cropi_verl.curriculum.sampler import stage_dataloader
+
+    ids = {100 + i: i for i in range(10)}
+    loader = stage_dataloader(list(range(10)), 0, [100, 103, 105, 107], 3, ids, 2, lambda b: b)
+    assert sorted(sum((list(b) for b in loader), [])) == [0, 3, 5, 7]  # the selected rows, in batches of 2
+    with pytest.raises(ValueError, match="stage 1: 4 selected prompts, fewer than the batch size 8; .* lower data.x"):
+        stage_dataloader(list(range(10)), 1, [100, 103, 105, 107], 3, ids, 8, lambda b: b, batch_key="data.x")

@@ -7,10 +7,11 @@ Epoch e yields ``positions[perm_e]`` where ``perm_e = randperm(len(positions), g
 
 from __future__ import annotations
 
-from typing import Iterator, Sequence
+from typing import Callable, Iterator, Mapping, Sequence
 
 import torch
-from torch.utils.data import Sampler
+from torch.utils.data import Dataset, Sampler
+from torchdata.stateful_dataloader import StatefulDataLoader
 
 
 class RankedSubsetSampler(Sampler[int]):
@@ -43,3 +44,16 @@ class RankedSubsetSampler(Sampler[int]):
             raise ValueError(f"sampler state is for {state.get('n')} rows / seed {state.get('seed')}, "
                              f"this sampler has {len(self.positions)} rows / seed {self.seed}: wrong stage subset")
         self.epoch, self.yielded = int(state["epoch"]), int(state["yielded"])
+
+
+def stage_dataloader(dataset: Dataset, stage: int, selected_ids: Sequence[int], sampler_seed: int,
+                     id_to_pos: Mapping[int, int], batch_size: int, collate_fn: Callable, num_workers: int = 0,
+                     batch_key: str = "batch_size") -> StatefulDataLoader:
+    """A stage's ``StatefulDataLoader``: the whole ``dataset``, batches (``drop_last``) of the selected rows drawn by
+    a ``RankedSubsetSampler``; a clear error when the subset cannot fill one batch (``batch_key`` names the knob)."""
+    positions = [id_to_pos[i] for i in selected_ids]
+    if len(positions) < batch_size:
+        raise ValueError(f"stage {stage}: {len(positions)} selected prompts, fewer than the batch size {batch_size}; "
+                         f"raise the select fraction or lower {batch_key}")
+    return StatefulDataLoader(dataset, batch_size=batch_size, sampler=RankedSubsetSampler(positions, sampler_seed),
+                              drop_last=True, collate_fn=collate_fn, num_workers=num_workers)

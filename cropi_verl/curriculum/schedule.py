@@ -16,6 +16,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from cropi_verl.influence.selection import STRATEGIES as SELECT_STRATEGIES
+from cropi_verl.influence.selection import check_fraction
 
 INFLUENCE_STRATEGIES = ("cropi", "influence_max", "influence_oneshot")
 STRATEGIES = tuple(SELECT_STRATEGIES) + ("influence_oneshot",)
@@ -34,8 +35,7 @@ class StageSchedule:
             raise ValueError(f"curriculum strategy {self.strategy!r} is not one of {', '.join(STRATEGIES)}")
         if self.num_stages < 1 or self.steps_per_stage < 1:
             raise ValueError(f"num_stages and steps_per_stage must be >= 1, got {self.num_stages}, {self.steps_per_stage}")
-        if not 0 < self.fraction <= 1:
-            raise ValueError(f"select fraction must be in (0, 1], got {self.fraction}")
+        check_fraction(self.fraction)
 
     @property
     def total_steps(self) -> int:

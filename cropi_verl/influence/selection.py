@@ -46,10 +46,15 @@ class SelectionResult:
     shortfall: int = 0
 
 
-def n_to_select(fraction: float, n_pool: int) -> int:
-    """round(fraction * N); a clear error for a fraction outside (0, 1] or one that selects nothing."""
+def check_fraction(fraction: float) -> None:
+    """A clear error for a select fraction outside (0, 1]."""
     if not 0 < fraction <= 1:
         raise ValueError(f"select fraction must be in (0, 1], got {fraction}")
+
+
+def n_to_select(fraction: float, n_pool: int) -> int:
+    """round(fraction * N); a clear error for a fraction outside (0, 1] or one that selects nothing."""
+    check_fraction(fraction)
     n = int(round(fraction * n_pool))
     if n == 0:
         raise ValueError(f"select fraction {fraction} of a pool of {n_pool} prompts rounds to 0 prompts")

@@ -19,7 +19,7 @@ import numpy as np
 import pandas as pd
 import torch
 from verl.trainer.ppo import core_algos
-from verl.utils.torch_functional import entropy_from_logits
+from verl.utils.torch_functional import entropy_from_logits, logprobs_from_logits
 from verl.workers.config import ActorConfig
 
 from cropi_verl.influence.gradients import response_logits
@@ -79,7 +79,7 @@ def grpo_step(
     adv, _ = core_algos.compute_grpo_outcome_advantage(
         token_rewards, mask, np.repeat(np.arange(len(batch)), cfg.n), norm_adv_by_std_in_grpo=cfg.norm_adv_by_std_in_grpo
     )
-    logp = torch.log_softmax(logits, dim=-1).gather(-1, targets[..., None]).squeeze(-1)
+    logp = logprobs_from_logits(logits, targets)
     pg_loss, pg_metrics = core_algos.get_policy_loss_fn("vanilla")(
         old_log_prob=logp.detach(), log_prob=logp, advantages=adv, response_mask=mask,
         loss_agg_mode=cfg.loss_agg_mode, config=cfg.actor_config(),
@@ -96,7 +96,7 @@ def grpo_step(
         with torch.no_grad():
             ref_logits, _, _ = response_logits(ref_model, [g.prompt_ids for g in flat], [g.response_ids for g in flat],
                                                tokenizer.pad_token_id)
-            ref_logp = torch.log_softmax(ref_logits, dim=-1).gather(-1, targets[..., None]).squeeze(-1)
+            ref_logp = logprobs_from_logits(ref_logits, targets)
         kl = core_algos.agg_loss(core_algos.kl_penalty(logp, ref_logp, cfg.kl_loss_type), mask, cfg.loss_agg_mode)
         loss = loss + cfg.kl_loss_coef * kl
         metrics["actor/kl_loss"] = kl.item()

@@ -27,7 +27,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 from verl.utils.tracking import Tracking
 
 from cropi_verl.curriculum.boundary import check_rollout_ids, stage_boundary
-from cropi_verl.curriculum.sampler import RankedSubsetSampler
+from cropi_verl.curriculum.sampler import stage_dataloader
 from cropi_verl.curriculum.schedule import StageSchedule
 from cropi_verl.curriculum.state import StageState
 from cropi_verl.data.verl_format import row_ids
@@ -91,13 +91,8 @@ def _collate(positions: list[int]) -> list[int]:
 
 def stage_loader(run: LocalRun, state: StageState, id_to_pos: Mapping[int, int]) -> StatefulDataLoader:
     """The stage's dataloader: batches of row positions of the selected prompts, shuffled by the sampler seed."""
-    positions = [id_to_pos[i] for i in state.selected_ids]
-    if len(positions) < run.grpo.batch_size:
-        raise ValueError(f"stage {state.stage}: {len(positions)} selected prompts, fewer than the batch size "
-                         f"{run.grpo.batch_size}; raise the select fraction or lower grpo.batch_size")
-    sampler = RankedSubsetSampler(positions, state.sampler_seed)
-    return StatefulDataLoader(_Positions(len(run.prompts)), batch_size=run.grpo.batch_size, sampler=sampler,
-                              drop_last=True, collate_fn=_collate, num_workers=0)
+    return stage_dataloader(_Positions(len(run.prompts)), state.stage, state.selected_ids, state.sampler_seed, id_to_pos,
+                            run.grpo.batch_size, _collate, batch_key="grpo.batch_size")
 
 
 def targeted_mean(accs: Mapping[str, float], names: list[str]) -> float:

@@ -27,13 +27,12 @@ from pathlib import Path
 
 import pandas as pd
 from omegaconf import OmegaConf, open_dict
-from torchdata.stateful_dataloader import StatefulDataLoader
 from verl.trainer.ppo.v1.trainer_sync import PPOTrainerSync
 from verl.utils.checkpoint.checkpoint_manager import find_latest_ckpt_path
 from verl.utils.dataset.rl_dataset import collate_fn
 
 from cropi_verl.curriculum.boundary import check_rollout_ids, stage_boundary
-from cropi_verl.curriculum.sampler import RankedSubsetSampler
+from cropi_verl.curriculum.sampler import stage_dataloader
 from cropi_verl.curriculum.state import StageState
 from cropi_verl.trainer.curriculum_config import check_cropi_config
 
@@ -78,10 +77,10 @@ class CROPITrainer(PPOTrainerSync):
     def _install_stage(self, state: StageState) -> None:
         """Replace the trainer's dataloader by the stage's (same dataset, ``RankedSubsetSampler`` over its rows)."""
         data = self.config.data
-        sampler = RankedSubsetSampler([self.id_to_pos[i] for i in state.selected_ids], state.sampler_seed)
-        self.train_dataloader = StatefulDataLoader(
-            dataset=self.train_dataset, batch_size=data.get("gen_batch_size") or data.train_batch_size,
-            num_workers=data["dataloader_num_workers"], drop_last=True, collate_fn=collate_fn, sampler=sampler,
+        self.train_dataloader = stage_dataloader(
+            self.train_dataset, state.stage, state.selected_ids, state.sampler_seed, self.id_to_pos,
+            data.get("gen_batch_size") or data.train_batch_size, collate_fn, data["dataloader_num_workers"],
+            batch_key="data.gen_batch_size / data.train_batch_size",
         )
         self.train_dataloader_it = None
         self.stage_state = state
