@@ -1,13 +1,17 @@
 #!/usr/bin/env python
 """POPI gradient pass: prompts/s and peak memory, streamed projection vs the naive baseline.
 
-``streamed``: ``popi_features`` (a hook projects each parameter's gradient as soon as it exists, then frees it).
-``naive``: backward into ``.grad``, concatenate the full flat gradient, project it. Both on a random-init Qwen2
-(``--model tiny``: the tiny policy's shape; ``--model qwen2.5-1.5b``: Qwen2.5-1.5B's config, for a GPU) with
-synthetic offline rollouts of K responses x T tokens. Each mode runs in its own subprocess so peak memory
-(``ru_maxrss`` on CPU, ``max_memory_allocated`` on GPU) is its own. The last line is one JSON object.
+``streamed``: ``popi_features`` with its defaults (the prompt encoded once into a KV cache, identical responses
+merged, small gradients staged and projected together, each projected as soon as backward produces it).
+``streamed_plain``: ``popi_features`` with those three savings off (every response re-encodes the prompt, one
+projection call per parameter tensor). ``naive``: backward into ``.grad``, concatenate the full flat gradient,
+project it. All on a random-init Qwen2 (``--model tiny``: the tiny policy's shape; ``--model qwen2.5-1.5b``:
+Qwen2.5-1.5B's config, for a GPU) with synthetic offline rollouts of K responses x T tokens after a P-token
+prompt, ``--distinct`` of the K responses distinct (the rest repeat them, as a confident policy's samples do). Each
+mode runs in its own subprocess so peak memory (``ru_maxrss`` on CPU, ``max_memory_allocated`` on GPU) is its own.
+The last line is one JSON object (ratios against ``naive`` measured in the same run).
 
-    python scripts/bench_gradients.py [--model tiny] [--prompts 32] [--k-resp 8] [--tokens 32]
+    python scripts/bench_gradients.py [--model tiny] [--prompts 32] [--k-resp 8] [--tokens 32] [--distinct 8]
 """
 
 from __future__ import annotations
@@ -29,6 +33,8 @@ MODELS = {
                          num_key_value_heads=2, vocab_size=151936),
 }
 
+MODES = ["naive", "streamed_plain", "streamed"]
+
 
 def run_mode(args) -> dict:
     from transformers import Qwen2Config, Qwen2ForCausalLM
@@ -44,25 +50,29 @@ def run_mode(args) -> dict:
     proj = make_projector("sparse_jl", dim, args.k)
     rng = random.Random(0)
     V = cfg.vocab_size
-    prompts = [
-        PromptRollouts(i, [rng.randrange(V) for _ in range(16)],
-                       [[rng.randrange(V) for _ in range(args.tokens)] for _ in range(args.k_resp)],
-                       [[-2.0] * args.tokens for _ in range(args.k_resp)], [float(j % 2) for j in range(args.k_resp)])
-        for i in range(args.prompts)
-    ]
+    prompts = []
+    for i in range(args.prompts):
+        distinct = [[rng.randrange(V) for _ in range(args.tokens)] for _ in range(min(args.distinct, args.k_resp))]
+        responses = [distinct[j % len(distinct)] for j in range(args.k_resp)]
+        prompts.append(PromptRollouts(i, [rng.randrange(V) for _ in range(args.prompt_tokens)], responses,
+                                      [[-2.0] * args.tokens for _ in range(args.k_resp)],
+                                      [float(j % len(distinct) % 2) for j in range(args.k_resp)]))
     if dev == "cuda":
         torch.cuda.reset_peak_memory_stats()
     t = time.perf_counter()
     if args.mode == "streamed":
         popi_features(model, prompts, proj, 0, PopiConfig(micro_batch=args.micro_batch))
+    elif args.mode == "streamed_plain":
+        popi_features(model, prompts, proj, 0, PopiConfig(micro_batch=args.micro_batch, share_prompt=False,
+                                                          merge_duplicates=False, stream_buffer=1))
     else:
-        from cropi_verl.influence.gradients import group_advantages, popi_loss, response_logprobs
+        from cropi_verl.influence.gradients import group_advantages, popi_loss, response_logprobs, response_rows
 
         for pr in prompts:
-            adv = group_advantages(pr.rewards, 1e-4).to(dev)
+            rows = response_rows(pr, group_advantages(pr.rewards, 1e-4).tolist(), merge=False)
             logp, mask = response_logprobs(model, [pr.prompt_ids] * args.k_resp, pr.responses, 0)
-            beh = torch.tensor(pr.behaviour_logprobs, device=dev)
-            popi_loss(logp, beh, mask, adv, args.k_resp, None).backward()
+            ref, coef = (torch.tensor([getattr(r, a) for r in rows], device=dev) for a in ("ref", "coef"))
+            popi_loss(logp, ref, mask, coef, args.k_resp, None).backward()
             flat = torch.cat([p.grad.reshape(-1).float() for p in model.parameters()])
             proj.project(flat)
             model.zero_grad(set_to_none=True)
@@ -80,29 +90,34 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--prompts", type=int, default=32)
     ap.add_argument("--k-resp", type=int, default=8, help="responses per prompt")
     ap.add_argument("--tokens", type=int, default=32, help="tokens per response")
+    ap.add_argument("--prompt-tokens", type=int, default=16, help="tokens per prompt")
+    ap.add_argument("--distinct", type=int, default=8, help="distinct responses per prompt (the rest repeat them)")
     ap.add_argument("--micro-batch", type=int, default=8)
     ap.add_argument("--k", type=int, default=8192, help="projection dimension")
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    ap.add_argument("--mode", choices=["streamed", "naive"], default=None, help=argparse.SUPPRESS)
+    ap.add_argument("--mode", choices=MODES, default=None, help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     if args.mode:
         print(json.dumps(run_mode(args)))
         return 0
     res = {}
-    for mode in ["naive", "streamed"]:
+    for mode in MODES:
         out = subprocess.run([sys.executable, __file__, *(argv if argv is not None else sys.argv[1:]), "--mode", mode],
                              capture_output=True, text=True, check=True)
         res[mode] = json.loads(out.stdout.strip().splitlines()[-1])
-    print(f"model={args.model} ({res['streamed']['params']:,} params) device={args.device} "
-          f"{args.prompts} prompts x {args.k_resp} responses x {args.tokens} tokens, k={args.k}")
-    print(f"{'mode':<10}{'prompts/s':>11}{'s/prompt':>10}{'peak GB':>9}")
-    for m in ["naive", "streamed"]:
+    print(f"model={args.model} ({res['streamed']['params']:,} params) device={args.device} {args.prompts} prompts x "
+          f"{args.k_resp} responses ({args.distinct} distinct) x {args.tokens} tokens after {args.prompt_tokens}, "
+          f"k={args.k}")
+    print(f"{'mode':<16}{'prompts/s':>11}{'s/prompt':>10}{'peak GB':>9}{'speed vs naive':>16}")
+    for m in MODES:
         r = res[m]
-        print(f"{m:<10}{r['prompts_per_s']:>11.2f}{1 / r['prompts_per_s']:>10.3f}{r['peak_gb']:>9.3f}")
-    s, n = res["streamed"], res["naive"]
+        print(f"{m:<16}{r['prompts_per_s']:>11.2f}{1 / r['prompts_per_s']:>10.3f}{r['peak_gb']:>9.3f}"
+              f"{r['prompts_per_s'] / res['naive']['prompts_per_s']:>15.2f}x")
+    s, p, n = res["streamed"], res["streamed_plain"], res["naive"]
     print(json.dumps({"model": args.model, "device": args.device, "prompts_per_s": round(s["prompts_per_s"], 3),
                       "seconds_per_prompt": round(1 / s["prompts_per_s"], 4), "peak_gb": round(s["peak_gb"], 3),
                       "speed_vs_naive": round(s["prompts_per_s"] / n["prompts_per_s"], 2),
+                      "speed_vs_plain": round(s["prompts_per_s"] / p["prompts_per_s"], 2),
                       "peak_memory_vs_naive": round(s["peak_gb"] / n["peak_gb"], 3)}))
     return 0
 

@@ -22,13 +22,15 @@ def tiny_model(seed: int = 0, layers: int = 1, hidden: int = 16) -> Qwen2ForCaus
     return Qwen2ForCausalLM(cfg).float().eval()
 
 
-def make_prompts(n: int, k: int = 4, seed: int = 0, zero_every: int = 0) -> list[PromptRollouts]:
+def make_prompts(n: int, k: int = 4, seed: int = 0, zero_every: int = 0, duplicates: bool = False,
+                 min_prompt: int = 2) -> list[PromptRollouts]:
     """n prompts with k responses of varying lengths, random behaviour log-probs and 0/1 rewards;
-    every ``zero_every``-th prompt has all-equal rewards."""
+    every ``zero_every``-th prompt has all-equal rewards. With ``duplicates``, response j >= 2 repeats the tokens
+    and reward of response j - 2 (its behaviour log-probs stay independent draws)."""
     rng = random.Random(seed)
     out = []
     for i in range(n):
-        prompt = [rng.randrange(1, VOCAB) for _ in range(rng.randint(2, 5))]
+        prompt = [rng.randrange(1, VOCAB) for _ in range(rng.randint(min_prompt, 5))]
         resp = [[rng.randrange(1, VOCAB) for _ in range(rng.randint(1, 6))] for _ in range(k)]
         beh = [[-rng.uniform(1.0, 5.0) for _ in r] for r in resp]
         if zero_every and i % zero_every == 0:
@@ -36,6 +38,11 @@ def make_prompts(n: int, k: int = 4, seed: int = 0, zero_every: int = 0) -> list
         else:
             rewards = [float(rng.random() < 0.5) for _ in range(k - 1)] + [1.0]
             rewards[0] = 0.0
+        if duplicates:
+            rewards[1] = 1.0
+            for j in range(2, k):
+                resp[j], rewards[j] = list(resp[j - 2]), rewards[j - 2]
+                beh[j] = [-rng.uniform(1.0, 5.0) for _ in resp[j]]
         out.append(PromptRollouts(100 + i, prompt, resp, beh, rewards))
     return out
 

@@ -2,15 +2,19 @@
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 
 from cropi_verl.influence.gradients import (
     PopiConfig,
+    PromptRollouts,
     group_advantages,
     is_zero_advantage,
     parameter_offsets,
     popi_features,
+    response_rows,
     validation_gradient,
 )
 from cropi_verl.influence.projection import make_projector
@@ -37,23 +41,43 @@ def reference_gradient(model, pr, eps=1e-4, clip=None) -> torch.Tensor:
             terms.append(term)
         total = total + torch.stack(terms).mean()
     loss = -total / len(pr.responses)
-    grads = torch.autograd.grad(loss, params)
+    grads = torch.autograd.grad(loss, params, allow_unused=True, materialize_grads=True)
     return torch.cat([g.reshape(-1) for g in grads])
 
 
-@pytest.mark.parametrize("clip, micro_batch", [(None, 8), (None, 1), (0.2, 3)])
-def test_popi_matches_autograd_reference(clip, micro_batch):
-    model = tiny_model()
-    prompts = make_prompts(4, k=5)
+@pytest.mark.parametrize("clip, micro_batch, share_prompt, merge, buffer", [
+    (None, 8, True, True, 1 << 20), (None, 1, True, True, 1 << 20), (None, 2, False, True, 300),
+    (None, 8, True, False, 64), (None, 3, False, False, 1), (0.2, 3, True, True, 1 << 20), (0.2, 8, False, False, 300),
+])
+def test_popi_matches_autograd_reference(clip, micro_batch, share_prompt, merge, buffer):
+    """Every path (prompt KV cache or not, duplicates merged or not, micro-batches, clip, gradient staging in one
+    segment, in several, or none) gives the reference gradient; the prompts repeat responses with different
+    behaviour log-probs, and include 1-token prompts."""
+    model = tiny_model(layers=2)
+    prompts = make_prompts(5, k=5, seed=3, duplicates=True, min_prompt=1)
+    assert min(len(p.prompt_ids) for p in prompts) == 1
     _, dim = parameter_offsets(model)
     res = popi_features(model, prompts, make_projector("identity", dim), PAD,
-                        PopiConfig(clip_ratio=clip, micro_batch=micro_batch))
+                        PopiConfig(clip_ratio=clip, micro_batch=micro_batch, share_prompt=share_prompt,
+                                   merge_duplicates=merge, stream_buffer=buffer))
     assert res.prompt_ids == [p.prompt_id for p in prompts]
     for pr, feat in zip(prompts, res.features):
         ref = reference_gradient(model, pr, clip=clip)
         assert ref.abs().max() > 1e-4  # a non-trivial gradient
         torch.testing.assert_close(feat, ref, rtol=1e-4, atol=1e-6)
     assert all(p.grad is None for p in model.parameters())  # streamed and freed
+
+
+def test_unused_parameter_and_several_backwards_per_prompt():
+    """A parameter backward never reaches keeps its staging segment open across micro-batches: the segment's other
+    gradients must add up there and be projected at the end (its own coordinates stay 0)."""
+    model = tiny_model(layers=2)
+    model.model.unused = torch.nn.Parameter(torch.ones(3))
+    prompts = make_prompts(3, k=5, seed=4, duplicates=True)
+    _, dim = parameter_offsets(model)
+    res = popi_features(model, prompts, make_projector("identity", dim), PAD, PopiConfig(micro_batch=1))
+    for pr, feat in zip(prompts, res.features):
+        torch.testing.assert_close(feat, reference_gradient(model, pr), rtol=1e-4, atol=1e-6)
 
 
 def test_projected_equals_projection_of_reference():
@@ -78,6 +102,17 @@ def test_zero_advantage_detected_before_backward():
     assert res.prompt_ids == [101, 102, 104, 105]
     assert len(calls) == 4  # one backward per non-zero prompt (micro_batch >= K)
     assert is_zero_advantage([0.0, 0.0]) and is_zero_advantage([1.0]) and not is_zero_advantage([0.0, 1.0])
+
+
+def test_response_rows_merge_duplicates_hand_computed():
+    # y_0 = y_2 = [5, 6] with A = (-1, 1, 2) and beta_0 = (-1, -2), beta_2 = (-1.5, -2): one row, ref = beta_0,
+    # coef_t = (A_0 + A_2 exp(ref_t - beta_2,t)) / 2 = ((-1 + 2 e^0.5) / 2, (-1 + 2) / 2); y_1 keeps A_1 / |y_1|
+    pr = PromptRollouts(1, [3], [[5, 6], [7], [5, 6]], [[-1.0, -2.0], [-0.5], [-1.5, -2.0]], [0.0, 1.0, 1.0])
+    merged = response_rows(pr, [-1.0, 1.0, 2.0], merge=True)
+    assert [r.tokens for r in merged] == [[5, 6], [7]] and merged[0].ref == [-1.0, -2.0]
+    assert merged[0].coef == pytest.approx([(-1 + 2 * math.exp(0.5)) / 2, 0.5]) and merged[1].coef == [1.0]
+    plain = response_rows(pr, [-1.0, 1.0, 2.0], merge=False)
+    assert [r.coef for r in plain] == [[-0.5, -0.5], [1.0], [1.0, 1.0]]
 
 
 def test_group_advantages_hand_computed():

@@ -14,15 +14,27 @@ Streaming: ``g_s`` is never materialised as a whole. A post-accumulate-grad hook
 projects that parameter's gradient at its global offset as soon as backward has produced it, adds the [k] result
 to the prompt's feature, and frees the gradient (``p.grad = None``). Peak memory stays below one model gradient.
 Responses are processed in micro-batches (backward per micro-batch, projected and summed: P is linear).
+
+Two exact savings (``PopiConfig``), both on by default:
+
+- ``merge_duplicates`` (no clip only): identical responses u = {k : y_k = y_u} become one row. With b_u the first
+  copy's beta log-probs, rho_k,t = exp(log pi_u,t - b_u,t) exp(b_u,t - beta_k,t), so
+  L = -(1/K) sum_u sum_t exp(log pi_u,t - b_u,t) c_u,t  with  c_u,t = (1/|y_u|) sum_{k in u} A_k exp(b_u,t - beta_k,t).
+- ``share_prompt``: the prompt's prefix s[:-1] is encoded once per micro-batch into a KV cache that every response
+  row attends to (``model(s[:-1], use_cache=True)``, then ``model(s[-1] + y[:-1], past_key_values=...)``), instead of
+  once per response. The gradient flows through the cache, so it is the same gradient.
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Iterable, Sequence
 
 import torch
 from tqdm.auto import tqdm
+
+from transformers import DynamicCache
 
 from cropi_verl.influence.projection import Projector
 
@@ -42,7 +54,10 @@ class PromptRollouts:
 class PopiConfig:
     adv_eps: float = 1e-4  # the paper's epsilon in A = (r - mean) / (std + eps)
     clip_ratio: float | None = None  # None: no clip (the paper); else PPO clip on rho with this epsilon
-    micro_batch: int = 8  # responses per forward/backward
+    micro_batch: int = 8  # response rows (distinct responses when merged) per forward/backward
+    share_prompt: bool = True  # encode the prompt once per micro-batch (KV cache), not once per response
+    merge_duplicates: bool = True  # identical responses -> one weighted row (exact; used only without clip)
+    stream_buffer: int = 1 << 20  # fp32 coordinates per staging segment (small tensors projected together)
 
 
 @dataclass
@@ -112,39 +127,137 @@ def response_logprobs(
     return logp * mask, mask
 
 
+def prompt_cached_logprobs(
+    model: torch.nn.Module, prompt_ids: Sequence[int], responses: Sequence[Sequence[int]], pad_id: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """As ``response_logprobs`` for B responses to one prompt, with the prompt encoded once: the prefix
+    ``prompt[:-1]`` fills a KV cache (expanded to B rows), then ``[prompt[-1]] + response[:-1]`` (right-padded to
+    T) is run on top of it, so position t predicts ``response[t]``. Returns ``[B, T]`` log-probs and mask."""
+    device = next(model.parameters()).device
+    b, t_max = len(responses), max(len(r) for r in responses)
+    ids = torch.full((b, t_max), pad_id, dtype=torch.long)
+    targets = torch.zeros(b, t_max, dtype=torch.long)
+    mask = torch.zeros(b, t_max)
+    for i, r in enumerate(responses):
+        ids[i, : len(r)] = torch.tensor([prompt_ids[-1], *r[:-1]])
+        targets[i, : len(r)] = torch.tensor(r)
+        mask[i, : len(r)] = 1
+    ids, targets, mask = ids.to(device), targets.to(device), mask.to(device)
+    cache, n_prefix = None, len(prompt_ids) - 1
+    if n_prefix:
+        layers = model(input_ids=torch.tensor([list(prompt_ids[:-1])], device=device), use_cache=True).past_key_values.layers
+        cache = DynamicCache(ddp_cache_data=[(lay.keys.expand(b, -1, -1, -1), lay.values.expand(b, -1, -1, -1))
+                                             for lay in layers], config=model.config)
+    attn = torch.cat([torch.ones(b, n_prefix, device=device), mask], 1).long()
+    logits = model(input_ids=ids, attention_mask=attn, past_key_values=cache).logits.float()
+    logp = torch.log_softmax(logits, dim=-1).gather(-1, targets[..., None]).squeeze(-1)
+    return logp * mask, mask
+
+
+@dataclass
+class ResponseRow:
+    """One row of the POPI loss: response tokens, reference log-probs ``ref[t]`` and coefficients ``coef[t]``;
+    the row contributes -(1/K) sum_t f(exp(log pi_t - ref_t), coef_t), f(rho, c) = rho c (or the clipped min)."""
+
+    tokens: list[int]
+    ref: list[float]
+    coef: list[float]
+
+
+def response_rows(pr: PromptRollouts, adv: Sequence[float], merge: bool) -> list[ResponseRow]:
+    """One row per response (ref = beta, coef = A_k / |y_k|), or with ``merge`` one per distinct response
+    (ref = beta of its first copy, coef_t = (1/|y|) sum_copies A_k exp(ref_t - beta_k,t)). Empty responses add
+    nothing and get no row."""
+    rows: dict[tuple, ResponseRow] = {}
+    out: list[ResponseRow] = []
+    for k, (resp, beh) in enumerate(zip(pr.responses, pr.behaviour_logprobs)):
+        if not resp:
+            continue
+        key = tuple(resp)
+        if merge and key in rows:
+            row = rows[key]
+            row.coef = [c + float(adv[k]) * math.exp(r - b) / len(resp) for c, r, b in zip(row.coef, row.ref, beh)]
+            continue
+        row = ResponseRow(list(resp), list(beh), [float(adv[k]) / len(resp)] * len(resp))
+        rows[key] = row
+        out.append(row)
+    return out
+
+
 def popi_loss(
-    logp: torch.Tensor, behaviour_logp: torch.Tensor, mask: torch.Tensor, adv: torch.Tensor, k_total: int,
+    logp: torch.Tensor, ref: torch.Tensor, mask: torch.Tensor, coef: torch.Tensor, k_total: int,
     clip_ratio: float | None,
 ) -> torch.Tensor:
-    """-(1/K) sum_b (1/|y_b|) sum_t rho_b,t A_b over the rows of a (micro-)batch; K = ``k_total``."""
-    ratio = torch.exp((logp - behaviour_logp) * mask)
-    obj = ratio * adv[:, None]
+    """-(1/K) sum_rows sum_t rho_t c_t, rho = exp(log pi - ref), over ``[B, T]`` rows (``ResponseRow``); with a clip,
+    min(rho c, clip(rho, 1 -/+ eps) c) (c has the sign of A), K = ``k_total``."""
+    ratio = torch.exp((logp - ref) * mask)
+    obj = ratio * coef
     if clip_ratio is not None:
-        obj = torch.minimum(obj, ratio.clamp(1 - clip_ratio, 1 + clip_ratio) * adv[:, None])
-    per_seq = (obj * mask).sum(1) / mask.sum(1).clamp(min=1)
-    return -per_seq.sum() / k_total
+        obj = torch.minimum(obj, ratio.clamp(1 - clip_ratio, 1 + clip_ratio) * coef)
+    return -(obj * mask).sum() / k_total
+
+
+def _padded(rows: Sequence[list[float]], like: torch.Tensor) -> torch.Tensor:
+    out = torch.zeros_like(like)
+    for i, r in enumerate(rows):
+        out[i, : len(r)] = torch.tensor(r, dtype=out.dtype)
+    return out
 
 
 class _StreamingProjection:
-    """Hooks that project each parameter's gradient at its offset as soon as it is accumulated, then free it."""
+    """Hooks that project each parameter's gradient at its offset as soon as it is accumulated, then free it.
 
-    def __init__(self, model: torch.nn.Module, projector: Projector):
+    Parameters are grouped into segments of consecutive offsets of at most ``buffer_numel`` coordinates (a larger
+    parameter is a segment of its own and is projected straight away). A segment's gradients are added into a
+    zeroed fp32 buffer and the buffer is projected once all its parameters have reported (or at ``take``), so a
+    model of many small tensors costs few projection calls. Any arrival order is exact: every contribution lands
+    in a buffer that is projected once, and P is linear. Peak extra memory: the segments open at once."""
+
+    def __init__(self, model: torch.nn.Module, projector: Projector, buffer_numel: int):
         self.params, dim = parameter_offsets(model)
         if dim != projector.cfg.dim:
             raise ValueError(f"projector dim {projector.cfg.dim} != trainable parameters {dim}")
         self.projector = projector
         self.acc: torch.Tensor | None = None
-        self.handles = [p.register_post_accumulate_grad_hook(self._hook(off)) for _, p, off in self.params]
+        self.segments: list[list[int]] = []  # [start, numel, n_params]
+        seg_of = []
+        for _, p, off in self.params:
+            last = self.segments[-1] if self.segments else None
+            if p.numel() <= buffer_numel and last and last[1] + p.numel() <= buffer_numel:
+                last[1] += p.numel()
+                last[2] += 1
+            else:
+                self.segments.append([off, p.numel(), 1])
+            seg_of.append(len(self.segments) - 1)
+        self.open: dict[int, tuple[torch.Tensor, int]] = {}  # segment -> (buffer, parameters still to report)
+        self.handles = [p.register_post_accumulate_grad_hook(self._hook(off, seg))
+                        for (_, p, off), seg in zip(self.params, seg_of)]
 
-    def _hook(self, offset: int):
+    def _add(self, x: torch.Tensor, offset: int) -> None:
+        part = self.projector.project(x, offset).double()
+        self.acc = part if self.acc is None else self.acc + part
+
+    def _hook(self, offset: int, seg: int):
+        start, numel, n_params = self.segments[seg]
+
         def hook(p: torch.Tensor) -> None:
-            part = self.projector.project(p.grad.reshape(-1), offset).double()
-            self.acc = part if self.acc is None else self.acc + part
+            g = p.grad.reshape(-1)
+            if n_params == 1:
+                self._add(g, offset)
+            else:
+                buf, left = self.open.get(seg) or (torch.zeros(numel, dtype=torch.float32, device=g.device), n_params)
+                buf[offset - start : offset - start + g.numel()] += g
+                self.open[seg] = (buf, left - 1)
+                if left == 1:
+                    self._add(self.open.pop(seg)[0], start)
             p.grad = None
 
         return hook
 
     def take(self) -> torch.Tensor:
+        for seg, (buf, _) in sorted(self.open.items()):
+            self._add(buf, self.segments[seg][0])
+        self.open.clear()
         out = torch.zeros(self.projector.k, dtype=torch.float64) if self.acc is None else self.acc
         self.acc = None
         return out.float().cpu()
@@ -164,8 +277,7 @@ def popi_features(
     total: int | None = None,
 ) -> PopiResult:
     """P g_s for every prompt with a non-zero advantage (see the module docstring)."""
-    device = next(model.parameters()).device
-    stream = _StreamingProjection(model, projector)
+    stream = _StreamingProjection(model, projector, cfg.stream_buffer)
     ids, feats, zero, nonfinite = [], [], [], []
     was_training = model.training
     model.eval()  # no dropout: the gradient of the deterministic surrogate
@@ -174,16 +286,17 @@ def popi_features(
             if is_zero_advantage(pr.rewards):
                 zero.append(pr.prompt_id)
                 continue
-            adv = group_advantages(pr.rewards, cfg.adv_eps).to(device)
-            k_total = len(pr.responses)
-            for s in range(0, k_total, cfg.micro_batch):
-                rows = slice(s, s + cfg.micro_batch)
-                resp = pr.responses[rows]
-                logp, mask = response_logprobs(model, [pr.prompt_ids] * len(resp), resp, pad_id)
-                beh = torch.zeros_like(logp)
-                for i, lp in enumerate(pr.behaviour_logprobs[rows]):
-                    beh[i, : len(lp)] = torch.tensor(lp, dtype=beh.dtype)
-                popi_loss(logp, beh, mask, adv[rows], k_total, cfg.clip_ratio).backward()
+            adv = group_advantages(pr.rewards, cfg.adv_eps).tolist()
+            rows = response_rows(pr, adv, cfg.merge_duplicates and cfg.clip_ratio is None)
+            for s in range(0, len(rows), cfg.micro_batch):
+                chunk = rows[s : s + cfg.micro_batch]
+                resp = [r.tokens for r in chunk]
+                if cfg.share_prompt:
+                    logp, mask = prompt_cached_logprobs(model, pr.prompt_ids, resp, pad_id)
+                else:
+                    logp, mask = response_logprobs(model, [pr.prompt_ids] * len(resp), resp, pad_id)
+                ref, coef = _padded([r.ref for r in chunk], logp), _padded([r.coef for r in chunk], logp)
+                popi_loss(logp, ref, mask, coef, len(pr.responses), cfg.clip_ratio).backward()
             f = stream.take()
             if not bool(torch.isfinite(f).all()):
                 nonfinite.append(pr.prompt_id)

@@ -1,7 +1,10 @@
 """``InfluenceWorkerGroup``: the influence workers as a verl ``RayWorkerGroup``, and a ``Featurizer`` over them.
 
-CPU: ``RayResourcePool([n], use_gpu=False)``; GPU: ``use_gpu=True`` (one GPU per worker). A shard of prompts is
-padded to a multiple of the world size (``pad_dataproto_to_divisor``), split by DP_COMPUTE_PROTO, and unpadded.
+CPU: ``RayResourcePool([n], use_gpu=False)``; GPU: ``use_gpu=True`` (one GPU per worker). Zero-advantage prompts
+are counted on the driver and never shipped. The rest are dealt to the ranks by estimated cost (``balanced_order``),
+laid out so that DP_COMPUTE_PROTO's equal contiguous chunks are those deals (short deals are topped up with empty
+zero-advantage rows that cost nothing), and put back in input order. Each prompt's feature is computed alone, so
+the result does not depend on the deal or the worker count.
 """
 
 from __future__ import annotations
@@ -11,10 +14,9 @@ from typing import Sequence
 
 import ray
 import torch
-from verl.protocol import pad_dataproto_to_divisor, unpad_dataproto
 from verl.single_controller.ray import RayClassWithInitArgs, RayResourcePool, RayWorkerGroup
 
-from cropi_verl.influence.gradients import PopiResult, PromptRollouts
+from cropi_verl.influence.gradients import PopiResult, PromptRollouts, is_zero_advantage
 from cropi_verl.workers.influence_worker import InfluenceWorker, rollouts_to_proto
 
 log = logging.getLogger(__name__)
@@ -46,7 +48,9 @@ class InfluenceWorkerGroup:
 
     def init_model(self, model_path: str, projector: dict, popi: dict, pad_id: int) -> dict:
         """Load the policy and projector on every worker; returns the feature-store manifest (projector, POPI)."""
-        return self.group.init_model(model_path, projector, popi, pad_id, self.device)[0]
+        manifest = self.group.init_model(model_path, projector, popi, pad_id, self.device)[0]
+        self.k = manifest["k"]
+        return manifest
 
     def update_weights(self, model: torch.nn.Module) -> "InfluenceWorkerGroup":
         """Send the current weights of ``model`` to every worker (one object-store copy); returns self, the
@@ -57,15 +61,35 @@ class InfluenceWorkerGroup:
 
     def __call__(self, prompts: Sequence[PromptRollouts]) -> PopiResult:
         """The ``Featurizer`` interface: POPI features of ``prompts`` computed across the workers."""
-        if not prompts:
-            return PopiResult([], torch.zeros(0, 0))
-        data, pad = pad_dataproto_to_divisor(rollouts_to_proto(list(prompts)), self.n_workers)
-        out = unpad_dataproto(self.group.compute_features(data), pad)
-        status, ids = out.non_tensor_batch["status"], out.non_tensor_batch["prompt_id"]
-        ok = status == "ok"
+        zero = [p.prompt_id for p in prompts if is_zero_advantage(p.rewards)]
+        work = [p for p in prompts if not is_zero_advantage(p.rewards)]
+        if not work:
+            return PopiResult([], torch.zeros(0, self.k), zero)
+        order = balanced_order([popi_cost(p) for p in work], self.n_workers)
+        empty = PromptRollouts(-1, [], [], [], [])  # zero-advantage: skipped by the worker before any forward
+        out = self.group.compute_features(rollouts_to_proto([work[i] if i >= 0 else empty for i in order]))
+        row = {int(i): r for r, i in enumerate(out.non_tensor_batch["prompt_id"]) if i >= 0}
+        status = out.non_tensor_batch["status"]
+        done = [row[p.prompt_id] for p in work if status[row[p.prompt_id]] == "ok"]
         return PopiResult(
-            [int(i) for i in ids[ok]],
-            out.batch["features"][torch.from_numpy(ok)],
-            [int(i) for i in ids[status == "zero_advantage"]],
-            [int(i) for i in ids[status == "nonfinite"]],
+            [int(out.non_tensor_batch["prompt_id"][r]) for r in done],
+            out.batch["features"][done] if done else torch.zeros(0, self.k),
+            zero,
+            [p.prompt_id for p in work if status[row[p.prompt_id]] == "nonfinite"],
         )
+
+
+def popi_cost(p: PromptRollouts) -> int:
+    """Tokens one POPI gradient runs through: the prompt once, each distinct response once."""
+    return len(p.prompt_ids) + sum(len(r) for r in {tuple(r) for r in p.responses})
+
+
+def balanced_order(costs: Sequence[float], n_ranks: int) -> list[int]:
+    """A layout of ``range(len(costs))`` (``-1`` = an empty filler row) whose ``n_ranks`` equal contiguous chunks
+    have near-equal total cost: items by decreasing cost, dealt in a snake (0..n-1, n-1..0, ...); ties by index."""
+    deals: list[list[int]] = [[] for _ in range(n_ranks)]
+    for j, i in enumerate(sorted(range(len(costs)), key=lambda i: (-costs[i], i))):
+        lap, pos = divmod(j, n_ranks)
+        deals[pos if lap % 2 == 0 else n_ranks - 1 - pos].append(i)
+    width = max(len(d) for d in deals)
+    return [i for d in deals for i in d + [-1] * (width - len(d))]
