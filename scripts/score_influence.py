@@ -50,8 +50,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--fraction", type=float, default=0.1)
     ap.add_argument("--metric", choices=["cosine", "inner_product"], default="cosine")
     ap.add_argument("--max-val-prompts", type=int, default=100)
-    ap.add_argument("--micro-batch", type=int, default=8, help="responses per backward")
+    ap.add_argument("--micro-batch", type=int, default=8, help="response rows per backward")
     ap.add_argument("--clip-ratio", type=float, default=None)
+    ap.add_argument("--share-prompt", action=argparse.BooleanOptionalAction, default=True,
+                    help="encode each prompt once per micro-batch (KV cache); exact")
+    ap.add_argument("--merge-duplicates", action=argparse.BooleanOptionalAction, default=True,
+                    help="one weighted row per distinct response; exact, only used without --clip-ratio")
     ap.add_argument("--shard-size", type=int, default=256)
     ap.add_argument("--seed", type=int, default=0, help="selection tie-breaks and validation subsampling")
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
@@ -66,7 +70,8 @@ def main(argv: list[str] | None = None) -> int:
     model = AutoModelForCausalLM.from_pretrained(args.model, dtype=torch.float32).to(args.device)
     _, dim = parameter_offsets(model)
     proj = make_projector(args.method, dim, args.k, args.proj_seed, args.subset_ratio)
-    popi = PopiConfig(clip_ratio=args.clip_ratio, micro_batch=args.micro_batch)
+    popi = PopiConfig(clip_ratio=args.clip_ratio, micro_batch=args.micro_batch, share_prompt=args.share_prompt,
+                      merge_duplicates=args.merge_duplicates)
     res = influence_pass(
         local_featurizer(model, proj, tok.pad_token_id, popi), train, val, args.out / "features",
         store_manifest(proj, popi, model=str(args.model), model_step=args.model_step),

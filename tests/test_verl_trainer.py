@@ -49,13 +49,14 @@ def test_config_checks_list_every_problem_in_one_error(tmp_path):
     cropi |= {"fraction": 1.5, "train_rollouts": str(tmp_path / "missing.parquet"),
               "val_rollouts": {"gsm8k": str(tmp_path / "g.parquet")}, "val_sets": ["gsm8k", "math"],
               "steps_per_stage": 30}
+    cropi["popi"] |= {"micro_bach": 4}
     with pytest.raises(ValueError) as e:
         check_cropi_config(cropi, {"save_freq": 20})
     msg = str(e.value)
     assert "\n" not in msg
     for part in ("cropi.fraction=1.5: expected a number in (0, 1]", "missing.parquet: no such file",
                  "cropi.val_rollouts.gsm8k=", "cropi.val_sets ['math'] are absent from cropi.val_rollouts",
-                 "trainer.save_freq=20 must divide cropi.steps_per_stage=30"):
+                 "trainer.save_freq=20 must divide cropi.steps_per_stage=30", "cropi.popi has unknown keys ['micro_bach']"):
         assert part in msg, part
     with pytest.raises(ValueError, match="cropi.val_rollouts is empty"):
         check_cropi_config(OmegaConf.to_container(_compose().cropi), {})

@@ -7,10 +7,12 @@ length, ...) and raises one ``ValueError`` that lists them all, before any GPU w
 
 from __future__ import annotations
 
+from dataclasses import fields
 from pathlib import Path
 from typing import Any, Mapping
 
 from cropi_verl.curriculum.schedule import STRATEGIES, StageSchedule
+from cropi_verl.influence.gradients import PopiConfig
 from cropi_verl.influence.projection import METHODS
 
 
@@ -26,6 +28,9 @@ def _problems(cropi: Mapping[str, Any], trainer: Mapping[str, Any]) -> list[str]
             out.append(f"cropi.{key}={cropi.get(key)!r}: expected an integer >= 1")
     if cropi.get("projection", {}).get("method") not in METHODS:
         out.append(f"cropi.projection.method={cropi.get('projection', {}).get('method')!r}: expected one of {METHODS}")
+    unknown = sorted(set(cropi.get("popi") or {}) - {f.name for f in fields(PopiConfig)})
+    if unknown:
+        out.append(f"cropi.popi has unknown keys {unknown}: expected {[f.name for f in fields(PopiConfig)]}")
     influence = cropi.get("strategy") in ("cropi", "influence_max", "influence_oneshot")
     train = cropi.get("train_rollouts")
     if influence or cropi.get("strategy") in ("pass_rate", "learnability"):
