@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pandas as pd
+import pytest
 
 from cropi_verl.data.toy_task import FAMILIES, ToyTaskConfig, build_toy_task, generate_problems
 from cropi_verl.data.verl_format import row_ids, validate_verl_frame
@@ -64,3 +65,30 @@ def test_reference_solutions_score_one_and_are_correct_arithmetic():
             "rev": lambda: int(str(nums[0])[::-1]),
         }[e["family"]]()
         assert gt == expected, q
+
+
+def test_unboxed_warm_up_answers_only_in_the_chosen_families():
+    """``sft_unboxed``: that share of a family's warm-up answers loses its box (reward 0, same work line); other
+    families and every other split are untouched; a mapping and pairs give the same config."""
+    cfg = ToyTaskConfig(seed=3, n_train=300, n_val=20, n_sft=600, sft_unboxed={"add": 1.0, "sub": 0.5})
+    assert cfg == ToyTaskConfig(seed=3, n_train=300, n_val=20, n_sft=600, sft_unboxed=(("sub", 0.5), ("add", 1.0)))
+    frames = build_toy_task(cfg)
+    plain = build_toy_task(ToyTaskConfig(seed=3, n_train=300, n_val=20, n_sft=600, sft_unboxed=None))
+    for split in ("train", "val_add", "val_sub", "val_mixed"):
+        pd.testing.assert_frame_equal(frames[split], plain[split])
+    boxed = {f: [] for f in FAMILIES}
+    for e, p, rm, src in zip(frames["sft"]["extra_info"], plain["sft"]["extra_info"], frames["sft"]["reward_model"],
+                             frames["sft"]["data_source"]):
+        has_box = "\\boxed{" in e["solution"]
+        boxed[e["family"]].append(has_box)
+        assert compute_score(src, e["solution"], rm["ground_truth"]) == float(has_box)
+        assert e["solution"] == (p["solution"] if has_box else p["solution"].split(". \\boxed")[0] + ".")
+    assert not any(boxed["add"]) and all(boxed["mul"] + boxed["max"] + boxed["rev"])
+    assert 0.35 < 1 - sum(boxed["sub"]) / len(boxed["sub"]) < 0.65
+
+
+def test_unboxed_config_normalised_and_checked():
+    assert ToyTaskConfig().sft_unboxed == ToyTaskConfig(sft_unboxed={"sub": 0.5, "add": 0.5, "mul": 0.0}).sft_unboxed
+    for bad, msg in (({"div": 0.5}, "div=0.5"), ({"add": 1.5}, "add=1.5")):
+        with pytest.raises(ValueError, match=f"task.sft_unboxed: {msg}: expected a family of"):
+            ToyTaskConfig(sft_unboxed=bad)

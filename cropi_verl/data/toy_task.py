@@ -11,7 +11,11 @@ The splits are built so that *selection matters*:
   policy (zero-advantage groups), tier 2 is learnable.
 - ``val_add``, ``val_sub``: the targeted validation sets (tier 2 of one family each).
 - ``val_mixed``: the untargeted held-out set (tier 2 of every family).
-- ``sft``: the warm-up corpus for the tiny policy.
+- ``sft``: the warm-up corpus for the tiny policy. By default half of its ``add`` and ``sub`` answers stop after
+  the work line without ``\\boxed{}`` (``sft_unboxed``), so the warm-up policy has a format habit on exactly the
+  targeted skills that GRPO on those families removes and that other families' prompts do not teach. (Without it,
+  GRPO does not move the tiny policy's targeted accuracy at any step budget or learning rate we tried: its errors
+  are missing arithmetic facts, which RL on other operands does not supply.)
 
 All splits are disjoint by problem (family, operands). The same ``seed`` gives byte-identical frames.
 """
@@ -21,7 +25,7 @@ from __future__ import annotations
 import hashlib
 import random
 from dataclasses import dataclass
-from typing import Callable
+from typing import Callable, Mapping
 
 import pandas as pd
 
@@ -116,6 +120,11 @@ def solution_text(p: Problem) -> str:
     return f"{p.solution}. \\boxed{{{p.answer}}}"
 
 
+def unboxed_text(p: Problem) -> str:
+    """The reference response with the format habit the reward rejects: the work line, no ``\\boxed`` answer."""
+    return f"{p.solution}."
+
+
 def _stream_rng(seed: int, split: str, family: str, tier: int) -> random.Random:
     h = hashlib.sha256(f"{seed}/{split}/{family}/{tier}".encode()).digest()
     return random.Random(int.from_bytes(h[:8], "little"))
@@ -160,9 +169,11 @@ def generate_problems(
     return out
 
 
-def to_records(problems: list[Problem], split: str, start_index: int = 0) -> pd.DataFrame:
+def to_records(problems: list[Problem], split: str, start_index: int = 0,
+               solutions: list[str] | None = None) -> pd.DataFrame:
     """verl-format rows (one user turn, no system prompt: the tiny policy learns the boxed format in its
-    warm-up); ``extra_info`` carries family, tier and the reference solution."""
+    warm-up); ``extra_info`` carries family, tier and the reference solution (``solutions[i]``, default
+    ``solution_text``)."""
     rows = [
         make_record(
             [{"role": "user", "content": p.question}],
@@ -172,7 +183,7 @@ def to_records(problems: list[Problem], split: str, start_index: int = 0) -> pd.
             split=split,
             family=p.family,
             tier=p.tier,
-            solution=solution_text(p),
+            solution=solutions[i] if solutions else solution_text(p),
         )
         for i, p in enumerate(problems)
     ]
@@ -187,6 +198,24 @@ class ToyTaskConfig:
     n_sft: int = 6000
     # the warm-up corpus over-weights the arithmetic families, which a tiny model learns slowest
     sft_weights: tuple[tuple[str, int], ...] = (("add", 3), ("sub", 3), ("mul", 2))
+    # (family, rate): that share of the family's warm-up solutions stops after the work line, without the boxed
+    # answer the reward needs -- a format habit of the warm-up policy that GRPO on that family removes. A mapping
+    # is accepted; zero rates are dropped, so equal settings give equal configs (and the same cached policy).
+    sft_unboxed: tuple[tuple[str, float], ...] = (("add", 0.5), ("sub", 0.5))
+
+    def __post_init__(self) -> None:
+        pairs = self.sft_unboxed.items() if isinstance(self.sft_unboxed, Mapping) else (self.sft_unboxed or ())
+        pairs = [(str(f), float(r)) for f, r in pairs]
+        bad = [f"{f}={r}" for f, r in pairs if f not in GENERATORS or not 0.0 <= r <= 1.0]
+        if bad:
+            raise ValueError(f"task.sft_unboxed: {', '.join(bad)}: expected a family of {FAMILIES} and a rate in [0, 1]")
+        object.__setattr__(self, "sft_unboxed", tuple(sorted((f, r) for f, r in pairs if r > 0)))
+
+
+def _sft_solutions(problems: list[Problem], cfg: ToyTaskConfig) -> list[str]:
+    """Warm-up responses: ``unboxed_text`` at the family's ``sft_unboxed`` rate (one seeded draw per problem)."""
+    rng, rates = _stream_rng(cfg.seed, "sft_unboxed", "sft", 0), dict(cfg.sft_unboxed)
+    return [unboxed_text(p) if rng.random() < rates.get(p.family, 0.0) else solution_text(p) for p in problems]
 
 
 def build_toy_task(cfg: ToyTaskConfig) -> dict[str, pd.DataFrame]:
@@ -207,6 +236,6 @@ def build_toy_task(cfg: ToyTaskConfig) -> dict[str, pd.DataFrame]:
             n, split, cfg.seed, fams, tiers, exclude=used, unique=not sft, weights=dict(cfg.sft_weights) if sft else None
         )
         used.update(p.key for p in probs)
-        frames[split] = to_records(probs, split, start_index=offset)
+        frames[split] = to_records(probs, split, start_index=offset, solutions=_sft_solutions(probs, cfg) if sft else None)
         offset += n
     return frames
