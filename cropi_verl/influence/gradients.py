@@ -33,7 +33,6 @@ from typing import Iterable, Sequence
 
 import torch
 from tqdm.auto import tqdm
-
 from transformers import DynamicCache
 
 from cropi_verl.influence.projection import Projector
@@ -118,13 +117,17 @@ def response_logits(
     return logits, targets, mask
 
 
+def _masked_token_logprobs(logits: torch.Tensor, targets: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """log softmax(logits)[targets], ``[B, T, V]`` -> ``[B, T]``, 0 where ``mask`` is 0."""
+    return torch.log_softmax(logits, dim=-1).gather(-1, targets[..., None]).squeeze(-1) * mask
+
+
 def response_logprobs(
     model: torch.nn.Module, prompt_ids: Sequence[Sequence[int]], responses: Sequence[Sequence[int]], pad_id: int
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """log pi(response_b[t] | prompt_b, response_b[:t]) as ``[B, T]`` (0 at padding) plus the ``[B, T]`` mask."""
     logits, targets, mask = response_logits(model, prompt_ids, responses, pad_id)
-    logp = torch.log_softmax(logits, dim=-1).gather(-1, targets[..., None]).squeeze(-1)
-    return logp * mask, mask
+    return _masked_token_logprobs(logits, targets, mask), mask
 
 
 def prompt_cached_logprobs(
@@ -150,8 +153,7 @@ def prompt_cached_logprobs(
                                              for lay in layers], config=model.config)
     attn = torch.cat([torch.ones(b, n_prefix, device=device), mask], 1).long()
     logits = model(input_ids=ids, attention_mask=attn, past_key_values=cache).logits.float()
-    logp = torch.log_softmax(logits, dim=-1).gather(-1, targets[..., None]).squeeze(-1)
-    return logp * mask, mask
+    return _masked_token_logprobs(logits, targets, mask), mask
 
 
 @dataclass

@@ -61,21 +61,23 @@ class InfluenceWorkerGroup:
 
     def __call__(self, prompts: Sequence[PromptRollouts]) -> PopiResult:
         """The ``Featurizer`` interface: POPI features of ``prompts`` computed across the workers."""
-        zero = [p.prompt_id for p in prompts if is_zero_advantage(p.rewards)]
-        work = [p for p in prompts if not is_zero_advantage(p.rewards)]
+        work, zero = [], []
+        for p in prompts:
+            (zero if is_zero_advantage(p.rewards) else work).append(p)
         if not work:
-            return PopiResult([], torch.zeros(0, self.k), zero)
+            return PopiResult([], torch.zeros(0, self.k), [p.prompt_id for p in zero])
         order = balanced_order([popi_cost(p) for p in work], self.n_workers)
         empty = PromptRollouts(-1, [], [], [], [])  # zero-advantage: skipped by the worker before any forward
         out = self.group.compute_features(rollouts_to_proto([work[i] if i >= 0 else empty for i in order]))
+        # row of each prompt in ``out``; statuses in input order
         row = {int(i): r for r, i in enumerate(out.non_tensor_batch["prompt_id"]) if i >= 0}
-        status = out.non_tensor_batch["status"]
-        done = [row[p.prompt_id] for p in work if status[row[p.prompt_id]] == "ok"]
+        status = [out.non_tensor_batch["status"][row[p.prompt_id]] for p in work]
+        ok = [p.prompt_id for p, s in zip(work, status) if s == "ok"]
         return PopiResult(
-            [int(out.non_tensor_batch["prompt_id"][r]) for r in done],
-            out.batch["features"][done] if done else torch.zeros(0, self.k),
-            zero,
-            [p.prompt_id for p in work if status[row[p.prompt_id]] == "nonfinite"],
+            ok,
+            out.batch["features"][[row[i] for i in ok]] if ok else torch.zeros(0, self.k),
+            [p.prompt_id for p in zero],
+            [p.prompt_id for p, s in zip(work, status) if s == "nonfinite"],
         )
 
 
