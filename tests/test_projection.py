@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import logging
 import math
+import shutil
 
+import numpy as np
 import pytest
 import torch
 
+from cropi_verl.influence import native
 from cropi_verl.influence.projection import (
     BLOCK,
     METHODS,
@@ -35,6 +39,76 @@ def test_sparse_jl_equals_dense_countsketch_matrix():
     torch.testing.assert_close(p.project(x), (x.double() @ mat).float(), rtol=1e-5, atol=1e-5)
 
 
+def _sequential_countsketch(x: np.ndarray, offset: int, k: int, seed: int) -> np.ndarray:
+    """The exact bits sparse_jl promises, by hand: per canonical block one fp32 running sum per bucket in
+    coordinate order of s(i) x_i, then the blocks added in fp64 in block order."""
+    total = np.zeros(k, dtype=np.float64)
+    pos = offset
+    while pos < offset + len(x):
+        end = min((pos // BLOCK + 1) * BLOCK, offset + len(x))
+        acc = np.zeros(k, dtype=np.float32)
+        for i in range(pos, end):
+            c = (coordinate_hash_int(seed, i) & 0x7FFFFFFF) % (2 * k)
+            acc[c >> 1] = np.float32(acc[c >> 1] + (x[i - offset] if c % 2 == 0 else -x[i - offset]))
+        total += acc.astype(np.float64)
+        pos = end
+    return total.astype(np.float32)
+
+
+@pytest.mark.parametrize("use_native", [True, False])
+def test_sparse_jl_bits_equal_a_sequential_reference(use_native):
+    """Across a canonical block boundary and a 2^32 boundary of the hash's high word, both code paths."""
+    k, seed = 24, 3
+    for offset, n in [(BLOCK - 700, 1500), (2**32 - 300, 600)]:
+        x = torch.randn(n)
+        got = make_projector("sparse_jl", offset + n, k, seed, native=use_native).project(x, offset)
+        assert np.array_equal(got.numpy(), _sequential_countsketch(x.numpy(), offset, k, seed))
+
+
+def _native_or_skip():
+    lib = native.load()
+    if lib is None and shutil.which(native.compiler()[0]) is None:
+        pytest.skip("no C compiler: the native sparse_jl kernel cannot be built here")
+    assert lib is not None, "a C compiler is present but the native sparse_jl kernel did not build"
+    return lib
+
+
+@pytest.mark.parametrize("k", [256, 3000, 40000])  # power of two; not (mod); 2k > 65536 (uint32 index)
+def test_native_kernel_gives_the_torch_bits(k):
+    _native_or_skip()
+    d = 3 * BLOCK + 777
+    x = torch.randn(3, d - 1234)
+    ref = make_projector("sparse_jl", d, k, seed=4, native=False).project(x, 1234)
+    for threads, cached in [(1, True), (2, True), (2, False)]:
+        p = make_projector("sparse_jl", d, k, seed=4, native=True, threads=threads)
+        if not cached:
+            p._cache_left = 0  # the kernel hashes on the fly
+        assert torch.equal(p.project(x, 1234), ref)
+        assert torch.equal(p.project(x[1], 1234), ref[1])
+
+
+def test_native_kernel_falls_back_to_torch_with_one_log_line(monkeypatch, tmp_path, caplog):
+    monkeypatch.setenv("CROPI_CACHE_DIR", str(tmp_path))
+    x = torch.randn(5000)
+    ref = make_projector("sparse_jl", 5000, 64, seed=2, native=False).project(x)
+    for env, expected in [({"CROPI_NATIVE": "0"}, "disabled by CROPI_NATIVE=0"),
+                          ({"CC": "false"}, "native kernel unavailable")]:
+        for key, val in env.items():
+            monkeypatch.setenv(key, val)
+        native.load.cache_clear()
+        try:
+            with caplog.at_level(logging.INFO, logger=native.__name__):
+                caplog.clear()
+                assert native.load() is None
+                assert torch.equal(make_projector("sparse_jl", 5000, 64, seed=2).project(x), ref)
+            assert [r.getMessage() for r in caplog.records if expected in r.getMessage()]
+        finally:
+            for key in env:
+                monkeypatch.delenv(key)
+            native.load.cache_clear()
+    assert not list(tmp_path.rglob("*.tmp"))  # the failed build left no half-written library
+
+
 @pytest.mark.parametrize("method", ["sparse_jl", "subset_gaussian", "subset_rademacher", "gaussian"])
 def test_offset_additivity(method):
     d = BLOCK + 5000  # crosses a canonical block boundary
@@ -50,8 +124,8 @@ def test_bit_identical_across_chunk_sizes_and_threads():
     d = 3 * BLOCK + 777
     x = torch.randn(2, d)
     outs = [
-        make_projector("sparse_jl", d, 256, seed=9, chunk_size=cs, threads=t).project(x)
-        for cs, t in [(BLOCK, 1), (4 * BLOCK, 1), (BLOCK, 2), (1 << 24, 2)]
+        make_projector("sparse_jl", d, 256, seed=9, chunk_size=cs, threads=t, native=nat).project(x)
+        for cs, t in [(BLOCK, 1), (4 * BLOCK, 1), (BLOCK, 2), (1 << 24, 2)] for nat in (False, True)
     ]
     for o in outs[1:]:
         assert torch.equal(o, outs[0])

@@ -11,11 +11,13 @@ which is what lets per-tensor streaming and FSDP shards project their piece and 
 Methods:
 
 - ``sparse_jl`` (default, ours): a CountSketch. Coordinate i goes to bucket b(i) with sign s(i), both from a
-  counter-based hash h = fmix32(i * 0x9E3779B1 ^ key(seed, i >> 32)) (murmur3's finaliser, int32 ops):
-  ``(Px)_j = sum_{i: b(i)=j} s(i) x_i``. Sign trick: accumulate into 2k buckets ``c = h mod 2k`` and take
-  ``even - odd``. E<Px, Py> = <x, y>, Var <= 2 |x|^2 |y|^2 / k. No stored matrix. Coordinates are processed in
+  counter-based hash h = fmix32(i * 0x9E3779B1 ^ key(seed, i >> 32)) (murmur3's finaliser, int32 ops): with
+  c = h mod 2k (h's low 31 bits when 2k is not a power of two), b = c >> 1 and s = (-1)^c, ``(Px)_j = sum_{i: b(i)=j} s(i) x_i``.
+  E<Px, Py> = <x, y>, Var <= 2 |x|^2 |y|^2 / k. No stored matrix. Coordinates are processed in
   aligned canonical blocks (fp32 accumulation inside a block in coordinate order, fp64 across blocks in block
-  order), so the result is bit-identical for any ``chunk_size`` and thread count.
+  order), so the result is bit-identical for any ``chunk_size`` and thread count. On the CPU a fused C kernel
+  (``sparse_jl.c``, built on first use by ``native.py``) runs the blocks on threads and gives the same bits as the
+  torch path (``native=False``, or no C compiler).
 - ``subset_gaussian`` / ``subset_rademacher`` (the paper's scheme): keep a random subset of
   ``~subset_ratio * d`` coordinates (coordinate i kept iff hash_u(i) < ratio), then a dense JL with
   N(0, 1/(k ratio)) or +-1/sqrt(k ratio) entries; the rows of the kept coordinates of each aligned
@@ -30,8 +32,11 @@ import math
 from abc import ABC, abstractmethod
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
+from functools import lru_cache
 
 import torch
+
+from cropi_verl.influence import native
 
 _M32 = 0xFFFFFFFF
 _GOLDEN = 0x9E3779B1
@@ -106,10 +111,13 @@ class ProjectorConfig:
     subset_ratio: float = 0.15  # subset_* methods only
     chunk_size: int = 1 << 20  # coordinates processed per step (memory/speed only, never the result)
     threads: int = 0  # 0: torch.get_num_threads()
+    native: bool = True  # sparse_jl on CPU: the C kernel when it builds (speed only, never the result)
 
 
 class Projector(ABC):
     """A linear map R^d -> R^k indexed by global coordinates (see the module docstring)."""
+
+    VERSION = 1  # bumped when the same config gives other bits; part of ``config()``, so stale stores are refused
 
     def __init__(self, cfg: ProjectorConfig):
         if cfg.dim <= 0 or cfg.k <= 0:
@@ -118,7 +126,8 @@ class Projector(ABC):
         self.k = cfg.k
 
     def config(self) -> dict:
-        return asdict(self.cfg) | {"chunk_size": None, "threads": None}  # the result does not depend on these
+        # the result does not depend on chunk_size, threads or native
+        return asdict(self.cfg) | {"chunk_size": None, "threads": None, "native": None, "version": self.VERSION}
 
     def project(self, x: torch.Tensor, offset: int = 0) -> torch.Tensor:
         """Project coordinates ``offset..offset+n-1`` of a vector ``[n]`` or batch ``[B, n]``; fp32 out."""
@@ -134,21 +143,27 @@ class Projector(ABC):
     def _project(self, x: torch.Tensor, offset: int) -> torch.Tensor: ...
 
 
+@lru_cache(maxsize=None)
+def _thread_pool(threads: int) -> ThreadPoolExecutor:
+    return ThreadPoolExecutor(threads, thread_name_prefix="projector")
+
+
 class BlockwiseProjector(Projector):
     """Projects canonical blocks independently (optionally on threads) and sums them in block order in fp64."""
+
+    def threads(self) -> int:
+        return self.cfg.threads or torch.get_num_threads()
 
     def _project(self, x: torch.Tensor, offset: int) -> torch.Tensor:
         blocks = list(_blocks(offset, x.shape[1]))
         per_chunk = max(1, self.cfg.chunk_size // BLOCK)
         groups = [blocks[i : i + per_chunk] for i in range(0, len(blocks), per_chunk)]
-        threads = self.cfg.threads or torch.get_num_threads()
 
         def run(group):
             return [self._block(x[:, s : s + n], g, n) for s, g, n in group]
 
-        if threads > 1 and len(groups) > 1 and x.device.type == "cpu":
-            with ThreadPoolExecutor(threads) as pool:
-                parts = [p for res in pool.map(run, groups) for p in res]
+        if self.threads() > 1 and len(groups) > 1 and x.device.type == "cpu":
+            parts = [p for res in _thread_pool(self.threads()).map(run, groups) for p in res]
         else:
             parts = [p for g in groups for p in run(g)]
         total = torch.zeros(x.shape[0], self.k, dtype=torch.float64, device=x.device)
@@ -162,34 +177,86 @@ class BlockwiseProjector(Projector):
 
 
 class SparseJL(BlockwiseProjector):
-    """The bucket index of each block is kept (int64, ``index_add_``'s fast path; up to ``BUCKET_CACHE_BYTES``):
-    a per-parameter stream projects the same coordinate ranges for every prompt, so the hash is computed once per
-    range."""
+    """The bucket index of each block is cached (up to ``BUCKET_CACHE_BYTES``): a per-parameter stream projects
+    the same coordinate ranges for every prompt, so the hash is computed once per range. The torch path keeps
+    int64 buckets (``index_add_``'s fast path) and fp32 signs; the C kernel keeps c itself as uint16 (2k <= 65536)
+    or uint32."""
+
+    VERSION = 2  # 2: one signed fp32 sum per bucket (1 summed the +1 and -1 coordinates apart, then subtracted)
 
     def __init__(self, cfg: ProjectorConfig):
         super().__init__(cfg)
-        self._buckets: dict[tuple[int, int, str], torch.Tensor] = {}
+        self._buckets: dict[tuple[int, int, str], tuple[torch.Tensor, torch.Tensor] | torch.Tensor] = {}
         self._cache_left = BUCKET_CACHE_BYTES
+        self._plans: dict[tuple[int, int], torch.Tensor] = {}
 
-    def _bucket_index(self, start: int, n: int, device: torch.device) -> torch.Tensor:
-        """c(i) = h(i) mod 2k for coordinates start..start+n-1 (int64)."""
-        key = (start, n, str(device))
-        c = self._buckets.get(key)
-        if c is None:
-            h = coordinate_hash(self.cfg.seed, start, n, device)
-            two_k = 2 * self.k
-            c = (h.bitwise_and_(two_k - 1) if two_k & (two_k - 1) == 0 else h.bitwise_and_(0x7FFFFFFF).remainder_(two_k)).long()
-            if self._cache_left >= 8 * n:
-                self._buckets[key] = c
-                self._cache_left -= 8 * n
-        return c
+    def _bucket_sign(self, start: int, n: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+        """b(i) = c(i) >> 1 (int64) and s(i) = (-1)^c(i) (fp32), c(i) = h(i) mod 2k, for coordinates start..start+n-1."""
+        cached = self._buckets.get((start, n, str(device)))
+        if cached is not None:
+            return cached
+        two_k = 2 * self.k
+        h = coordinate_hash(self.cfg.seed, start, n, device)
+        c = (h.bitwise_and_(two_k - 1) if two_k & (two_k - 1) == 0 else h.bitwise_and_(0x7FFFFFFF).remainder_(two_k)).long()
+        out = c >> 1, 1.0 - 2.0 * (c & 1).float()
+        if self._cache_left >= 12 * n:
+            self._buckets[(start, n, str(device))] = out
+            self._cache_left -= 12 * n
+        return out
 
     def _block(self, xb: torch.Tensor, start: int, n: int) -> torch.Tensor:
-        c = self._bucket_index(start, n, xb.device)
-        two_k = 2 * self.k
-        acc = torch.zeros(xb.shape[0], two_k, dtype=torch.float32, device=xb.device)
-        acc.index_add_(1, c, xb)
-        return (acc[:, 0::2] - acc[:, 1::2]).double()
+        bucket, sign = self._bucket_sign(start, n, xb.device)
+        acc = torch.zeros(xb.shape[0], self.k, dtype=torch.float32, device=xb.device)
+        acc.index_add_(1, bucket, xb * sign)
+        return acc.double()
+
+    def _project(self, x: torch.Tensor, offset: int) -> torch.Tensor:
+        lib = native.load() if self.cfg.native and x.device.type == "cpu" else None
+        return super()._project(x, offset) if lib is None else self._project_native(lib, x.contiguous(), offset)
+
+    def _native_plan(self, lib, offset: int, n: int) -> torch.Tensor:
+        """Per canonical block of ``[offset, offset+n)``: (column in x, length, low word of its first coordinate,
+        high-word key, address of its cached c or 0), ``[nb, 5]`` int64, kept per range (a gradient stream repeats
+        its ranges). c is cached as uint16 bits when 2k <= 65536, else uint32, while the cache budget lasts."""
+        plan = self._plans.get((offset, n))
+        if plan is None:
+            wide = 2 if 2 * self.k <= 1 << 16 else 4
+            rows = []
+            for col, start, length in _blocks(offset, n):
+                lo, key = start & _M32, _hi_key(self.cfg.seed, start >> 32, 0)
+                index = self._buckets.get((start, length, "native"))
+                if index is None and self._cache_left >= wide * length:
+                    index = torch.empty(length, dtype=torch.int16 if wide == 2 else torch.int32)
+                    lib.sjl_buckets(lo, length, key, 2 * self.k, wide, index.data_ptr())
+                    self._buckets[(start, length, "native")] = index
+                    self._cache_left -= wide * length
+                rows.append([col, length, lo, key, 0 if index is None else index.data_ptr()])
+            plan = self._plans[(offset, n)] = torch.tensor(rows, dtype=torch.int64).reshape(-1, 5)
+        return plan
+
+    def _project_native(self, lib, x: torch.Tensor, offset: int) -> torch.Tensor:
+        """The C kernel on ``[B, n]`` contiguous fp32: blocks split into one contiguous group per thread, each
+        block's ``[B, k]`` part written to its own slot, then summed in block order in fp64 (``sjl_reduce``)."""
+        plan = self._native_plan(lib, offset, x.shape[1])
+        nb, rows = plan.shape[0], x.shape[0]
+        if nb == 0:
+            return torch.zeros(rows, self.k)
+        part = torch.empty(nb, rows, self.k, dtype=torch.float32)
+        wide = 2 if 2 * self.k <= 1 << 16 else 4
+
+        def run(first: int, last: int) -> None:
+            lib.sjl_blocks(x.data_ptr(), x.stride(0), rows, last - first, plan[first].data_ptr(), wide, 2 * self.k,
+                           part[first].data_ptr())
+
+        threads = min(self.threads(), nb)
+        bounds = [nb * t // threads for t in range(threads + 1)]
+        if threads > 1:
+            list(_thread_pool(threads).map(run, bounds[:-1], bounds[1:]))
+        else:
+            run(0, nb)
+        total = torch.empty(rows, self.k, dtype=torch.float64)
+        lib.sjl_reduce(part.data_ptr(), nb, rows * self.k, total.data_ptr())
+        return total.float()
 
 
 class DenseJL(BlockwiseProjector):
@@ -255,9 +322,10 @@ def make_projector(
     subset_ratio: float = 0.15,
     chunk_size: int = 1 << 20,
     threads: int = 0,
+    native: bool = True,
 ) -> Projector:
     """The projector named ``method`` for d = ``dim`` coordinates into R^k (see the module docstring)."""
-    cfg = ProjectorConfig(method, dim, k, seed, subset_ratio, chunk_size, threads)
+    cfg = ProjectorConfig(method, dim, k, seed, subset_ratio, chunk_size, threads, native)
     if method == "sparse_jl":
         return SparseJL(cfg)
     if method in ("subset_gaussian", "subset_rademacher"):

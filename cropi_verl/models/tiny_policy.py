@@ -25,6 +25,7 @@ from cropi_verl.data.toy_task import ToyTaskConfig, build_toy_task
 from cropi_verl.models.tokenizer import train_chatml_tokenizer
 from cropi_verl.rollout.hf_backend import chat_prompt_ids
 from cropi_verl.utils.atomic import atomic_write_json
+from cropi_verl.utils.cache import cache_root
 
 log = logging.getLogger(__name__)
 
@@ -51,11 +52,6 @@ class TinyPolicyConfig:
     def key(self) -> str:
         blob = json.dumps({"version": VERSION, **asdict(self)}, sort_keys=True)
         return hashlib.sha256(blob.encode()).hexdigest()[:16]
-
-
-def cache_root() -> Path:
-    """``$CROPI_CACHE_DIR``, else ``~/.cache/cropi_verl``."""
-    return Path(os.environ.get("CROPI_CACHE_DIR", Path.home() / ".cache" / "cropi_verl"))
 
 
 def random_init_policy(cfg: TinyPolicyConfig, tokenizer: PreTrainedTokenizerFast) -> Qwen2ForCausalLM:
