@@ -44,7 +44,10 @@ def test_quick_demo_writes_summary_with_all_methods(quick_run):
     for curve in summary["curves"].values():
         assert [r["step"] for r in curve] == [0, 3, 6]
         assert set(curve[0]["val"]) == {"val_add", "val_sub", "val_mixed"}
-    assert summary["selection_cost"]["pass_over_stage"] > 0
+    cost = summary["selection_cost"]
+    assert cost["pass_over_stage"] > 0
+    for total, val, pool in zip(cost["influence_pass_seconds"], cost["val_features_seconds"], cost["pool_features_seconds"]):
+        assert 0 < val and 0 < pool and val + pool <= total  # the parts of each boundary's time
     assert 0 < summary["pool"]["mean"] < 1
     for name in ("curves.png", "selection_cropi.png", "selection_random.png"):
         assert (quick_run / name).stat().st_size > 10_000

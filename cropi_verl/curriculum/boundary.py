@@ -94,7 +94,7 @@ def stage_boundary(
                              "influence cannot select. Re-collect the rollouts with more responses or a higher "
                              "temperature, or use a pass_rate / random strategy")
         stats |= {"n_zero_advantage": res.n_zero_advantage, "n_nonfinite": res.n_nonfinite,
-                  "shortfall": res.selection.shortfall}
+                  "shortfall": res.selection.shortfall, "pass_seconds": res.seconds}
     elif schedule.uses_influence:
         if previous is None:
             raise ValueError(f"stage {stage}: one-shot influence needs the previous stage's state")

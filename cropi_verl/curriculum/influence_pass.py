@@ -9,7 +9,8 @@ refused. The gradients come from a ``Featurizer``: in process (``local_featurize
 from __future__ import annotations
 
 import logging
-from dataclasses import asdict, dataclass
+import time
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Mapping
 
@@ -34,6 +35,7 @@ class InfluencePass:
     selection: SelectionResult
     n_zero_advantage: int
     n_nonfinite: int
+    seconds: dict[str, float] = field(default_factory=dict)  # val_features, pool_features, scoring
 
 
 def pool_for_selection(train: pd.DataFrame, scores: Mapping[str, np.ndarray] | None = None) -> SelectionPool:
@@ -68,6 +70,7 @@ def influence_pass(
     """Features, scores and selection at the policy ``featurize`` runs (see the module docstring)."""
     root = Path(store_root)
     val_grads = {}
+    t0 = time.perf_counter()
     for name, frame in val.items():
         rng = np.random.default_rng(seed)
         rows = frame.iloc[np.sort(rng.permutation(len(frame))[:max_val_prompts])] if len(frame) > max_val_prompts else frame
@@ -80,9 +83,11 @@ def influence_pass(
         except ValueError as e:
             raise ValueError(f"validation set {name!r}: {e} ({len(rows)} prompts, "
                              f"{len(skipped.get('zero_advantage', []))} zero-advantage)") from None
+    t1 = time.perf_counter()
     ids, feats, skipped = features_into_store(
         featurize, to_prompt_rollouts(train), FeatureStore(root / "train", manifest | {"set": "train"}), shard_size, progress
     )
+    t2 = time.perf_counter()
     per_set = influence_scores(feats, val_grads, metric) if len(ids) else {n: torch.zeros(0) for n in val_grads}
     pos = {int(p): i for i, p in enumerate(train["prompt_id"])}
     table = pd.DataFrame({"prompt_id": train["prompt_id"].to_numpy(np.int64),
@@ -101,4 +106,5 @@ def influence_pass(
     n_zero, n_nonfinite = len(skipped.get("zero_advantage", [])), len(skipped.get("nonfinite", []))
     log.info("influence pass: %d prompts scored, %d zero-advantage removed, %d non-finite, %d selected",
              len(ids), n_zero, n_nonfinite, len(result.prompt_ids))
-    return InfluencePass(table, result, n_zero, n_nonfinite)
+    seconds = {"val_features": t1 - t0, "pool_features": t2 - t1, "scoring": time.perf_counter() - t2}
+    return InfluencePass(table, result, n_zero, n_nonfinite, {k: round(v, 3) for k, v in seconds.items()})

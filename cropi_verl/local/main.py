@@ -145,9 +145,14 @@ def summarize(cfg: DictConfig, results: dict[str, dict]) -> dict:
     if "cropi" in results:
         res = results["cropi"]
         per_stage_train = res["train_seconds"] / cfg.curriculum.num_stages
-        passes = [s["stats"]["seconds"] for s in res["stages"] if s.get("score_file")]
+        scored = [s["stats"] for s in res["stages"] if s.get("score_file")]
+        passes = [s["seconds"] for s in scored]
+        parts = {k: [s["pass_seconds"][k] for s in scored if "pass_seconds" in s] for k in ("val_features", "pool_features")}
         out["selection_cost"] = {"influence_pass_seconds": passes, "train_stage_seconds": round(per_stage_train, 2),
-                                 "pass_over_stage": (float(np.mean(passes)) / per_stage_train) if passes else None}
+                                 "pass_over_stage": (float(np.mean(passes)) / per_stage_train) if passes else None,
+                                 **{f"{k}_seconds": v for k, v in parts.items()},
+                                 "pool_features_over_stage": (float(np.mean(parts["pool_features"])) / per_stage_train
+                                                              if parts["pool_features"] else None)}
     return out
 
 
@@ -166,6 +171,10 @@ def print_table(pool: dict, summary: dict) -> None:
         c = summary["selection_cost"]
         print(f"\ninfluence pass: {np.mean(c['influence_pass_seconds']):.1f}s per stage boundary, "
               f"{c['pass_over_stage']:.0%} of a training stage ({c['train_stage_seconds']:.1f}s)")
+        if c.get("pool_features_seconds"):
+            print(f"  of which pool gradients {np.mean(c['pool_features_seconds']):.1f}s "
+                  f"({c['pool_features_over_stage']:.0%} of a stage), validation gradients "
+                  f"{np.mean(c['val_features_seconds']):.1f}s")
 
 
 @hydra.main(config_path="../../configs", config_name="tiny_cpu", version_base=None)
