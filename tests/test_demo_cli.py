@@ -75,3 +75,31 @@ def test_plot_script_redraws_a_run(quick_run):
     assert "curves.png" in out.stdout and (quick_run / "curves.png").stat().st_size > 10_000
     missing = run_script("plot.py", str(quick_run / "nowhere"), check=False)
     assert missing.returncode != 0 and "no summary" in missing.stderr
+
+
+def _result(targeted: list[float], step: int = 5) -> dict:
+    return {"history": [{"step": i * step, "targeted": t, "untargeted": 0.5, "val": {"val_add": t}}
+                        for i, t in enumerate(targeted)], "stages": ["first"]}
+
+
+def test_repeats_average_curves_and_keep_each_seed():
+    from cropi_verl.local.main import mean_over_seeds, per_seed
+
+    runs = {"full": [_result([0.1, 0.2, 0.3]), _result([0.1, 0.3, 0.2])],
+            "cropi": [_result([0.1, 0.3, 0.3]), _result([0.1, 0.1, 0.2])],
+            "random": [_result([0.1, 0.2, 0.2]), _result([0.1, 0.2, 0.25])]}
+    mean = mean_over_seeds(runs["cropi"])
+    assert [h["targeted"] for h in mean["history"]] == pytest.approx([0.1, 0.2, 0.25])
+    assert mean["history"][2]["val"]["val_add"] == pytest.approx(0.25) and mean["stages"] == ["first"]
+    ps = per_seed(runs, [0, 1])
+    # seed 0: full's best 0.3 at step 10, cropi reaches 0.3 at step 5 -> 2x; seed 1: full's best 0.3 at step 5,
+    # cropi never reaches it
+    assert ps["cropi_speedup"] == [2.0, None]
+    assert ps["cropi_minus_random_final"] == pytest.approx([0.1, -0.05])
+    assert ps["methods"]["full"]["best_targeted"] == [0.3, 0.3]
+
+
+def test_repeats_must_be_a_positive_integer(tmp_path):
+    proc = run_demo(tmp_path / "bad", "repeats=0")
+    assert proc.returncode != 0
+    assert "repeats: expected an integer >= 1" in proc.stderr.strip().splitlines()[-1]

@@ -6,7 +6,9 @@
 4. For each method in ``methods`` (CROPI and the baselines): a curriculum GRPO run of ``num_stages *
    steps_per_stage`` steps on the local backend, evaluating the validation sets every ``eval.every`` steps.
    A finished method (``<out>/<method>/result.json``) is skipped on a rerun; an interrupted one resumes.
-5. Write ``summary.json`` and ``curves.png`` (plus ``selection_<method>.png``) and print the table.
+   With ``repeats`` > 1 each method also runs with seeds ``seed+1 ..`` (``<out>/<method>.seed<s>/``).
+5. Write ``summary.json`` and ``curves.png`` (plus ``selection_<method>.png``) and print the table; with repeats,
+   the curves are the mean over seeds and the selection plots show the first seed.
 """
 
 from __future__ import annotations
@@ -93,11 +95,11 @@ def pool_summary(train_rollouts: pd.DataFrame, prompts: pd.DataFrame) -> tuple[d
     }, pool
 
 
-def run_method(cfg: DictConfig, strategy: str, frames: dict, policy_dir: Path, train_roll: pd.DataFrame,
+def run_method(cfg: DictConfig, strategy: str, seed: int, frames: dict, policy_dir: Path, train_roll: pd.DataFrame,
                val_roll: dict, group: InfluenceWorkerGroup, manifest: dict) -> dict:
-    out = Path(cfg.output_dir) / strategy
+    out = Path(cfg.output_dir) / (strategy if seed == cfg.seed else f"{strategy}.seed{seed}")
     if (out / "result.json").is_file():
-        log.info("%s: already finished, reusing %s", strategy, out / "result.json")
+        log.info("%s (seed %d): already finished, reusing %s", strategy, seed, out / "result.json")
         return json.loads((out / "result.json").read_text())
     cur = cfg.curriculum
     fraction = 1.0 if strategy == "full" else cur.fraction
@@ -107,12 +109,46 @@ def run_method(cfg: DictConfig, strategy: str, frames: dict, policy_dir: Path, t
         policy_dir=policy_dir, prompts=frames["train"], train_rollouts=train_roll, val_rollouts=val_roll,
         val_prompts={n: frames[n] for n in VAL_SETS}, targeted=list(TARGETED_SETS), schedule=schedule,
         grpo=_dataclass_from(GRPOConfig, cfg.grpo), eval=_dataclass_from(EvalConfig, cfg.eval), out_dir=out,
-        featurizer=group.update_weights, manifest=manifest, seed=cfg.seed, ckpt_every=cfg.train.ckpt_every,
+        featurizer=group.update_weights, manifest=manifest, seed=seed, ckpt_every=cfg.train.ckpt_every,
         influence_kw={"metric": inf.metric, "max_val_prompts": inf.max_val_prompts, "shard_size": inf.shard_size},
         loggers=tuple(cfg.train.loggers), log_every=cfg.train.log_every,
     )
-    log.info("=== %s: %d stages x %d steps, fraction %.2f ===", strategy, cur.num_stages, cur.steps_per_stage, fraction)
+    log.info("=== %s (seed %d): %d stages x %d steps, fraction %.2f ===", strategy, seed, cur.num_stages,
+             cur.steps_per_stage, fraction)
     return LocalCurriculumTrainer(run).fit()
+
+
+def mean_over_seeds(runs: list[dict]) -> dict:
+    """One method's result with its eval history averaged over seeds (same eval steps); the stages and timings
+    are the first seed's."""
+    if len(runs) == 1:
+        return runs[0]
+
+    def mean(rows: list[dict]) -> dict:
+        return {"step": rows[0]["step"], "targeted": float(np.mean([r["targeted"] for r in rows])),
+                "untargeted": float(np.mean([r["untargeted"] for r in rows])),
+                "val": {n: float(np.mean([r["val"][n] for r in rows])) for n in rows[0]["val"]}}
+
+    return runs[0] | {"history": [mean(list(rows)) for rows in zip(*(r["history"] for r in runs))]}
+
+
+def per_seed(runs: dict[str, list[dict]], seeds: list[int]) -> dict:
+    """Each seed's final/best targeted accuracy per method, CROPI's speed-up over full data and its final margin
+    over random, seed by seed."""
+    out: dict = {"seeds": seeds, "methods": {}}
+    for name, rs in runs.items():
+        out["methods"][name] = {"final_targeted": [r["history"][-1]["targeted"] for r in rs],
+                                "best_targeted": [max(h["targeted"] for h in r["history"]) for r in rs]}
+
+    def curve(r: dict) -> tuple[list, list]:
+        return [h["step"] for h in r["history"]], [h["targeted"] for h in r["history"]]
+
+    if "cropi" in runs and "full" in runs:
+        out["cropi_speedup"] = [step_speedup(*curve(f), *curve(c))["speedup"] for f, c in zip(runs["full"], runs["cropi"])]
+    if "cropi" in runs and "random" in runs:
+        out["cropi_minus_random_final"] = [c["history"][-1]["targeted"] - r["history"][-1]["targeted"]
+                                           for c, r in zip(runs["cropi"], runs["random"])]
+    return out
 
 
 def family_mix(results: dict[str, dict], pool: pd.DataFrame) -> dict[str, list[dict[str, float]]]:
@@ -167,6 +203,12 @@ def print_table(pool: dict, summary: dict) -> None:
         s_txt = "-" if name == "full" else ("never" if s is None else f"{s:.2f}x")
         print(f"{name:<18}{row['final_targeted']:>10.3f}{row['best_targeted']:>10.3f}{row['best_step']:>7}"
               f"{row['final_untargeted']:>13.3f}{s_txt:>10}")
+    if "per_seed" in summary:
+        ps = summary["per_seed"]
+        print(f"(mean over seeds {ps['seeds']})")
+        for key, label in [("cropi_speedup", "cropi speed-up over full"), ("cropi_minus_random_final", "cropi - random, final")]:
+            if key in ps:
+                print(f"  {label}, seed by seed: " + ", ".join("never" if v is None else f"{v:.3g}" for v in ps[key]))
     if "selection_cost" in summary and summary["selection_cost"]["pass_over_stage"] is not None:
         c = summary["selection_cost"]
         print(f"\ninfluence pass: {np.mean(c['influence_pass_seconds']):.1f}s per stage boundary, "
@@ -180,6 +222,8 @@ def print_table(pool: dict, summary: dict) -> None:
 @hydra.main(config_path="../../configs", config_name="tiny_cpu", version_base=None)
 @one_line_errors
 def main(cfg: DictConfig) -> None:
+    if not isinstance(cfg.repeats, int) or cfg.repeats < 1:
+        raise ValueError(f"repeats: expected an integer >= 1 (training seeds per method), got {cfg.repeats!r}")
     torch.set_num_threads(cfg.threads)
     warnings.filterwarnings("ignore", message=".*'set_vital' is deprecated")  # torchdata's, once per dataloader
     t0 = time.time()
@@ -194,9 +238,14 @@ def main(cfg: DictConfig) -> None:
     manifest = group.init_model(str(policy_dir), {"method": inf.method, "k": inf.k, "seed": inf.seed,
                                                   "subset_ratio": inf.subset_ratio}, asdict(popi), tok.pad_token_id)
     manifest |= {"policy": str(policy_dir)}
-    results = {m: run_method(cfg, m, frames, policy_dir, train_roll, val_roll, group, manifest) for m in cfg.methods}
+    seeds = [cfg.seed + r for r in range(cfg.repeats)]
+    runs = {m: [run_method(cfg, m, s, frames, policy_dir, train_roll, val_roll, group, manifest) for s in seeds]
+            for m in cfg.methods}
     group.close()
+    results = {m: mean_over_seeds(rs) for m, rs in runs.items()}
     summary = summarize(cfg, results) | {"selection_family_mix": family_mix(results, pool_table)}
+    if len(seeds) > 1:
+        summary["per_seed"] = per_seed(runs, seeds)
     out = Path(cfg.output_dir)
     plot_run(out, results, summary.get("speedup", {}).get("cropi"), pool_table)
     print_table(pool, summary)
