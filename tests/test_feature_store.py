@@ -67,3 +67,14 @@ def test_manifest_mismatch_is_a_clear_error(tmp_path):
     with pytest.raises(FeatureStoreMismatch, match="projector: store has"):
         FeatureStore(tmp_path, _manifest(other, step=10))
     FeatureStore(tmp_path, _manifest(proj, step=10))  # the same run reopens fine
+
+
+def test_store_of_the_previous_projector_version_is_refused(tmp_path):
+    """A store written before sparse_jl's one-sum-per-bucket change (no ``version`` in its projector config) holds
+    features with other rounding: resuming into it would mix them."""
+    proj = make_projector("sparse_jl", 100, k=16)
+    old = _manifest(proj, step=10)
+    old["projector"] = {k: v for k, v in old["projector"].items() if k != "version"}
+    FeatureStore(tmp_path, old)
+    with pytest.raises(FeatureStoreMismatch, match=f"projector: store has .*delete {tmp_path} to recompute"):
+        FeatureStore(tmp_path, _manifest(proj, step=10))

@@ -40,7 +40,8 @@ class FeatureStore:
             diff = sorted(k for k in set(on_disk) | set(self.manifest) if on_disk.get(k) != self.manifest.get(k))
             if diff:
                 detail = "; ".join(f"{k}: store has {on_disk.get(k)!r}, run has {self.manifest.get(k)!r}" for k in diff)
-                raise FeatureStoreMismatch(f"{mpath}: feature store was written for a different run ({detail})")
+                raise FeatureStoreMismatch(f"{mpath}: feature store was written for a different run ({detail}); "
+                                           f"delete {self.path} to recompute its features")
         else:
             atomic_write_json(self.manifest, mpath)
 
