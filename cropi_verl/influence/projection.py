@@ -12,10 +12,11 @@ Methods:
 
 - ``sparse_jl`` (default, ours): a CountSketch. Coordinate i goes to bucket b(i) with sign s(i), both from a
   counter-based hash h = fmix32(i * 0x9E3779B1 ^ key(seed, i >> 32)) (murmur3's finaliser, int32 ops): with
-  c = h mod 2k (h's low 31 bits when 2k is not a power of two), b = c >> 1 and s = (-1)^c, ``(Px)_j = sum_{i: b(i)=j} s(i) x_i``.
-  E<Px, Py> = <x, y>, Var <= 2 |x|^2 |y|^2 / k. No stored matrix. Coordinates are processed in
-  aligned canonical blocks (fp32 accumulation inside a block in coordinate order, fp64 across blocks in block
-  order), so the result is bit-identical for any ``chunk_size`` and thread count. On the CPU a fused C kernel
+  c = h mod 2k (h's low 31 bits when 2k is not a power of two), b = c >> 1 and s = (-1)^c,
+  ``(Px)_j = sum_{i: b(i)=j} s(i) x_i``. E<Px, Py> = <x, y>, Var <= 2 |x|^2 |y|^2 / k. No stored matrix.
+  Coordinates are processed in aligned canonical blocks (one fp32 running sum per bucket inside a block in
+  coordinate order, fp64 across blocks in block order), so the result is bit-identical for any ``chunk_size``
+  and thread count. On the CPU a fused C kernel
   (``sparse_jl.c``, built on first use by ``native.py``) runs the blocks on threads and gives the same bits as the
   torch path (``native=False``, or no C compiler).
 - ``subset_gaussian`` / ``subset_rademacher`` (the paper's scheme): keep a random subset of
@@ -214,13 +215,17 @@ class SparseJL(BlockwiseProjector):
         lib = native.load() if self.cfg.native and x.device.type == "cpu" else None
         return super()._project(x, offset) if lib is None else self._project_native(lib, x.contiguous(), offset)
 
+    def _index_bytes(self) -> int:
+        """Bytes per cached c in the C kernel: 2 (uint16) when 2k <= 65536, else 4."""
+        return 2 if 2 * self.k <= 1 << 16 else 4
+
     def _native_plan(self, lib, offset: int, n: int) -> torch.Tensor:
         """Per canonical block of ``[offset, offset+n)``: (column in x, length, low word of its first coordinate,
         high-word key, address of its cached c or 0), ``[nb, 5]`` int64, kept per range (a gradient stream repeats
         its ranges). c is cached as uint16 bits when 2k <= 65536, else uint32, while the cache budget lasts."""
         plan = self._plans.get((offset, n))
         if plan is None:
-            wide = 2 if 2 * self.k <= 1 << 16 else 4
+            wide = self._index_bytes()
             rows = []
             for col, start, length in _blocks(offset, n):
                 lo, key = start & _M32, _hi_key(self.cfg.seed, start >> 32, 0)
@@ -242,7 +247,7 @@ class SparseJL(BlockwiseProjector):
         if nb == 0:
             return torch.zeros(rows, self.k)
         part = torch.empty(nb, rows, self.k, dtype=torch.float32)
-        wide = 2 if 2 * self.k <= 1 << 16 else 4
+        wide = self._index_bytes()
 
         def run(first: int, last: int) -> None:
             lib.sjl_blocks(x.data_ptr(), x.stride(0), rows, last - first, plan[first].data_ptr(), wide, 2 * self.k,
