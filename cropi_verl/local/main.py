@@ -118,6 +118,11 @@ def run_method(cfg: DictConfig, strategy: str, seed: int, frames: dict, policy_d
     return LocalCurriculumTrainer(run).fit()
 
 
+def targeted_curve(history: list[dict]) -> tuple[list, list]:
+    """(eval steps, targeted accuracy) of one run's eval history."""
+    return [r["step"] for r in history], [r["targeted"] for r in history]
+
+
 def mean_over_seeds(runs: list[dict]) -> dict:
     """One method's result with its eval history averaged over seeds (same eval steps); the stages and timings
     are the first seed's."""
@@ -139,12 +144,9 @@ def per_seed(runs: dict[str, list[dict]], seeds: list[int]) -> dict:
     for name, rs in runs.items():
         out["methods"][name] = {"final_targeted": [r["history"][-1]["targeted"] for r in rs],
                                 "best_targeted": [max(h["targeted"] for h in r["history"]) for r in rs]}
-
-    def curve(r: dict) -> tuple[list, list]:
-        return [h["step"] for h in r["history"]], [h["targeted"] for h in r["history"]]
-
     if "cropi" in runs and "full" in runs:
-        out["cropi_speedup"] = [step_speedup(*curve(f), *curve(c))["speedup"] for f, c in zip(runs["full"], runs["cropi"])]
+        out["cropi_speedup"] = [step_speedup(*targeted_curve(f["history"]), *targeted_curve(c["history"]))["speedup"]
+                                for f, c in zip(runs["full"], runs["cropi"])]
     if "cropi" in runs and "random" in runs:
         out["cropi_minus_random_final"] = [c["history"][-1]["targeted"] - r["history"][-1]["targeted"]
                                            for c, r in zip(runs["cropi"], runs["random"])]
@@ -167,13 +169,9 @@ def summarize(cfg: DictConfig, results: dict[str, dict]) -> dict:
         table[name] = {"final_targeted": h[-1]["targeted"], "final_untargeted": h[-1]["untargeted"],
                        "best_targeted": best["targeted"], "best_step": best["step"], "final_val": h[-1]["val"]}
     out: dict = {"methods": table}
-
-    def curve(name: str) -> tuple[list, list]:
-        h = results[name]["history"]
-        return [r["step"] for r in h], [r["targeted"] for r in h]
-
     if "full" in results:
-        out["speedup"] = {m: step_speedup(*curve("full"), *curve(m)) for m in results if m != "full"}
+        full = targeted_curve(results["full"]["history"])
+        out["speedup"] = {m: step_speedup(*full, *targeted_curve(r["history"])) for m, r in results.items() if m != "full"}
     if "cropi" in results and "random" in results:
         c, r = table["cropi"], table["random"]
         out["cropi_vs_random"] = {"final_targeted_delta": c["final_targeted"] - r["final_targeted"],
