@@ -56,6 +56,8 @@ def main(argv: list[str] | None = None) -> int:
                     help="encode each prompt once per micro-batch (KV cache); exact")
     ap.add_argument("--merge-duplicates", action=argparse.BooleanOptionalAction, default=True,
                     help="one weighted row per distinct response; exact, only used without --clip-ratio")
+    ap.add_argument("--native", action=argparse.BooleanOptionalAction, default=True,
+                    help="sparse_jl on CPU: the C kernel when it builds (same bits; --no-native: the torch path)")
     ap.add_argument("--shard-size", type=int, default=256)
     ap.add_argument("--seed", type=int, default=0, help="selection tie-breaks and validation subsampling")
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
@@ -69,7 +71,7 @@ def main(argv: list[str] | None = None) -> int:
     tok = AutoTokenizer.from_pretrained(args.model)
     model = AutoModelForCausalLM.from_pretrained(args.model, dtype=torch.float32).to(args.device)
     _, dim = parameter_offsets(model)
-    proj = make_projector(args.method, dim, args.k, args.proj_seed, args.subset_ratio)
+    proj = make_projector(args.method, dim, args.k, args.proj_seed, args.subset_ratio, native=args.native)
     popi = PopiConfig(clip_ratio=args.clip_ratio, micro_batch=args.micro_batch, share_prompt=args.share_prompt,
                       merge_duplicates=args.merge_duplicates)
     res = influence_pass(

@@ -165,3 +165,14 @@ def test_bad_arguments_are_clear():
     with pytest.raises(ValueError, match=r"coordinates \[90, 110\) outside the projector's dim 100"):
         p.project(torch.zeros(20), offset=90)
     assert set(METHODS) == {"sparse_jl", "subset_gaussian", "subset_rademacher", "gaussian", "identity"}
+
+
+def test_native_false_never_touches_the_kernel(monkeypatch):
+    """``native=False`` (config key ``influence.native`` / ``cropi.projection.native``) keeps the torch path."""
+    def refuse():
+        raise AssertionError("the C kernel was loaded with native=False")
+
+    monkeypatch.setattr(native, "load", refuse)
+    x = torch.randn(3000)
+    out = make_projector("sparse_jl", 3000, 16, seed=5, native=False).project(x)
+    assert np.array_equal(out.numpy(), _sequential_countsketch(x.numpy(), 0, 16, 5))

@@ -234,7 +234,8 @@ def main(cfg: DictConfig) -> None:
                       merge_duplicates=inf.merge_duplicates)
     tok = AutoTokenizer.from_pretrained(policy_dir)
     manifest = group.init_model(str(policy_dir), {"method": inf.method, "k": inf.k, "seed": inf.seed,
-                                                  "subset_ratio": inf.subset_ratio}, asdict(popi), tok.pad_token_id)
+                                                  "subset_ratio": inf.subset_ratio, "native": inf.native},
+                                asdict(popi), tok.pad_token_id)
     manifest |= {"policy": str(policy_dir)}
     seeds = [cfg.seed + r for r in range(cfg.repeats)]
     runs = {m: [run_method(cfg, m, s, frames, policy_dir, train_roll, val_roll, group, manifest) for s in seeds]
