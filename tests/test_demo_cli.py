@@ -40,7 +40,7 @@ def quick_run(tmp_path_factory) -> Path:
 def test_quick_demo_writes_summary_with_all_methods(quick_run):
     summary = json.loads((quick_run / "summary.json").read_text())
     assert set(summary["methods"]) == METHODS and set(summary["curves"]) == METHODS
-    assert set(summary["speedup"]) == METHODS - {"full"}
+    assert set(summary["speedup"]) == set(summary["speedup_at_gain"]) == METHODS - {"full"}
     for curve in summary["curves"].values():
         assert [r["step"] for r in curve] == [0, 3, 6]
         assert set(curve[0]["val"]) == {"val_add", "val_sub", "val_mixed"}
@@ -91,15 +91,20 @@ def test_repeats_average_curves_and_keep_each_seed():
     mean = mean_over_seeds(runs["cropi"])
     assert [h["targeted"] for h in mean["history"]] == pytest.approx([0.1, 0.2, 0.25])
     assert mean["history"][2]["val"]["val_add"] == pytest.approx(0.25) and mean["stages"] == ["first"]
-    ps = per_seed(runs, [0, 1])
+    ps = per_seed(runs, [0, 1], 0.5)
     # seed 0: full's best 0.3 at step 10, cropi reaches 0.3 at step 5 -> 2x; seed 1: full's best 0.3 at step 5,
-    # cropi never reaches it
+    # cropi never reaches it. Half of full's gain (0.2): seed 0 full at 5, cropi at 5 -> 1x; seed 1: full at 5,
+    # cropi at 10 -> 0.5x
     assert ps["cropi_speedup"] == [2.0, None]
+    assert ps["cropi_speedup_at_gain"] == [1.0, 0.5]
     assert ps["cropi_minus_random_final"] == pytest.approx([0.1, -0.05])
     assert ps["methods"]["full"]["best_targeted"] == [0.3, 0.3]
 
 
-def test_repeats_must_be_a_positive_integer(tmp_path):
-    proc = run_demo(tmp_path / "bad", "repeats=0")
+@pytest.mark.parametrize("override, message", [("repeats=0", "repeats: expected an integer >= 1"),
+                                               ("eval.speedup_gain_fraction=0", "eval.speedup_gain_fraction: expected")])
+def test_bad_demo_keys_fail_before_any_work(tmp_path, override, message):
+    proc = run_demo(tmp_path / "bad", override)
     assert proc.returncode != 0
-    assert "repeats: expected an integer >= 1" in proc.stderr.strip().splitlines()[-1]
+    assert message in proc.stderr.strip().splitlines()[-1]
+    assert not (tmp_path / "bad" / "data").exists()

@@ -1,8 +1,13 @@
-"""The step-level speed-up: how much sooner a method reaches the baseline's best validation accuracy.
+"""The step-level speed-up: how much sooner a method reaches an accuracy level of the baseline's curve.
 
 For a curve of (step, accuracy) points: ``best(baseline)`` = its highest accuracy and the first step it is reached;
-``steps_to_reach(curve, a)`` = the first step whose accuracy is >= a (None if never);
-speed-up = steps_baseline_best / steps_to_reach(method, best(baseline)) (None if never reached).
+``steps_to_reach(curve, a)`` = the first step whose accuracy is >= a (None if never).
+
+- The speed-up (the target's definition): speed-up = steps_baseline_best / steps_to_reach(method, best(baseline))
+  (None if never reached).
+- At a fraction f of the baseline's gain: the level a_f = a_0 + f (best - a_0), a_0 = the baseline's first point,
+  and speed-up_f = steps_to_reach(baseline, a_f) / steps_to_reach(method, a_f). With f < 1 it does not hinge on the
+  single highest, noisiest point of the baseline's curve; f = 1 is the speed-up above.
 """
 
 from __future__ import annotations
@@ -23,14 +28,30 @@ def steps_to_reach(steps: Sequence[int], acc: Sequence[float], target: float) ->
     return None
 
 
+def _ratio(base_step: int, reach: int | None) -> float | None:
+    """base_step / reach; None if never reached; reached at step 0: 1 if the baseline was too, else unbounded."""
+    if reach is None:
+        return None
+    if reach == 0:
+        return 1.0 if base_step == 0 else float("inf")
+    return base_step / reach
+
+
 def step_speedup(base_steps: Sequence[int], base_acc: Sequence[float], steps: Sequence[int], acc: Sequence[float]) -> dict:
     """Speed-up of (steps, acc) over the baseline curve, with the points it is computed from."""
     b_step, b_acc = best_point(base_steps, base_acc)
     reach = steps_to_reach(steps, acc, b_acc)
-    if reach is None:
-        ratio = None
-    elif reach == 0:  # reached before training: equal if the baseline's best is its start, else unbounded
-        ratio = 1.0 if b_step == 0 else float("inf")
-    else:
-        ratio = b_step / reach
-    return {"baseline_best_step": b_step, "baseline_best": b_acc, "steps_to_reach": reach, "speedup": ratio}
+    return {"baseline_best_step": b_step, "baseline_best": b_acc, "steps_to_reach": reach, "speedup": _ratio(b_step, reach)}
+
+
+def gain_speedup(base_steps: Sequence[int], base_acc: Sequence[float], steps: Sequence[int], acc: Sequence[float],
+                 fraction: float) -> dict:
+    """Speed-up at ``fraction`` of the baseline's gain (see the module docstring), with its level and steps."""
+    if not 0 < fraction <= 1:
+        raise ValueError(f"gain fraction: expected a number in (0, 1], got {fraction!r}")
+    b_best_step, best = best_point(base_steps, base_acc)
+    level = best if fraction == 1 else base_acc[0] + fraction * (best - base_acc[0])
+    b_step = b_best_step if fraction == 1 else steps_to_reach(base_steps, base_acc, level)
+    reach = steps_to_reach(steps, acc, level)
+    return {"fraction": fraction, "level": float(level), "baseline_steps": b_step, "steps_to_reach": reach,
+            "speedup": _ratio(b_step, reach)}

@@ -31,7 +31,7 @@ from cropi_verl.curriculum.schedule import StageSchedule
 from cropi_verl.data.toy_task import TARGETED_SETS, UNTARGETED_SETS, ToyTaskConfig, build_toy_task
 from cropi_verl.data.verl_format import row_ids, write_verl_parquet
 from cropi_verl.eval.plots import plot_run
-from cropi_verl.eval.speedup import step_speedup
+from cropi_verl.eval.speedup import gain_speedup, step_speedup
 from cropi_verl.influence.gradients import PopiConfig
 from cropi_verl.local.grpo import GRPOConfig
 from cropi_verl.local.trainer import EvalConfig, LocalCurriculumTrainer, LocalRun
@@ -137,16 +137,17 @@ def mean_over_seeds(runs: list[dict]) -> dict:
     return runs[0] | {"history": [mean(list(rows)) for rows in zip(*(r["history"] for r in runs))]}
 
 
-def per_seed(runs: dict[str, list[dict]], seeds: list[int]) -> dict:
-    """Each seed's final/best targeted accuracy per method, CROPI's speed-up over full data and its final margin
-    over random, seed by seed."""
+def per_seed(runs: dict[str, list[dict]], seeds: list[int], gain_fraction: float) -> dict:
+    """Each seed's final/best targeted accuracy per method, CROPI's speed-up over full data (at full data's best
+    and at ``gain_fraction`` of its gain) and its final margin over random, seed by seed."""
     out: dict = {"seeds": seeds, "methods": {}}
     for name, rs in runs.items():
         out["methods"][name] = {"final_targeted": [r["history"][-1]["targeted"] for r in rs],
                                 "best_targeted": [max(h["targeted"] for h in r["history"]) for r in rs]}
     if "cropi" in runs and "full" in runs:
-        out["cropi_speedup"] = [step_speedup(*targeted_curve(f["history"]), *targeted_curve(c["history"]))["speedup"]
-                                for f, c in zip(runs["full"], runs["cropi"])]
+        pairs = [(targeted_curve(f["history"]), targeted_curve(c["history"])) for f, c in zip(runs["full"], runs["cropi"])]
+        out["cropi_speedup"] = [step_speedup(*f, *c)["speedup"] for f, c in pairs]
+        out["cropi_speedup_at_gain"] = [gain_speedup(*f, *c, gain_fraction)["speedup"] for f, c in pairs]
     if "cropi" in runs and "random" in runs:
         out["cropi_minus_random_final"] = [c["history"][-1]["targeted"] - r["history"][-1]["targeted"]
                                            for c, r in zip(runs["cropi"], runs["random"])]
@@ -171,7 +172,9 @@ def summarize(cfg: DictConfig, results: dict[str, dict]) -> dict:
     out: dict = {"methods": table}
     if "full" in results:
         full = targeted_curve(results["full"]["history"])
-        out["speedup"] = {m: step_speedup(*full, *targeted_curve(r["history"])) for m, r in results.items() if m != "full"}
+        others = {m: targeted_curve(r["history"]) for m, r in results.items() if m != "full"}
+        out["speedup"] = {m: step_speedup(*full, *c) for m, c in others.items()}
+        out["speedup_at_gain"] = {m: gain_speedup(*full, *c, cfg.eval.speedup_gain_fraction) for m, c in others.items()}
     if "cropi" in results and "random" in results:
         c, r = table["cropi"], table["random"]
         out["cropi_vs_random"] = {"final_targeted_delta": c["final_targeted"] - r["final_targeted"],
@@ -190,21 +193,28 @@ def summarize(cfg: DictConfig, results: dict[str, dict]) -> dict:
     return out
 
 
+def speedup_text(s: float | None) -> str:
+    return "never" if s is None else f"{s:.2f}x"
+
+
 def print_table(pool: dict, summary: dict) -> None:
     print(f"\noffline pass rate of beta on the pool: {pool['mean']:.3f} "
           f"({', '.join(f'{k} {v:.2f}' for k, v in pool['by_family'].items())}); "
           f"zero-advantage {pool['zero_advantage_fraction']:.0%}")
-    print(f"\n{'method':<18}{'final tgt':>10}{'best tgt':>10}{'@step':>7}{'final untgt':>13}{'speed-up':>10}")
-    sp = summary.get("speedup", {})
+    sp, sg = summary.get("speedup", {}), summary.get("speedup_at_gain", {})
+    gain_col = f"@{next(iter(sg.values()))['fraction']:.0%} gain" if sg else ""
+    print(f"\n{'method':<18}{'final tgt':>10}{'best tgt':>10}{'@step':>7}{'final untgt':>13}{'speed-up':>10}{gain_col:>11}")
     for name, row in summary["methods"].items():
-        s = sp.get(name, {}).get("speedup")
-        s_txt = "-" if name == "full" else ("never" if s is None else f"{s:.2f}x")
+        s_txt, g_txt = ("-", "-") if name not in sp else (speedup_text(sp[name]["speedup"]),
+                                                        speedup_text(sg[name]["speedup"]))
         print(f"{name:<18}{row['final_targeted']:>10.3f}{row['best_targeted']:>10.3f}{row['best_step']:>7}"
-              f"{row['final_untargeted']:>13.3f}{s_txt:>10}")
+              f"{row['final_untargeted']:>13.3f}{s_txt:>10}{g_txt if gain_col else '':>11}")
     if "per_seed" in summary:
         ps = summary["per_seed"]
         print(f"(mean over seeds {ps['seeds']})")
-        for key, label in [("cropi_speedup", "cropi speed-up over full"), ("cropi_minus_random_final", "cropi - random, final")]:
+        for key, label in [("cropi_speedup", "cropi speed-up over full"),
+                           ("cropi_speedup_at_gain", f"cropi speed-up over full {gain_col}"),
+                           ("cropi_minus_random_final", "cropi - random, final")]:
             if key in ps:
                 print(f"  {label}, seed by seed: " + ", ".join("never" if v is None else f"{v:.3g}" for v in ps[key]))
     if "selection_cost" in summary and summary["selection_cost"]["pass_over_stage"] is not None:
@@ -222,6 +232,9 @@ def print_table(pool: dict, summary: dict) -> None:
 def main(cfg: DictConfig) -> None:
     if not isinstance(cfg.repeats, int) or cfg.repeats < 1:
         raise ValueError(f"repeats: expected an integer >= 1 (training seeds per method), got {cfg.repeats!r}")
+    frac = cfg.eval.speedup_gain_fraction
+    if isinstance(frac, bool) or not isinstance(frac, (int, float)) or not 0 < frac <= 1:
+        raise ValueError(f"eval.speedup_gain_fraction: expected a number in (0, 1], got {cfg.eval.speedup_gain_fraction!r}")
     torch.set_num_threads(cfg.threads)
     warnings.filterwarnings("ignore", message=".*'set_vital' is deprecated")  # torchdata's, once per dataloader
     t0 = time.time()
@@ -244,7 +257,7 @@ def main(cfg: DictConfig) -> None:
     results = {m: mean_over_seeds(rs) for m, rs in runs.items()}
     summary = summarize(cfg, results) | {"selection_family_mix": family_mix(results, pool_table)}
     if len(seeds) > 1:
-        summary["per_seed"] = per_seed(runs, seeds)
+        summary["per_seed"] = per_seed(runs, seeds, cfg.eval.speedup_gain_fraction)
     out = Path(cfg.output_dir)
     plot_run(out, results, summary.get("speedup", {}).get("cropi"), pool_table)
     print_table(pool, summary)
