@@ -67,6 +67,37 @@ def test_kill_mid_stage_then_resume_matches_uninterrupted_run(quick_run, tmp_pat
     assert_same_run(quick_run, out)
 
 
+def test_each_method_records_its_settings_and_a_rerun_with_others_is_refused(quick_run):
+    cropi = json.loads((quick_run / "cropi" / "run_config.json").read_text())
+    full = json.loads((quick_run / "full" / "run_config.json").read_text())
+    assert (cropi["grpo.lr"], cropi["influence.k"], cropi["eval.k"], cropi["seed"]) == (2.0e-4, 1024, 2, 0)
+    assert "influence.k" not in full and full["strategy"] == "full" and "threads" not in full
+    proc = run_demo(quick_run, "methods=[full]", "grpo.lr=0.001")
+    assert proc.returncode != 0
+    last = proc.stderr.strip().splitlines()[-1]
+    assert "grpo.lr=0.0002" in last and "grpo.lr=0.001" in last and str(quick_run / "full") in last, last
+
+
+def test_run_config_check_on_hand_built_directories(tmp_path):
+    from cropi_verl.local.run_config import check_run_dir, run_config, write_run_config
+
+    cfg = _compose("influence.workers=7", "train.loggers=[file]")
+    want = run_config(cfg, "random", 3)
+    assert want["seed"] == 3 and "influence.workers" not in want and "train.loggers" not in want
+    assert not any(k.startswith("influence.") for k in want)
+    assert run_config(cfg, "cropi", 3)["influence.method"] == "sparse_jl"
+    run = tmp_path / "random.seed3"
+    check_run_dir(run, want)  # nothing there yet
+    (run / "ckpt").mkdir(parents=True)
+    with pytest.raises(ValueError, match="no run_config.json"):
+        check_run_dir(run, want)
+    write_run_config(run, want)
+    check_run_dir(run, want)
+    check_run_dir(run, run_config(_compose("threads=1", "repeats=3"), "random", 3))  # execution-only keys
+    with pytest.raises(ValueError, match=r"curriculum.steps_per_stage=10.*curriculum.steps_per_stage=20"):
+        check_run_dir(run, run_config(_compose("curriculum.steps_per_stage=20"), "random", 3))
+
+
 def test_plot_script_redraws_a_run(quick_run):
     from scripts_helpers import run_script
 

@@ -5,7 +5,8 @@
 3. Start the influence worker group (Ray, verl single_controller, CPU).
 4. For each method in ``methods`` (CROPI and the baselines): a curriculum GRPO run of ``num_stages *
    steps_per_stage`` steps on the local backend, evaluating the validation sets every ``eval.every`` steps.
-   A finished method (``<out>/<method>/result.json``) is skipped on a rerun; an interrupted one resumes.
+   A finished method (``<out>/<method>/result.json``) is skipped on a rerun; an interrupted one resumes; either is
+   refused, before any work, if the rerun's settings differ (``cropi_verl/local/run_config.py``).
    With ``repeats`` > 1 each method also runs with seeds ``seed+1 ..`` (``<out>/<method>.seed<s>/``).
 5. Write ``summary.json`` and ``curves.png`` (plus ``selection_<method>.png``) and print the table; with repeats,
    the curves are the mean over seeds and the selection plots show the first seed.
@@ -34,6 +35,7 @@ from cropi_verl.eval.plots import plot_run
 from cropi_verl.eval.speedup import gain_speedup, step_speedup
 from cropi_verl.influence.gradients import PopiConfig
 from cropi_verl.local.grpo import GRPOConfig
+from cropi_verl.local.run_config import check_run_dir, run_config, write_run_config
 from cropi_verl.local.trainer import EvalConfig, LocalCurriculumTrainer, LocalRun
 from cropi_verl.models.tiny_policy import TinyPolicyConfig, build_tiny_policy
 from cropi_verl.rollout.collect import CollectConfig, collect_rollouts, hf_backend
@@ -95,12 +97,17 @@ def pool_summary(train_rollouts: pd.DataFrame, prompts: pd.DataFrame) -> tuple[d
     }, pool
 
 
+def method_dir(cfg: DictConfig, strategy: str, seed: int) -> Path:
+    return Path(cfg.output_dir) / (strategy if seed == cfg.seed else f"{strategy}.seed{seed}")
+
+
 def run_method(cfg: DictConfig, strategy: str, seed: int, frames: dict, policy_dir: Path, train_roll: pd.DataFrame,
                val_roll: dict, group: InfluenceWorkerGroup, manifest: dict) -> dict:
-    out = Path(cfg.output_dir) / (strategy if seed == cfg.seed else f"{strategy}.seed{seed}")
+    out = method_dir(cfg, strategy, seed)
     if (out / "result.json").is_file():
         log.info("%s (seed %d): already finished, reusing %s", strategy, seed, out / "result.json")
         return json.loads((out / "result.json").read_text())
+    write_run_config(out, run_config(cfg, strategy, seed))
     cur = cfg.curriculum
     fraction = 1.0 if strategy == "full" else cur.fraction
     schedule = StageSchedule(cur.num_stages, cur.steps_per_stage, fraction, strategy, cur.rescore)
@@ -235,6 +242,10 @@ def main(cfg: DictConfig) -> None:
     frac = cfg.eval.speedup_gain_fraction
     if isinstance(frac, bool) or not isinstance(frac, (int, float)) or not 0 < frac <= 1:
         raise ValueError(f"eval.speedup_gain_fraction: expected a number in (0, 1], got {cfg.eval.speedup_gain_fraction!r}")
+    seeds = [cfg.seed + r for r in range(cfg.repeats)]
+    for m in cfg.methods:  # before any work: a rerun with other settings must not reuse or resume old results
+        for s in seeds:
+            check_run_dir(method_dir(cfg, m, s), run_config(cfg, m, s))
     torch.set_num_threads(cfg.threads)
     warnings.filterwarnings("ignore", message=".*'set_vital' is deprecated")  # torchdata's, once per dataloader
     t0 = time.time()
@@ -250,7 +261,6 @@ def main(cfg: DictConfig) -> None:
                                                   "subset_ratio": inf.subset_ratio, "native": inf.native},
                                 asdict(popi), tok.pad_token_id)
     manifest |= {"policy": str(policy_dir)}
-    seeds = [cfg.seed + r for r in range(cfg.repeats)]
     runs = {m: [run_method(cfg, m, s, frames, policy_dir, train_roll, val_roll, group, manifest) for s in seeds]
             for m in cfg.methods}
     group.close()
