@@ -5,13 +5,19 @@
 merged, small gradients staged and projected together, each projected as soon as backward produces it).
 ``streamed_plain``: ``popi_features`` with those three savings off (every response re-encodes the prompt, one
 projection call per parameter tensor). ``naive``: backward into ``.grad``, concatenate the full flat gradient,
-project it. All on a random-init Qwen2 (``--model tiny``: the tiny policy's shape; ``--model qwen2.5-1.5b``:
+project it. Two batched alternatives, not used by the pass, measure what batching prompts could gain:
+``packed_sum`` packs each prompt and its distinct responses into one sequence (``packed_batch``), runs
+``--prompt-batch`` prompts per forward/backward and projects only their *summed* gradient (a floor: it is not
+per-prompt); ``packed_vmap`` gets the per-prompt gradients of the same batches with ``torch.func``
+(``vmap(grad(loss))`` over prompts) and projects them; its features are checked against ``streamed``. All on a
+random-init Qwen2 (``--model tiny``: the tiny policy's shape; ``--model qwen2.5-1.5b``:
 Qwen2.5-1.5B's config, for a GPU) with synthetic offline rollouts of K responses x T tokens after a P-token
 prompt, ``--distinct`` of the K responses distinct (the rest repeat them, as a confident policy's samples do). Each
 mode runs in its own subprocess so peak memory (``ru_maxrss`` on CPU, ``max_memory_allocated`` on GPU) is its own.
 The last line is one JSON object (ratios against ``naive`` measured in the same run).
 
     python scripts/bench_gradients.py [--model tiny] [--prompts 32] [--k-resp 8] [--tokens 32] [--distinct 8]
+                                      [--prompt-batch 8]
 """
 
 from __future__ import annotations
@@ -33,7 +39,79 @@ MODELS = {
                          num_key_value_heads=2, vocab_size=151936),
 }
 
-MODES = ["naive", "streamed_plain", "streamed"]
+MODES = ["naive", "streamed_plain", "streamed", "packed_sum", "packed_vmap"]
+
+
+def packed_batch(prompts: list, pad_id: int, device: str) -> tuple[dict, dict]:
+    """Prompt b with distinct rows y_1..y_R as one sequence s_b, y_1[:-1], ..., y_R[:-1] (right-padded to L): row
+    tokens attend to the prompt and causally to their own row (a tree mask ``[B, 1, L, L]``), positions restart at
+    |s_b| for every row, padding attends to itself. Returns the model inputs and the loss tensors ``[B, T]``
+    (``pos``: where each response token is predicted, ``targets``, ``ref``, ``coef``, ``mask``) and ``k`` ``[B]``."""
+    from cropi_verl.influence.gradients import group_advantages, response_rows
+
+    seqs, losses = [], []
+    for pr in prompts:
+        n_prompt = len(pr.prompt_ids)
+        ids, pos, seg, at = list(pr.prompt_ids), list(range(n_prompt)), [0] * n_prompt, []
+        rows = response_rows(pr, group_advantages(pr.rewards, 1e-4).tolist(), merge=True)
+        for r, row in enumerate(rows, 1):
+            at += [n_prompt - 1] + list(range(len(ids), len(ids) + len(row.tokens) - 1))
+            ids += row.tokens[:-1]
+            pos += list(range(n_prompt, n_prompt + len(row.tokens) - 1))
+            seg += [r] * (len(row.tokens) - 1)
+        seqs.append((ids, pos, seg))
+        losses.append((at, [t for row in rows for t in row.tokens], [x for row in rows for x in row.ref],
+                       [x for row in rows for x in row.coef]))
+    b, width, t_max = len(prompts), max(len(s[0]) for s in seqs), max(len(x[0]) for x in losses)
+    ids, pos, seg = torch.full((b, width), pad_id), torch.zeros(b, width, dtype=torch.long), torch.full((b, width), -1)
+    at, targets = torch.zeros(b, t_max, dtype=torch.long), torch.zeros(b, t_max, dtype=torch.long)
+    ref, coef, mask = torch.zeros(b, t_max), torch.zeros(b, t_max), torch.zeros(b, t_max)
+    for i, ((s_ids, s_pos, s_seg), (l_at, l_tg, l_ref, l_coef)) in enumerate(zip(seqs, losses)):
+        n, t = len(s_ids), len(l_at)
+        ids[i, :n], pos[i, :n], seg[i, :n] = torch.tensor(s_ids), torch.tensor(s_pos), torch.tensor(s_seg)
+        at[i, :t], targets[i, :t] = torch.tensor(l_at), torch.tensor(l_tg)
+        ref[i, :t], coef[i, :t], mask[i, :t] = torch.tensor(l_ref), torch.tensor(l_coef), 1
+    q = torch.arange(width)
+    sq, sk = seg[:, :, None], seg[:, None, :]
+    tree = (q[:, None] >= q[None, :]) & ((sk == 0) | (sk == sq)) & (sk >= 0) | torch.eye(width, dtype=torch.bool)
+    k = torch.tensor([float(len(pr.responses)) for pr in prompts])
+    inputs = {"input_ids": ids, "position_ids": pos, "attention_mask": tree[:, None]}
+    loss = {"pos": at, "targets": targets, "ref": ref, "coef": coef, "mask": mask, "k": k}
+    return ({n: v.to(device) for n, v in inputs.items()}, {n: v.to(device) for n, v in loss.items()})
+
+
+def packed_loss(logits: torch.Tensor, pos, targets, ref, coef, mask, k) -> torch.Tensor:
+    """The POPI loss of one packed prompt from its logits ``[L, V]`` (the loss tensors of ``packed_batch``)."""
+    from cropi_verl.influence.gradients import popi_loss
+
+    logp = torch.log_softmax(logits[pos].float(), -1).gather(-1, targets[:, None]).squeeze(-1) * mask
+    return popi_loss(logp[None], ref[None], mask[None], coef[None], k, None)
+
+
+def run_packed(model, prompts: list, proj, prompt_batch: int, per_prompt: bool) -> torch.Tensor | None:
+    """``packed_vmap`` (``per_prompt``: features ``[N, k]``) or ``packed_sum`` (summed gradients only: None)."""
+    from torch.func import functional_call, grad, vmap
+
+    params = {n: p.detach() for n, p in model.named_parameters()}
+
+    def loss_one(params, inputs, loss):
+        logits = functional_call(model, params, (), {n: v[None] for n, v in inputs.items()}).logits[0]
+        return packed_loss(logits, **loss)
+
+    per_sample = vmap(grad(loss_one), in_dims=(None, 0, 0))
+    feats = []
+    for s in range(0, len(prompts), prompt_batch):
+        chunk = prompts[s : s + prompt_batch]
+        inputs, loss = packed_batch(chunk, 0, next(model.parameters()).device)
+        if per_prompt:
+            g = per_sample(params, inputs, loss)
+            feats.append(proj.project(torch.cat([g[n].reshape(len(chunk), -1).float() for n in params], 1)))
+            continue
+        logits = model(**inputs).logits
+        sum(packed_loss(logits[i], **{n: v[i] for n, v in loss.items()}) for i in range(len(chunk))).backward()
+        proj.project(torch.cat([p.grad.reshape(-1).float() for p in model.parameters()]))
+        model.zero_grad(set_to_none=True)
+    return torch.cat(feats) if per_prompt else None
 
 
 def run_mode(args) -> dict:
@@ -60,7 +138,10 @@ def run_mode(args) -> dict:
     if dev == "cuda":
         torch.cuda.reset_peak_memory_stats()
     t = time.perf_counter()
-    if args.mode == "streamed":
+    feats = None
+    if args.mode.startswith("packed"):
+        feats = run_packed(model, prompts, proj, args.prompt_batch, per_prompt=args.mode == "packed_vmap")
+    elif args.mode == "streamed":
         popi_features(model, prompts, proj, 0, PopiConfig(micro_batch=args.micro_batch))
     elif args.mode == "streamed_plain":
         popi_features(model, prompts, proj, 0, PopiConfig(micro_batch=args.micro_batch, share_prompt=False,
@@ -80,8 +161,11 @@ def run_mode(args) -> dict:
         torch.cuda.synchronize()
     sec = time.perf_counter() - t
     peak = (torch.cuda.max_memory_allocated() if dev == "cuda" else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)
-    return {"mode": args.mode, "params": dim, "seconds": sec, "prompts_per_s": args.prompts / sec,
-            "peak_gb": peak / 1e9}
+    out = {"mode": args.mode, "params": dim, "seconds": sec, "prompts_per_s": args.prompts / sec, "peak_gb": peak / 1e9}
+    if feats is not None:  # per-prompt features: relative error against the streamed pass (after the timing)
+        ref = popi_features(model, prompts, proj, 0, PopiConfig(micro_batch=args.micro_batch)).features.to(feats)
+        out["max_rel_err"] = float(((feats - ref).norm(dim=1) / ref.norm(dim=1)).max())
+    return out
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -93,6 +177,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--prompt-tokens", type=int, default=16, help="tokens per prompt")
     ap.add_argument("--distinct", type=int, default=8, help="distinct responses per prompt (the rest repeat them)")
     ap.add_argument("--micro-batch", type=int, default=8)
+    ap.add_argument("--prompt-batch", type=int, default=8, help="prompts per batch (packed_* modes)")
     ap.add_argument("--k", type=int, default=8192, help="projection dimension")
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     ap.add_argument("--mode", choices=MODES, default=None, help=argparse.SUPPRESS)
@@ -108,17 +193,23 @@ def main(argv: list[str] | None = None) -> int:
     print(f"model={args.model} ({res['streamed']['params']:,} params) device={args.device} {args.prompts} prompts x "
           f"{args.k_resp} responses ({args.distinct} distinct) x {args.tokens} tokens after {args.prompt_tokens}, "
           f"k={args.k}")
-    print(f"{'mode':<16}{'prompts/s':>11}{'s/prompt':>10}{'peak GB':>9}{'speed vs naive':>16}")
+    print(f"{'mode':<16}{'prompts/s':>11}{'s/prompt':>10}{'peak GB':>9}{'speed vs naive':>16}"
+          f"{'vs streamed':>13}{'max rel err':>13}")
     for m in MODES:
         r = res[m]
+        err = f"{r['max_rel_err']:>13.1e}" if "max_rel_err" in r else f"{'-':>13}"
         print(f"{m:<16}{r['prompts_per_s']:>11.2f}{1 / r['prompts_per_s']:>10.3f}{r['peak_gb']:>9.3f}"
-              f"{r['prompts_per_s'] / res['naive']['prompts_per_s']:>15.2f}x")
+              f"{r['prompts_per_s'] / res['naive']['prompts_per_s']:>15.2f}x"
+              f"{r['prompts_per_s'] / res['streamed']['prompts_per_s']:>12.2f}x{err}")
     s, p, n = res["streamed"], res["streamed_plain"], res["naive"]
     print(json.dumps({"model": args.model, "device": args.device, "prompts_per_s": round(s["prompts_per_s"], 3),
                       "seconds_per_prompt": round(1 / s["prompts_per_s"], 4), "peak_gb": round(s["peak_gb"], 3),
                       "speed_vs_naive": round(s["prompts_per_s"] / n["prompts_per_s"], 2),
                       "speed_vs_plain": round(s["prompts_per_s"] / p["prompts_per_s"], 2),
-                      "peak_memory_vs_naive": round(s["peak_gb"] / n["peak_gb"], 3)}))
+                      "peak_memory_vs_naive": round(s["peak_gb"] / n["peak_gb"], 3),
+                      "packed_sum_vs_streamed": round(res["packed_sum"]["prompts_per_s"] / s["prompts_per_s"], 2),
+                      "packed_vmap_vs_streamed": round(res["packed_vmap"]["prompts_per_s"] / s["prompts_per_s"], 2),
+                      "packed_vmap_max_rel_err": res["packed_vmap"]["max_rel_err"]}))
     return 0
 
 
