@@ -32,7 +32,7 @@ from cropi_verl.curriculum.schedule import StageSchedule
 from cropi_verl.data.toy_task import TARGETED_SETS, UNTARGETED_SETS, ToyTaskConfig, build_toy_task
 from cropi_verl.data.verl_format import row_ids, write_verl_parquet
 from cropi_verl.eval.plots import plot_run
-from cropi_verl.eval.speedup import gain_speedup, step_speedup
+from cropi_verl.eval.speedup import check_gain_fraction, gain_speedup, step_speedup
 from cropi_verl.influence.gradients import PopiConfig
 from cropi_verl.local.grpo import GRPOConfig
 from cropi_verl.local.run_config import check_run_dir, run_config, write_run_config
@@ -239,9 +239,7 @@ def print_table(pool: dict, summary: dict) -> None:
 def main(cfg: DictConfig) -> None:
     if not isinstance(cfg.repeats, int) or cfg.repeats < 1:
         raise ValueError(f"repeats: expected an integer >= 1 (training seeds per method), got {cfg.repeats!r}")
-    frac = cfg.eval.speedup_gain_fraction
-    if isinstance(frac, bool) or not isinstance(frac, (int, float)) or not 0 < frac <= 1:
-        raise ValueError(f"eval.speedup_gain_fraction: expected a number in (0, 1], got {cfg.eval.speedup_gain_fraction!r}")
+    check_gain_fraction(cfg.eval.speedup_gain_fraction, "eval.speedup_gain_fraction")
     seeds = [cfg.seed + r for r in range(cfg.repeats)]
     for m in cfg.methods:  # before any work: a rerun with other settings must not reuse or resume old results
         for s in seeds:
