@@ -47,13 +47,13 @@ def packed_batch(prompts: list, pad_id: int, device: str) -> tuple[dict, dict]:
     tokens attend to the prompt and causally to their own row (a tree mask ``[B, 1, L, L]``), positions restart at
     |s_b| for every row, padding attends to itself. Returns the model inputs and the loss tensors ``[B, T]``
     (``pos``: where each response token is predicted, ``targets``, ``ref``, ``coef``, ``mask``) and ``k`` ``[B]``."""
-    from cropi_verl.influence.gradients import group_advantages, response_rows
+    from cropi_verl.influence.gradients import PopiConfig, group_advantages, response_rows
 
     seqs, losses = [], []
     for pr in prompts:
         n_prompt = len(pr.prompt_ids)
         ids, pos, seg, at = list(pr.prompt_ids), list(range(n_prompt)), [0] * n_prompt, []
-        rows = response_rows(pr, group_advantages(pr.rewards, 1e-4).tolist(), merge=True)
+        rows = response_rows(pr, group_advantages(pr.rewards, PopiConfig.adv_eps).tolist(), merge=True)
         for r, row in enumerate(rows, 1):
             at += [n_prompt - 1] + list(range(len(ids), len(ids) + len(row.tokens) - 1))
             ids += row.tokens[:-1]
@@ -82,9 +82,9 @@ def packed_batch(prompts: list, pad_id: int, device: str) -> tuple[dict, dict]:
 
 def packed_loss(logits: torch.Tensor, pos, targets, ref, coef, mask, k) -> torch.Tensor:
     """The POPI loss of one packed prompt from its logits ``[L, V]`` (the loss tensors of ``packed_batch``)."""
-    from cropi_verl.influence.gradients import popi_loss
+    from cropi_verl.influence.gradients import _masked_token_logprobs, popi_loss
 
-    logp = torch.log_softmax(logits[pos].float(), -1).gather(-1, targets[:, None]).squeeze(-1) * mask
+    logp = _masked_token_logprobs(logits[pos].float(), targets, mask)
     return popi_loss(logp[None], ref[None], mask[None], coef[None], k, None)
 
 
