@@ -16,6 +16,7 @@ import sys
 import torch
 
 from cropi_verl.rollout.collect import CollectConfig, collect_rollouts, hf_backend, vllm_backend
+from cropi_verl.utils.config_rules import Count, Fraction, GroupSize, NonNegativeInt, Positive, arg_type
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -25,16 +26,18 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--model", required=True, help="HF checkpoint directory or hub id")
     ap.add_argument("--input", required=True, help="verl-format prompts parquet")
     ap.add_argument("--out", required=True, help="output directory")
-    ap.add_argument("--n", type=int, default=d.n, help="responses per prompt (paper: 8 train, 32 validation)")
-    ap.add_argument("--temperature", type=float, default=d.temperature)
-    ap.add_argument("--top-p", type=float, default=d.top_p)
-    ap.add_argument("--max-new-tokens", type=int, default=d.max_new_tokens)
-    ap.add_argument("--max-prompt-tokens", type=int, default=d.max_prompt_tokens, help="longer prompts are skipped")
-    ap.add_argument("--seed", type=int, default=d.seed)
-    ap.add_argument("--shard-size", type=int, default=d.shard_size, help="prompts per atomic shard")
-    ap.add_argument("--batch-size", type=int, default=d.batch_size, help="prompts per generate call (hf)")
-    ap.add_argument("--tensor-parallel-size", type=int, default=d.tensor_parallel_size, help="vllm only")
-    ap.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: default)")
+    ap.add_argument("--n", type=arg_type(GroupSize), default=d.n,
+                    help="responses per prompt (paper: 8 train, 32 validation)")
+    ap.add_argument("--temperature", type=arg_type(Positive), default=d.temperature)
+    ap.add_argument("--top-p", type=arg_type(Fraction), default=d.top_p)
+    ap.add_argument("--max-new-tokens", type=arg_type(Count), default=d.max_new_tokens)
+    ap.add_argument("--max-prompt-tokens", type=arg_type(Count), default=d.max_prompt_tokens,
+                    help="longer prompts are skipped")
+    ap.add_argument("--seed", type=arg_type(NonNegativeInt), default=d.seed)
+    ap.add_argument("--shard-size", type=arg_type(Count), default=d.shard_size, help="prompts per atomic shard")
+    ap.add_argument("--batch-size", type=arg_type(Count), default=d.batch_size, help="prompts per generate call (hf)")
+    ap.add_argument("--tensor-parallel-size", type=arg_type(Count), default=d.tensor_parallel_size, help="vllm only")
+    ap.add_argument("--threads", type=arg_type(NonNegativeInt), default=0, help="torch CPU threads (0: default)")
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
     if args.threads:

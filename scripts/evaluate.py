@@ -20,6 +20,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 from cropi_verl.data.verl_format import read_verl_parquet
 from cropi_verl.eval.accuracy import avg_at_k
 from cropi_verl.utils.cli import named_paths
+from cropi_verl.utils.config_rules import Count, NonNegativeInt, Positive, arg_type
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -27,11 +28,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--model", required=True, help="HF checkpoint directory (or hub id)")
     ap.add_argument("--set", action="append", required=True, metavar="NAME=PARQUET", help="an evaluation set (repeat)")
     ap.add_argument("--targeted", nargs="*", default=[], help="set names averaged as 'targeted'; the rest 'untargeted'")
-    ap.add_argument("--k", type=int, default=4)
-    ap.add_argument("--temperature", type=float, default=1.0)
-    ap.add_argument("--max-new-tokens", type=int, default=1024)
-    ap.add_argument("--batch-size", type=int, default=32)
-    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--k", type=arg_type(Count), default=4)
+    ap.add_argument("--temperature", type=arg_type(Positive), default=1.0)
+    ap.add_argument("--max-new-tokens", type=arg_type(Count), default=1024)
+    ap.add_argument("--batch-size", type=arg_type(Count), default=32)
+    ap.add_argument("--seed", type=arg_type(NonNegativeInt), default=0)
     args = ap.parse_args(argv)
     sets = {name: read_verl_parquet(path) for name, path in named_paths(ap, args.set, "--set").items()}
     unknown = [t for t in args.targeted if t not in sets]

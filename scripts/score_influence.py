@@ -26,6 +26,7 @@ from cropi_verl.influence.projection import METHODS, make_projector
 from cropi_verl.influence.selection import STRATEGIES
 from cropi_verl.utils.atomic import atomic_write_json, atomic_write_parquet
 from cropi_verl.utils.cli import named_paths
+from cropi_verl.utils.config_rules import Count, Fraction, NonNegativeInt, Positive, arg_type
 
 
 def _read_rollouts(path: str) -> pd.DataFrame:
@@ -41,25 +42,27 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--train-rollouts", required=True)
     ap.add_argument("--val", action="append", required=True, metavar="NAME=ROLLOUTS", help="a validation set (repeat)")
     ap.add_argument("--out", required=True, type=Path)
-    ap.add_argument("--model-step", type=int, default=0, help="recorded in the feature-store manifest")
+    ap.add_argument("--model-step", type=arg_type(NonNegativeInt), default=0,
+                    help="recorded in the feature-store manifest")
     ap.add_argument("--method", choices=METHODS, default="sparse_jl")
-    ap.add_argument("--k", type=int, default=8192)
-    ap.add_argument("--proj-seed", type=int, default=0)
-    ap.add_argument("--subset-ratio", type=float, default=0.15, help="subset_* methods")
+    ap.add_argument("--k", type=arg_type(Count), default=8192)
+    ap.add_argument("--proj-seed", type=arg_type(NonNegativeInt), default=0)
+    ap.add_argument("--subset-ratio", type=arg_type(Fraction), default=0.15, help="subset_* methods")
     ap.add_argument("--strategy", choices=STRATEGIES, default="cropi")
-    ap.add_argument("--fraction", type=float, default=0.1)
+    ap.add_argument("--fraction", type=arg_type(Fraction), default=0.1)
     ap.add_argument("--metric", choices=["cosine", "inner_product"], default="cosine")
-    ap.add_argument("--max-val-prompts", type=int, default=100)
-    ap.add_argument("--micro-batch", type=int, default=8, help="response rows per backward")
-    ap.add_argument("--clip-ratio", type=float, default=None)
+    ap.add_argument("--max-val-prompts", type=arg_type(Count), default=100)
+    ap.add_argument("--micro-batch", type=arg_type(Count), default=8, help="response rows per backward")
+    ap.add_argument("--clip-ratio", type=arg_type(Positive), default=None)
     ap.add_argument("--share-prompt", action=argparse.BooleanOptionalAction, default=True,
                     help="encode each prompt once per micro-batch (KV cache); exact")
     ap.add_argument("--merge-duplicates", action=argparse.BooleanOptionalAction, default=True,
                     help="one weighted row per distinct response; exact, only used without --clip-ratio")
     ap.add_argument("--native", action=argparse.BooleanOptionalAction, default=True,
                     help="sparse_jl on CPU: the C kernel when it builds (same bits; --no-native: the torch path)")
-    ap.add_argument("--shard-size", type=int, default=256)
-    ap.add_argument("--seed", type=int, default=0, help="selection tie-breaks and validation subsampling")
+    ap.add_argument("--shard-size", type=arg_type(Count), default=256)
+    ap.add_argument("--seed", type=arg_type(NonNegativeInt), default=0,
+                    help="selection tie-breaks and validation subsampling")
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")

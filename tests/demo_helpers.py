@@ -1,4 +1,5 @@
-"""Run the tiny demo (quick preset) in a subprocess, optionally SIGKILLed at a named point, and compare runs."""
+"""Compose the configs under ``configs/``; run the tiny demo (quick preset) in a subprocess, optionally SIGKILLed at a
+named point, and compare runs."""
 
 from __future__ import annotations
 
@@ -9,8 +10,15 @@ import sys
 from pathlib import Path
 
 import torch
+from hydra import compose, initialize_config_dir
 
 ROOT = Path(__file__).resolve().parents[1]
+
+
+def compose_config(name: str, *overrides: str):
+    """``configs/<name>.yaml`` composed with hydra overrides, as the entry points see it."""
+    with initialize_config_dir(config_dir=str(ROOT / "configs"), version_base=None):
+        return compose(config_name=name, overrides=list(overrides))
 
 
 def run_demo(out: Path, *overrides: str, kill_at: str | None = None) -> subprocess.CompletedProcess:

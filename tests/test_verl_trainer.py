@@ -10,10 +10,11 @@ import os
 import subprocess
 import sys
 from dataclasses import replace
+from functools import partial
 from pathlib import Path
 
 import pytest
-from hydra import compose, initialize_config_dir
+from demo_helpers import compose_config
 from omegaconf import OmegaConf
 
 from cropi_verl.data.toy_task import build_toy_task
@@ -25,9 +26,7 @@ from policy_helpers import TASK, saved_random_policy, toy_prompts
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def _compose(*overrides: str):
-    with initialize_config_dir(config_dir=str(ROOT / "configs"), version_base=None):
-        return compose(config_name="cropi_trainer", overrides=list(overrides))
+_compose = partial(compose_config, "cropi_trainer")
 
 
 def test_composes_verl_defaults_with_the_cropi_group_and_overrides():

@@ -44,16 +44,11 @@ def step_speedup(base_steps: Sequence[int], base_acc: Sequence[float], steps: Se
     return {"baseline_best_step": b_step, "baseline_best": b_acc, "steps_to_reach": reach, "speedup": _ratio(b_step, reach)}
 
 
-def check_gain_fraction(fraction: object, name: str = "gain fraction") -> None:
-    """Raise unless ``fraction`` is a number in (0, 1] (a bool is not)."""
-    if isinstance(fraction, bool) or not isinstance(fraction, (int, float)) or not 0 < fraction <= 1:
-        raise ValueError(f"{name}: expected a number in (0, 1], got {fraction!r}")
-
-
 def gain_speedup(base_steps: Sequence[int], base_acc: Sequence[float], steps: Sequence[int], acc: Sequence[float],
                  fraction: float) -> dict:
     """Speed-up at ``fraction`` of the baseline's gain (see the module docstring), with its level and steps."""
-    check_gain_fraction(fraction)
+    if isinstance(fraction, bool) or not isinstance(fraction, (int, float)) or not 0 < fraction <= 1:
+        raise ValueError(f"gain fraction: expected a number in (0, 1], got {fraction!r}")
     b_best_step, best = best_point(base_steps, base_acc)
     level = best if fraction == 1 else base_acc[0] + fraction * (best - base_acc[0])
     b_step = b_best_step if fraction == 1 else steps_to_reach(base_steps, base_acc, level)

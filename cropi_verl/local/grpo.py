@@ -44,6 +44,15 @@ class GRPOConfig:
     kl_loss_type: str = "low_var_kl"
     entropy_coeff: float = 0.0
 
+    def __post_init__(self) -> None:
+        """verl refuses a bad ``loss_agg_mode`` (its ``ActorConfig``) or ``kl_loss_type`` (its ``kl_penalty``) here,
+        not at the first step."""
+        self.actor_config()
+        try:
+            core_algos.kl_penalty(torch.zeros(1), torch.zeros(1), self.kl_loss_type)
+        except NotImplementedError:
+            raise ValueError(f"kl_loss_type={self.kl_loss_type!r}: verl's kl_penalty has no such estimator") from None
+
     def actor_config(self) -> ActorConfig:
         """verl's actor config carrying the loss settings ``policy_loss_fn`` reads."""
         return ActorConfig(strategy="fsdp", ppo_mini_batch_size=self.batch_size, ppo_micro_batch_size_per_gpu=self.batch_size,

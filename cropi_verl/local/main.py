@@ -32,8 +32,9 @@ from cropi_verl.curriculum.schedule import StageSchedule
 from cropi_verl.data.toy_task import TARGETED_SETS, UNTARGETED_SETS, ToyTaskConfig, build_toy_task
 from cropi_verl.data.verl_format import row_ids, write_verl_parquet
 from cropi_verl.eval.plots import plot_run
-from cropi_verl.eval.speedup import check_gain_fraction, gain_speedup, step_speedup
+from cropi_verl.eval.speedup import gain_speedup, step_speedup
 from cropi_verl.influence.gradients import PopiConfig
+from cropi_verl.local.config_checks import check_demo_config
 from cropi_verl.local.grpo import GRPOConfig
 from cropi_verl.local.run_config import check_run_dir, run_config, write_run_config
 from cropi_verl.local.trainer import EvalConfig, LocalCurriculumTrainer, LocalRun
@@ -237,9 +238,7 @@ def print_table(pool: dict, summary: dict) -> None:
 @hydra.main(config_path="../../configs", config_name="tiny_cpu", version_base=None)
 @one_line_errors
 def main(cfg: DictConfig) -> None:
-    if not isinstance(cfg.repeats, int) or cfg.repeats < 1:
-        raise ValueError(f"repeats: expected an integer >= 1 (training seeds per method), got {cfg.repeats!r}")
-    check_gain_fraction(cfg.eval.speedup_gain_fraction, "eval.speedup_gain_fraction")
+    check_demo_config(cfg)
     seeds = [cfg.seed + r for r in range(cfg.repeats)]
     for m in cfg.methods:  # before any work: a rerun with other settings must not reuse or resume old results
         for s in seeds:

@@ -1,8 +1,9 @@
 """The ``cropi:`` config group of ``configs/cropi_trainer.yaml``: checked at start-up, turned into a schedule.
 
-``check_cropi_config`` collects every problem (a fraction outside (0, 1], an unknown strategy, a missing
-rollouts file, a scoring set absent from the validation rollouts, a ``save_freq`` that does not divide the stage
-length, ...) and raises one ``ValueError`` that lists them all, before any GPU work starts.
+``check_cropi_config`` collects every problem (a key that breaks its rule in ``CROPI_RULES``, such as a fraction
+outside (0, 1] or an unknown strategy; a missing rollouts file, a scoring set absent from the validation rollouts,
+a ``save_freq`` that does not divide the stage length, ...) and raises one ``ValueError`` that lists them all,
+before any GPU work starts.
 """
 
 from __future__ import annotations
@@ -14,20 +15,32 @@ from typing import Any, Mapping
 from cropi_verl.curriculum.schedule import STRATEGIES, StageSchedule
 from cropi_verl.influence.gradients import PopiConfig
 from cropi_verl.influence.projection import METHODS
+from cropi_verl.influence.scoring import METRICS
+from cropi_verl.utils.config_rules import (
+    Count,
+    Flag,
+    Fraction,
+    NonNegativeInt,
+    OptionalCount,
+    OptionalPositive,
+    Positive,
+    config_problems,
+    one_of,
+)
+
+CROPI_RULES = {
+    "num_stages": Count, "steps_per_stage": Count, "fraction": Fraction, "strategy": one_of(STRATEGIES),
+    "rescore": Flag, "seed": NonNegativeInt, "metric": one_of(METRICS), "max_val_prompts": Count, "shard_size": Count,
+    "projection.method": one_of(METHODS), "projection.k": Count, "projection.seed": NonNegativeInt,
+    "projection.subset_ratio": Fraction, "projection.native": Flag,
+    "popi.micro_batch": Count, "popi.clip_ratio": OptionalPositive, "popi.adv_eps": Positive,
+    "popi.share_prompt": Flag, "popi.merge_duplicates": Flag, "popi.stream_buffer": Count,
+    "workers.n": OptionalCount, "workers.use_gpu": Flag, "workers.threads": Count,
+}
 
 
 def _problems(cropi: Mapping[str, Any], trainer: Mapping[str, Any]) -> list[str]:
-    out = []
-    frac = cropi.get("fraction")
-    if not isinstance(frac, (int, float)) or not 0 < frac <= 1:
-        out.append(f"cropi.fraction={frac!r}: expected a number in (0, 1]")
-    if cropi.get("strategy") not in STRATEGIES:
-        out.append(f"cropi.strategy={cropi.get('strategy')!r}: expected one of {', '.join(STRATEGIES)}")
-    for key in ("num_stages", "steps_per_stage"):
-        if not isinstance(cropi.get(key), int) or cropi[key] < 1:
-            out.append(f"cropi.{key}={cropi.get(key)!r}: expected an integer >= 1")
-    if cropi.get("projection", {}).get("method") not in METHODS:
-        out.append(f"cropi.projection.method={cropi.get('projection', {}).get('method')!r}: expected one of {METHODS}")
+    out = config_problems(cropi, CROPI_RULES, prefix="cropi.")
     unknown = sorted(set(cropi.get("popi") or {}) - {f.name for f in fields(PopiConfig)})
     if unknown:
         out.append(f"cropi.popi has unknown keys {unknown}: expected {[f.name for f in fields(PopiConfig)]}")

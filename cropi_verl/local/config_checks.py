@@ -1,0 +1,78 @@
+"""The demo's config (``configs/tiny_cpu.yaml`` + overrides), checked before any work.
+
+``check_demo_config`` validates every numeric, boolean and choice key against ``DEMO_RULES``
+(``cropi_verl/utils/config_rules.py``), the policy's head counts, and the GRPO loss settings with verl's own
+checks (``GRPOConfig``), and raises one ``ValueError`` that lists every problem: a bad override fails in one line
+within seconds, not after the policy build or halfway through a run.
+"""
+
+from __future__ import annotations
+
+from dataclasses import fields
+
+from omegaconf import DictConfig, OmegaConf
+
+from cropi_verl.curriculum.schedule import STRATEGIES
+from cropi_verl.influence.projection import METHODS
+from cropi_verl.influence.scoring import METRICS
+from cropi_verl.local.grpo import GRPOConfig
+from cropi_verl.utils.config_rules import (
+    Count,
+    Flag,
+    Fraction,
+    GroupSize,
+    NonNegative,
+    NonNegativeInt,
+    OptionalPositive,
+    Positive,
+    config_problems,
+    non_empty_list_of,
+    one_of,
+)
+
+DEMO_RULES = {
+    "seed": NonNegativeInt, "repeats": Count, "threads": Count,
+    "task.seed": NonNegativeInt, "task.n_train": Count, "task.n_val": Count, "task.n_sft": Count,
+    **{f"policy.{k}": Count for k in ("hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads",
+                                      "num_key_value_heads", "max_position_embeddings", "vocab_size", "warmup_steps",
+                                      "warmup_batch_size")},
+    "policy.warmup_lr": Positive, "policy.seed": NonNegativeInt,
+    "offline.n": GroupSize, "offline.val_n": GroupSize, "offline.temperature": Positive,
+    **{f"offline.{k}": Count for k in ("max_new_tokens", "batch_size", "shard_size")},
+    "methods": non_empty_list_of(STRATEGIES),
+    "curriculum.num_stages": Count, "curriculum.steps_per_stage": Count, "curriculum.fraction": Fraction,
+    "curriculum.rescore": Flag,
+    **{f"influence.{k}": Count for k in ("workers", "threads_per_worker", "k", "micro_batch", "max_val_prompts",
+                                         "shard_size")},
+    "influence.method": one_of(METHODS), "influence.seed": NonNegativeInt, "influence.subset_ratio": Fraction,
+    "influence.native": Flag, "influence.clip_ratio": OptionalPositive, "influence.share_prompt": Flag,
+    "influence.merge_duplicates": Flag, "influence.metric": one_of(METRICS),
+    "grpo.batch_size": Count, "grpo.n": GroupSize, "grpo.temperature": Positive, "grpo.max_new_tokens": Count,
+    "grpo.lr": Positive, "grpo.weight_decay": NonNegative, "grpo.grad_clip": Positive, "grpo.clip_ratio": Positive,
+    "grpo.norm_adv_by_std_in_grpo": Flag, "grpo.use_kl_loss": Flag, "grpo.kl_loss_coef": NonNegative,
+    "grpo.entropy_coeff": NonNegative,
+    "train.ckpt_every": Count, "train.log_every": Count,
+    "eval.k": Count, "eval.temperature": Positive, "eval.max_new_tokens": Count, "eval.batch_size": Count,
+    "eval.every": Count, "eval.speedup_gain_fraction": Fraction,
+}
+
+
+def check_demo_config(cfg: DictConfig) -> None:
+    """Raise one ``ValueError`` listing every bad key of the demo config (see the module docstring)."""
+    values = OmegaConf.to_container(cfg, resolve=True)
+    problems = config_problems(values, DEMO_RULES)
+    if not problems:  # the cross-key checks need well-typed values
+        pol = values["policy"]
+        heads, kv = pol["num_attention_heads"], pol["num_key_value_heads"]
+        if pol["hidden_size"] % heads:
+            problems.append(f"policy.num_attention_heads={heads}: expected a divisor of policy.hidden_size="
+                            f"{pol['hidden_size']}")
+        if heads % kv:
+            problems.append(f"policy.num_key_value_heads={kv}: expected a divisor of policy.num_attention_heads="
+                            f"{heads}")
+        try:
+            GRPOConfig(**{f.name: values["grpo"][f.name] for f in fields(GRPOConfig)})
+        except ValueError as e:
+            problems.append(f"grpo: {e}")
+    if problems:
+        raise ValueError("bad demo config: " + "; ".join(problems))
