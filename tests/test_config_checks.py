@@ -45,6 +45,8 @@ def test_the_shipped_configs_pass(preset):
     ("influence.native=maybe", "influence.native='maybe': expected true or false"),
     ("influence.metric=l2", "influence.metric='l2': expected one of cosine, inner_product"),
     ("methods=[cropi,foo]", "methods=['cropi', 'foo']: expected a non-empty list of cropi, influence_max"),
+    ("methods=[]", "methods=[]: expected a non-empty list of cropi"),
+    ("train.loggers=[console,wandbb]", "train.loggers=['console', 'wandbb']: expected a list of wandb, mlflow"),
     ("policy.num_attention_heads=3", "policy.num_attention_heads=3: expected a divisor of policy.hidden_size=128"),
     ("grpo.loss_agg_mode=mean", "grpo: Invalid loss_agg_mode: mean"),
     ("grpo.kl_loss_type=k9", "grpo: kl_loss_type='k9': verl's kl_penalty has no such estimator"),

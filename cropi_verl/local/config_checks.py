@@ -1,9 +1,10 @@
 """The demo's config (``configs/tiny_cpu.yaml`` + overrides), checked before any work.
 
-``check_demo_config`` validates every numeric, boolean and choice key against ``DEMO_RULES``
-(``cropi_verl/utils/config_rules.py``), the policy's head counts, and the GRPO loss settings with verl's own
-checks (``GRPOConfig``), and raises one ``ValueError`` that lists every problem: a bad override fails in one line
-within seconds, not after the policy build or halfway through a run.
+``check_demo_config`` validates every number, flag and choice (the loggers against verl's
+``Tracking.supported_backend``) against ``DEMO_RULES`` (``cropi_verl/utils/config_rules.py``), then the policy's
+head counts, and the GRPO loss settings with verl's own checks (``GRPOConfig``). It raises one ``ValueError`` that
+lists every problem: a bad override fails in one line within seconds, not after the policy build or halfway
+through a run.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ from __future__ import annotations
 from dataclasses import fields
 
 from omegaconf import DictConfig, OmegaConf
+from verl.utils.tracking import Tracking
 
 from cropi_verl.curriculum.schedule import STRATEGIES
 from cropi_verl.influence.projection import METHODS
@@ -26,7 +28,7 @@ from cropi_verl.utils.config_rules import (
     OptionalPositive,
     Positive,
     config_problems,
-    non_empty_list_of,
+    list_of,
     one_of,
 )
 
@@ -39,7 +41,7 @@ DEMO_RULES = {
     "policy.warmup_lr": Positive, "policy.seed": NonNegativeInt,
     "offline.n": GroupSize, "offline.val_n": GroupSize, "offline.temperature": Positive,
     **{f"offline.{k}": Count for k in ("max_new_tokens", "batch_size", "shard_size")},
-    "methods": non_empty_list_of(STRATEGIES),
+    "methods": list_of(STRATEGIES, non_empty=True),
     "curriculum.num_stages": Count, "curriculum.steps_per_stage": Count, "curriculum.fraction": Fraction,
     "curriculum.rescore": Flag,
     **{f"influence.{k}": Count for k in ("workers", "threads_per_worker", "k", "micro_batch", "max_val_prompts",
@@ -51,7 +53,7 @@ DEMO_RULES = {
     "grpo.lr": Positive, "grpo.weight_decay": NonNegative, "grpo.grad_clip": Positive, "grpo.clip_ratio": Positive,
     "grpo.norm_adv_by_std_in_grpo": Flag, "grpo.use_kl_loss": Flag, "grpo.kl_loss_coef": NonNegative,
     "grpo.entropy_coeff": NonNegative,
-    "train.ckpt_every": Count, "train.log_every": Count,
+    "train.ckpt_every": Count, "train.log_every": Count, "train.loggers": list_of(Tracking.supported_backend),
     "eval.k": Count, "eval.temperature": Positive, "eval.max_new_tokens": Count, "eval.batch_size": Count,
     "eval.every": Count, "eval.speedup_gain_fraction": Fraction,
 }

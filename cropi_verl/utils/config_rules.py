@@ -31,10 +31,10 @@ def one_of(choices: Sequence[str]) -> Any:
     return Annotated[Literal[tuple(choices)], Field(description=f"one of {', '.join(choices)}")]
 
 
-def non_empty_list_of(choices: Sequence[str]) -> Any:
-    """The rule: a non-empty list of items from ``choices``."""
-    return Annotated[list[Literal[tuple(choices)]], Field(min_length=1,
-                                                          description=f"a non-empty list of {', '.join(choices)}")]
+def list_of(choices: Sequence[str], non_empty: bool = False) -> Any:
+    """The rule: a list of items from ``choices`` (at least one with ``non_empty``)."""
+    what = f"a {'non-empty ' if non_empty else ''}list of {', '.join(choices)}"
+    return Annotated[list[Literal[tuple(choices)]], Field(min_length=int(non_empty), description=what)]
 
 
 def _lookup(values: Mapping[str, Any], key: str) -> Any:
