@@ -23,6 +23,7 @@ from cropi_verl.curriculum.influence_pass import influence_pass, store_manifest
 from cropi_verl.influence.gradients import PopiConfig, parameter_offsets
 from cropi_verl.influence.pipeline import local_featurizer
 from cropi_verl.influence.projection import METHODS, make_projector
+from cropi_verl.influence.scoring import METRICS
 from cropi_verl.influence.selection import STRATEGIES
 from cropi_verl.utils.atomic import atomic_write_json, atomic_write_parquet
 from cropi_verl.utils.cli import named_paths
@@ -50,7 +51,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--subset-ratio", type=arg_type(Fraction), default=0.15, help="subset_* methods")
     ap.add_argument("--strategy", choices=STRATEGIES, default="cropi")
     ap.add_argument("--fraction", type=arg_type(Fraction), default=0.1)
-    ap.add_argument("--metric", choices=["cosine", "inner_product"], default="cosine")
+    ap.add_argument("--metric", choices=METRICS, default="cosine")
     ap.add_argument("--max-val-prompts", type=arg_type(Count), default=100)
     ap.add_argument("--micro-batch", type=arg_type(Count), default=8, help="response rows per backward")
     ap.add_argument("--clip-ratio", type=arg_type(Positive), default=None)
