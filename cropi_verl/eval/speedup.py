@@ -14,6 +14,8 @@ from __future__ import annotations
 
 from typing import Sequence
 
+from cropi_verl.utils.config_rules import Fraction, config_problems
+
 
 def best_point(steps: Sequence[int], acc: Sequence[float]) -> tuple[int, float]:
     """(first step of the maximum, the maximum)."""
@@ -47,8 +49,8 @@ def step_speedup(base_steps: Sequence[int], base_acc: Sequence[float], steps: Se
 def gain_speedup(base_steps: Sequence[int], base_acc: Sequence[float], steps: Sequence[int], acc: Sequence[float],
                  fraction: float) -> dict:
     """Speed-up at ``fraction`` of the baseline's gain (see the module docstring), with its level and steps."""
-    if isinstance(fraction, bool) or not isinstance(fraction, (int, float)) or not 0 < fraction <= 1:
-        raise ValueError(f"gain fraction: expected a number in (0, 1], got {fraction!r}")
+    if problems := config_problems({"gain_fraction": fraction}, {"gain_fraction": Fraction}):
+        raise ValueError(problems[0])
     b_best_step, best = best_point(base_steps, base_acc)
     level = best if fraction == 1 else base_acc[0] + fraction * (best - base_acc[0])
     b_step = b_best_step if fraction == 1 else steps_to_reach(base_steps, base_acc, level)

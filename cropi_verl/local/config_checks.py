@@ -4,12 +4,13 @@
 ``Tracking.supported_backend``) against ``DEMO_RULES`` (``cropi_verl/utils/config_rules.py``), then the policy's
 head counts, and the GRPO loss settings with verl's own checks (``GRPOConfig``). It raises one ``ValueError`` that
 lists every problem: a bad override fails in one line within seconds, not after the policy build or halfway
-through a run.
+through a run. ``dataclass_from`` builds the run's dataclasses from the same config.
 """
 
 from __future__ import annotations
 
 from dataclasses import fields
+from typing import Any, TypeVar
 
 from omegaconf import DictConfig, OmegaConf
 from verl.utils.tracking import Tracking
@@ -31,6 +32,8 @@ from cropi_verl.utils.config_rules import (
     list_of,
     one_of,
 )
+
+T = TypeVar("T")
 
 DEMO_RULES = {
     "seed": NonNegativeInt, "repeats": Count, "threads": Count,
@@ -59,6 +62,12 @@ DEMO_RULES = {
 }
 
 
+def dataclass_from(cls: type[T], node: DictConfig, **extra: Any) -> T:
+    """``cls`` from the keys of config ``node`` that are its fields, plus ``extra``."""
+    names = {f.name for f in fields(cls)}
+    return cls(**{k: v for k, v in OmegaConf.to_container(node).items() if k in names}, **extra)
+
+
 def check_demo_config(cfg: DictConfig) -> None:
     """Raise one ``ValueError`` listing every bad key of the demo config (see the module docstring)."""
     values = OmegaConf.to_container(cfg, resolve=True)
@@ -73,7 +82,7 @@ def check_demo_config(cfg: DictConfig) -> None:
             problems.append(f"policy.num_key_value_heads={kv}: expected a divisor of policy.num_attention_heads="
                             f"{heads}")
         try:
-            GRPOConfig(**{f.name: values["grpo"][f.name] for f in fields(GRPOConfig)})
+            dataclass_from(GRPOConfig, cfg.grpo)
         except ValueError as e:
             problems.append(f"grpo: {e}")
     if problems:

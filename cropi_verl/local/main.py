@@ -18,7 +18,7 @@ import json
 import logging
 import time
 import warnings
-from dataclasses import asdict, fields
+from dataclasses import asdict
 from pathlib import Path
 
 import hydra
@@ -34,7 +34,7 @@ from cropi_verl.data.verl_format import row_ids, write_verl_parquet
 from cropi_verl.eval.plots import plot_run
 from cropi_verl.eval.speedup import gain_speedup, step_speedup
 from cropi_verl.influence.gradients import PopiConfig
-from cropi_verl.local.config_checks import check_demo_config
+from cropi_verl.local.config_checks import check_demo_config, dataclass_from
 from cropi_verl.local.grpo import GRPOConfig
 from cropi_verl.local.run_config import check_run_dir, run_config, write_run_config
 from cropi_verl.local.trainer import EvalConfig, LocalCurriculumTrainer, LocalRun
@@ -48,21 +48,16 @@ log = logging.getLogger("cropi_verl")
 VAL_SETS = TARGETED_SETS + UNTARGETED_SETS
 
 
-def _dataclass_from(cls, node: DictConfig, **extra):
-    names = {f.name for f in fields(cls)}
-    return cls(**{k: v for k, v in OmegaConf.to_container(node).items() if k in names}, **extra)
-
-
 def prepare(cfg: DictConfig) -> tuple[dict, Path]:
     """Write the task's splits under ``${output_dir}/data`` and build the policy; returns (frames, policy dir)."""
-    task = _dataclass_from(ToyTaskConfig, cfg.task)
+    task = dataclass_from(ToyTaskConfig, cfg.task)
     frames = build_toy_task(task)
     data_dir = Path(cfg.output_dir) / "data"
     for split, frame in frames.items():
         write_verl_parquet(frame, data_dir / f"{split}.parquet")
     cache = Path(cfg.policy.cache_dir) / "tiny_policy" if cfg.policy.cache_dir else None
     t0 = time.time()
-    policy_dir = build_tiny_policy(_dataclass_from(TinyPolicyConfig, cfg.policy, task=task), cache)
+    policy_dir = build_tiny_policy(dataclass_from(TinyPolicyConfig, cfg.policy, task=task), cache)
     log.info("tiny policy: %s (%.1fs)", policy_dir, time.time() - t0)
     return frames, policy_dir
 
@@ -116,7 +111,7 @@ def run_method(cfg: DictConfig, strategy: str, seed: int, frames: dict, policy_d
     run = LocalRun(
         policy_dir=policy_dir, prompts=frames["train"], train_rollouts=train_roll, val_rollouts=val_roll,
         val_prompts={n: frames[n] for n in VAL_SETS}, targeted=list(TARGETED_SETS), schedule=schedule,
-        grpo=_dataclass_from(GRPOConfig, cfg.grpo), eval=_dataclass_from(EvalConfig, cfg.eval), out_dir=out,
+        grpo=dataclass_from(GRPOConfig, cfg.grpo), eval=dataclass_from(EvalConfig, cfg.eval), out_dir=out,
         featurizer=group.update_weights, manifest=manifest, seed=seed, ckpt_every=cfg.train.ckpt_every,
         influence_kw={"metric": inf.metric, "max_val_prompts": inf.max_val_prompts, "shard_size": inf.shard_size},
         loggers=tuple(cfg.train.loggers), log_every=cfg.train.log_every,

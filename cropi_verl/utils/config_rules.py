@@ -18,7 +18,6 @@ GroupSize = Annotated[int, Field(strict=True, ge=2, description="an integer >= 2
                                                                 "responses per prompt)")]
 NonNegativeInt = Annotated[int, Field(strict=True, ge=0, description="an integer >= 0")]
 Fraction = Annotated[float, Field(strict=True, gt=0, le=1, allow_inf_nan=False, description="a number in (0, 1]")]
-Rate = Annotated[float, Field(strict=True, ge=0, le=1, allow_inf_nan=False, description="a number in [0, 1]")]
 Positive = Annotated[float, Field(strict=True, gt=0, allow_inf_nan=False, description="a number > 0")]
 NonNegative = Annotated[float, Field(strict=True, ge=0, allow_inf_nan=False, description="a number >= 0")]
 Flag = Annotated[bool, Field(strict=True, description="true or false")]
