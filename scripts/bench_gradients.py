@@ -32,6 +32,8 @@ import time
 
 import torch
 
+from cropi_verl.influence.gradients import PopiConfig
+
 MODELS = {
     "tiny": dict(hidden_size=128, intermediate_size=384, num_hidden_layers=2, num_attention_heads=4,
                  num_key_value_heads=2, vocab_size=400),
@@ -47,7 +49,7 @@ def packed_batch(prompts: list, pad_id: int, device: str) -> tuple[dict, dict]:
     tokens attend to the prompt and causally to their own row (a tree mask ``[B, 1, L, L]``), positions restart at
     |s_b| for every row, padding attends to itself. Returns the model inputs and the loss tensors ``[B, T]``
     (``pos``: where each response token is predicted, ``targets``, ``ref``, ``coef``, ``mask``) and ``k`` ``[B]``."""
-    from cropi_verl.influence.gradients import PopiConfig, group_advantages, response_rows
+    from cropi_verl.influence.gradients import group_advantages, response_rows
 
     seqs, losses = [], []
     for pr in prompts:
@@ -117,13 +119,14 @@ def run_packed(model, prompts: list, proj, prompt_batch: int, per_prompt: bool) 
 def run_mode(args) -> dict:
     from transformers import Qwen2Config, Qwen2ForCausalLM
 
-    from cropi_verl.influence.gradients import PopiConfig, PromptRollouts, parameter_offsets, popi_features
+    from cropi_verl.influence.gradients import PromptRollouts, parameter_offsets, popi_features
     from cropi_verl.influence.projection import make_projector
 
     dev = args.device
     torch.manual_seed(0)
-    cfg = Qwen2Config(**MODELS[args.model], max_position_embeddings=4096, tie_word_embeddings=args.model == "tiny")
-    model = Qwen2ForCausalLM(cfg).to(dev, torch.bfloat16 if dev == "cuda" else torch.float32)
+    cfg = Qwen2Config(**MODELS[args.model], max_position_embeddings=4096, tie_word_embeddings=True)
+    with torch.device(dev):  # initialised where it runs (a 1.5B init on the CPU alone takes half a minute)
+        model = Qwen2ForCausalLM(cfg).to(torch.bfloat16 if dev == "cuda" else torch.float32)
     _, dim = parameter_offsets(model)
     proj = make_projector("sparse_jl", dim, args.k)
     rng = random.Random(0)
@@ -135,28 +138,36 @@ def run_mode(args) -> dict:
         prompts.append(PromptRollouts(i, [rng.randrange(V) for _ in range(args.prompt_tokens)], responses,
                                       [[-2.0] * args.tokens for _ in range(args.k_resp)],
                                       [float(j % len(distinct) % 2) for j in range(args.k_resp)]))
+
+    def run(batch: list):
+        if args.mode.startswith("packed"):
+            return run_packed(model, batch, proj, args.prompt_batch, per_prompt=args.mode == "packed_vmap")
+        if args.mode == "streamed":
+            popi_features(model, batch, proj, 0, PopiConfig(micro_batch=args.micro_batch, share_prompt=args.share_prompt,
+                                                            stream_buffer=args.stream_buffer))
+        elif args.mode == "streamed_plain":
+            popi_features(model, batch, proj, 0, PopiConfig(micro_batch=args.micro_batch, share_prompt=False,
+                                                            merge_duplicates=False, stream_buffer=1))
+        else:
+            from cropi_verl.influence.gradients import group_advantages, popi_loss, response_logprobs, response_rows
+
+            for pr in batch:
+                rows = response_rows(pr, group_advantages(pr.rewards, 1e-4).tolist(), merge=False)
+                logp, mask = response_logprobs(model, [pr.prompt_ids] * args.k_resp, pr.responses, 0)
+                ref, coef = (torch.tensor([getattr(r, a) for r in rows], device=dev) for a in ("ref", "coef"))
+                popi_loss(logp, ref, mask, coef, args.k_resp, None).backward()
+                flat = torch.cat([p.grad.reshape(-1).float() for p in model.parameters()])
+                proj.project(flat)
+                model.zero_grad(set_to_none=True)
+        return None
+
+    if args.warmup:  # first calls (kernel compiles, allocator growth) outside the timing
+        run(prompts[: args.prompt_batch if args.mode.startswith("packed") else 1])
     if dev == "cuda":
+        torch.cuda.synchronize()
         torch.cuda.reset_peak_memory_stats()
     t = time.perf_counter()
-    feats = None
-    if args.mode.startswith("packed"):
-        feats = run_packed(model, prompts, proj, args.prompt_batch, per_prompt=args.mode == "packed_vmap")
-    elif args.mode == "streamed":
-        popi_features(model, prompts, proj, 0, PopiConfig(micro_batch=args.micro_batch))
-    elif args.mode == "streamed_plain":
-        popi_features(model, prompts, proj, 0, PopiConfig(micro_batch=args.micro_batch, share_prompt=False,
-                                                          merge_duplicates=False, stream_buffer=1))
-    else:
-        from cropi_verl.influence.gradients import group_advantages, popi_loss, response_logprobs, response_rows
-
-        for pr in prompts:
-            rows = response_rows(pr, group_advantages(pr.rewards, 1e-4).tolist(), merge=False)
-            logp, mask = response_logprobs(model, [pr.prompt_ids] * args.k_resp, pr.responses, 0)
-            ref, coef = (torch.tensor([getattr(r, a) for r in rows], device=dev) for a in ("ref", "coef"))
-            popi_loss(logp, ref, mask, coef, args.k_resp, None).backward()
-            flat = torch.cat([p.grad.reshape(-1).float() for p in model.parameters()])
-            proj.project(flat)
-            model.zero_grad(set_to_none=True)
+    feats = run(prompts)
     if dev == "cuda":
         torch.cuda.synchronize()
     sec = time.perf_counter() - t
@@ -179,37 +190,52 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--micro-batch", type=int, default=8)
     ap.add_argument("--prompt-batch", type=int, default=8, help="prompts per batch (packed_* modes)")
     ap.add_argument("--k", type=int, default=8192, help="projection dimension")
+    ap.add_argument("--stream-buffer", type=int, default=PopiConfig.stream_buffer,
+                    help="streamed: fp32 coordinates per staging segment")
+    ap.add_argument("--share-prompt", action=argparse.BooleanOptionalAction, default=PopiConfig.share_prompt,
+                    help="streamed: encode the prompt once per micro-batch (KV cache)")
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    ap.add_argument("--modes", nargs="+", choices=MODES, default=MODES,
+                    help="modes to run (naive and streamed always run: the ratios need them)")
+    ap.add_argument("--warmup", action=argparse.BooleanOptionalAction, default=True,
+                    help="run one prompt (one batch for packed_*) before timing")
     ap.add_argument("--mode", choices=MODES, default=None, help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     if args.mode:
         print(json.dumps(run_mode(args)))
         return 0
     res = {}
-    for mode in MODES:
+    modes = [m for m in MODES if m in {"naive", "streamed", *args.modes}]
+    for mode in modes:
         out = subprocess.run([sys.executable, __file__, *(argv if argv is not None else sys.argv[1:]), "--mode", mode],
-                             capture_output=True, text=True, check=True)
+                             capture_output=True, text=True)
+        if out.returncode != 0:
+            sys.exit(f"bench_gradients: mode {mode} failed: {(out.stderr.strip().splitlines() or ['?'])[-1]}")
         res[mode] = json.loads(out.stdout.strip().splitlines()[-1])
     print(f"model={args.model} ({res['streamed']['params']:,} params) device={args.device} {args.prompts} prompts x "
           f"{args.k_resp} responses ({args.distinct} distinct) x {args.tokens} tokens after {args.prompt_tokens}, "
           f"k={args.k}")
     print(f"{'mode':<16}{'prompts/s':>11}{'s/prompt':>10}{'peak GB':>9}{'speed vs naive':>16}"
           f"{'vs streamed':>13}{'max rel err':>13}")
-    for m in MODES:
+    for m in modes:
         r = res[m]
         err = f"{r['max_rel_err']:>13.1e}" if "max_rel_err" in r else f"{'-':>13}"
         print(f"{m:<16}{r['prompts_per_s']:>11.2f}{1 / r['prompts_per_s']:>10.3f}{r['peak_gb']:>9.3f}"
               f"{r['prompts_per_s'] / res['naive']['prompts_per_s']:>15.2f}x"
               f"{r['prompts_per_s'] / res['streamed']['prompts_per_s']:>12.2f}x{err}")
-    s, p, n = res["streamed"], res["streamed_plain"], res["naive"]
-    print(json.dumps({"model": args.model, "device": args.device, "prompts_per_s": round(s["prompts_per_s"], 3),
-                      "seconds_per_prompt": round(1 / s["prompts_per_s"], 4), "peak_gb": round(s["peak_gb"], 3),
-                      "speed_vs_naive": round(s["prompts_per_s"] / n["prompts_per_s"], 2),
-                      "speed_vs_plain": round(s["prompts_per_s"] / p["prompts_per_s"], 2),
-                      "peak_memory_vs_naive": round(s["peak_gb"] / n["peak_gb"], 3),
-                      "packed_sum_vs_streamed": round(res["packed_sum"]["prompts_per_s"] / s["prompts_per_s"], 2),
-                      "packed_vmap_vs_streamed": round(res["packed_vmap"]["prompts_per_s"] / s["prompts_per_s"], 2),
-                      "packed_vmap_max_rel_err": res["packed_vmap"]["max_rel_err"]}))
+    s, n = res["streamed"], res["naive"]
+    out = {"model": args.model, "device": args.device, "prompts_per_s": round(s["prompts_per_s"], 3),
+           "seconds_per_prompt": round(1 / s["prompts_per_s"], 4), "peak_gb": round(s["peak_gb"], 3),
+           "speed_vs_naive": round(s["prompts_per_s"] / n["prompts_per_s"], 2),
+           "peak_memory_vs_naive": round(s["peak_gb"] / n["peak_gb"], 3)}
+    if "streamed_plain" in res:
+        out["speed_vs_plain"] = round(s["prompts_per_s"] / res["streamed_plain"]["prompts_per_s"], 2)
+    for m in ("packed_sum", "packed_vmap"):
+        if m in res:
+            out[f"{m}_vs_streamed"] = round(res[m]["prompts_per_s"] / s["prompts_per_s"], 2)
+    if "packed_vmap" in res:
+        out["packed_vmap_max_rel_err"] = res["packed_vmap"]["max_rel_err"]
+    print(json.dumps(out))
     return 0
 
 

@@ -3,9 +3,11 @@
 
 Reports GB/s of input consumed, the fraction of the measured memory bandwidth (a large ``tensor.sum()`` read in
 the same run), and the speed-up of ``sparse_jl`` over a dense Gaussian JL at the same k; the dense JL is timed
-on a slice (it is infeasible on the whole vector) and scaled linearly in d. On CPU ``sparse_jl`` runs the C kernel
-(``cropi_verl/influence/sparse_jl.c``) when it builds; its torch path is timed too (the same bits). Timings are
-steady state: one warm-up call fills the bucket-index cache, as the first prompt of a gradient pass does.
+on a slice (it is infeasible on the whole vector) and scaled linearly in d; on a GPU it is its cheapest form there,
+a matrix drawn on the device (``torch.randn``) and one product, since ``make_projector("gaussian")`` draws its
+matrix on the CPU for device-independent bits. ``sparse_jl`` runs the C kernel (``sparse_jl.c``) on CPU or the CUDA
+kernel (``sparse_jl.cu``) on GPU when it builds; its torch path is timed too. Timings are steady state: one warm-up
+call fills the bucket-index cache (and compiles the CUDA kernel), as the first prompt of a gradient pass does.
 The last line is one JSON object.
 
     python scripts/bench_projection.py [--quick] [--dim 50000000] [--k 8192] [--device cpu|cuda]
@@ -17,10 +19,11 @@ import argparse
 import json
 import sys
 import time
+from functools import partial
 
 import torch
 
-from cropi_verl.influence import native
+from cropi_verl.influence import cuda_kernel, native
 from cropi_verl.influence.projection import make_projector
 
 
@@ -57,7 +60,10 @@ def main(argv: list[str] | None = None) -> int:
     gb = x.numel() * 4 / 1e9
     bw = gb / timed(lambda: x.sum(), dev, fast_repeat)
     rows = []
-    use_native = dev == "cpu" and native.load() is not None
+    if dev == "cuda":
+        use_native = cuda_kernel.load(torch.cuda.current_device()) is not None
+    else:
+        use_native = native.load() is not None
     runs = [("sparse_jl", "sparse_jl", True), ("sparse_jl (torch path)", "sparse_jl", False),
             ("subset_rademacher", "subset_rademacher", False), ("subset_gaussian", "subset_gaussian", False)]
     for label, method, nat in runs:
@@ -67,11 +73,16 @@ def main(argv: list[str] | None = None) -> int:
         proj = make_projector(method, dim, args.k, 0, subset_ratio=0.15, native=nat)
         sec = timed(lambda: proj.project(x[:n]), dev, fast_repeat if method == "sparse_jl" else repeat) * dim / n
         rows.append({"method": label, "seconds": sec, "gb_per_s": gb / sec, "timed_on": n})
-    dense = make_projector("gaussian", args.dense_slice, args.k, 0)
-    dense_sec = timed(lambda: dense.project(x[: args.dense_slice]), dev, repeat) * dim / args.dense_slice
+    head = x[: args.dense_slice]
+    if dev == "cuda":
+        def dense_fn():
+            return head @ torch.randn(args.dense_slice, args.k, device=dev)
+    else:
+        dense_fn = partial(make_projector("gaussian", args.dense_slice, args.k, 0).project, head)
+    dense_sec = timed(dense_fn, dev, repeat) * dim / args.dense_slice
     rows.append({"method": "gaussian (dense)", "seconds": dense_sec, "gb_per_s": gb / dense_sec, "timed_on": args.dense_slice})
     print(f"d={dim:,} k={args.k} device={dev} threads={torch.get_num_threads()} read bandwidth={bw:.2f} GB/s "
-          f"sparse_jl kernel={'C (native)' if use_native else 'torch'}")
+          f"sparse_jl kernel={('CUDA' if dev == 'cuda' else 'C (native)') if use_native else 'torch'}")
     print(f"{'method':<24}{'seconds':>10}{'GB/s':>8}{'of bw':>8}{'vs dense':>10}  timed on")
     for r in rows:
         print(f"{r['method']:<24}{r['seconds']:>10.3f}{r['gb_per_s']:>8.2f}{r['gb_per_s'] / bw:>8.1%}"

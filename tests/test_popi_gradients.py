@@ -130,3 +130,18 @@ def test_validation_gradient_is_mean_and_rejects_empty():
     empty = popi_features(model, make_prompts(2, zero_every=1), make_projector("identity", dim), PAD)
     with pytest.raises(ValueError, match="no usable prompts"):
         validation_gradient(empty)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.parametrize("buffer", [1, 300, 1 << 20])
+def test_popi_on_cuda_matches_the_cpu_reference(buffer):
+    """The pass on a GPU (projections on a side stream, the CUDA sparse_jl kernel) gives P of the CPU reference."""
+    model = tiny_model(2, layers=2)
+    prompts = make_prompts(4, k=5, seed=6, duplicates=True)
+    _, dim = parameter_offsets(model)
+    proj = make_projector("sparse_jl", dim, k=64, seed=5)
+    res = popi_features(model.cuda(), prompts, proj, PAD, PopiConfig(stream_buffer=buffer))
+    model.cpu()
+    for pr, feat in zip(prompts, res.features):
+        torch.testing.assert_close(feat, proj.project(reference_gradient(model, pr)), rtol=1e-4, atol=1e-6)

@@ -176,3 +176,62 @@ def test_native_false_never_touches_the_kernel(monkeypatch):
     x = torch.randn(3000)
     out = make_projector("sparse_jl", 3000, 16, seed=5, native=False).project(x)
     assert np.array_equal(out.numpy(), _sequential_countsketch(x.numpy(), 0, 16, 5))
+
+
+needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+
+
+def _cuda_kernels_or_fail():
+    from cropi_verl.influence import cuda_kernel
+
+    kernels = cuda_kernel.load(torch.cuda.current_device())
+    assert kernels is not None, "the sparse_jl CUDA kernel did not compile (see the log line)"
+    return kernels
+
+
+@pytest.mark.gpu
+@needs_cuda
+@pytest.mark.parametrize("k", [4, 24, 3000])  # k = 4: dozens of coordinates share a bucket in every step
+def test_cuda_kernel_bits_equal_a_sequential_reference(k):
+    _cuda_kernels_or_fail()
+    seed = 3
+    for offset, n in [(BLOCK - 700, 1500), (2**32 - 300, 600)]:
+        x = torch.randn(n)
+        got = make_projector("sparse_jl", offset + n, k, seed).project(x.cuda(), offset).cpu()
+        assert np.array_equal(got.numpy(), _sequential_countsketch(x.numpy(), offset, k, seed))
+
+
+@pytest.mark.gpu
+@needs_cuda
+@pytest.mark.parametrize("k", [256, 3000, 8192, 32768, 40000])  # k > 8192: buckets split over several CTAs
+def test_cuda_kernel_gives_the_cpu_bits_for_batches_and_bf16(k):
+    """Several blocks, a batch of rows, an unaligned offset, a strided row; bf16 input reads as its exact fp32."""
+    _cuda_kernels_or_fail()
+    d = 3 * BLOCK + 777
+    x = torch.randn(3, d - 1234)
+    cpu = make_projector("sparse_jl", d, k, seed=4, native=False)
+    gpu = make_projector("sparse_jl", d, k, seed=4)
+    assert torch.equal(gpu.project(x.cuda(), 1234).cpu(), cpu.project(x, 1234))
+    assert torch.equal(gpu.project(x.cuda()[1], 1234).cpu(), cpu.project(x[1], 1234))
+    xb = x.bfloat16()
+    assert torch.equal(gpu.project(xb.cuda(), 1234).cpu(), cpu.project(xb.float(), 1234))
+    wide = torch.randn(2, 2 * (d - 1234)).cuda()[:, ::2]  # a column stride of 2: copied to unit stride first
+    assert torch.equal(gpu.project(wide, 1234).cpu(), cpu.project(wide.cpu(), 1234))
+
+
+@pytest.mark.gpu
+@needs_cuda
+def test_cuda_kernel_off_falls_back_to_the_torch_path(monkeypatch):
+    from cropi_verl.influence import cuda_kernel
+
+    x = torch.randn(2, BLOCK + 99)
+    ref = make_projector("sparse_jl", x.shape[1], 512, seed=1, native=False).project(x)
+    monkeypatch.setenv("CROPI_NATIVE", "0")
+    cuda_kernel.load.cache_clear()
+    try:
+        assert cuda_kernel.load(torch.cuda.current_device()) is None
+        got = make_projector("sparse_jl", x.shape[1], 512, seed=1).project(x.cuda()).cpu()
+    finally:
+        monkeypatch.delenv("CROPI_NATIVE")
+        cuda_kernel.load.cache_clear()
+    torch.testing.assert_close(got, ref, rtol=1e-5, atol=1e-4)  # the same sketch, atomics in no fixed order

@@ -200,10 +200,11 @@ def popi_loss(
 
 
 def _padded(rows: Sequence[list[float]], like: torch.Tensor) -> torch.Tensor:
-    out = torch.zeros_like(like)
+    """``rows`` right-padded with zeros to ``like``'s shape, dtype and device (built on the CPU, one copy)."""
+    out = torch.zeros(like.shape, dtype=like.dtype)
     for i, r in enumerate(rows):
         out[i, : len(r)] = torch.tensor(r, dtype=out.dtype)
-    return out
+    return out.to(like.device)
 
 
 class _StreamingProjection:
@@ -213,7 +214,9 @@ class _StreamingProjection:
     parameter is a segment of its own and is projected straight away). A segment's gradients are added into a
     zeroed fp32 buffer and the buffer is projected once all its parameters have reported (or at ``take``), so a
     model of many small tensors costs few projection calls. Any arrival order is exact: every contribution lands
-    in a buffer that is projected once, and P is linear. Peak extra memory: the segments open at once."""
+    in a buffer that is projected once, and P is linear. Peak extra memory: the segments open at once. On a CUDA
+    device the projections run on a side stream, so they overlap the rest of the backward pass (a gradient's memory
+    is reused only once its projection has read it: ``record_stream``)."""
 
     def __init__(self, model: torch.nn.Module, projector: Projector, buffer_numel: int):
         self.params, dim = parameter_offsets(model)
@@ -234,8 +237,18 @@ class _StreamingProjection:
         self.open: dict[int, tuple[torch.Tensor, int]] = {}  # segment -> (buffer, parameters still to report)
         self.handles = [p.register_post_accumulate_grad_hook(self._hook(off, seg))
                         for (_, p, off), seg in zip(self.params, seg_of)]
+        device = self.params[0][1].device if self.params else torch.device("cpu")
+        self.side = torch.cuda.Stream(device) if device.type == "cuda" else None
 
     def _add(self, x: torch.Tensor, offset: int) -> None:
+        if self.side is None:
+            return self._accumulate(x, offset)
+        self.side.wait_stream(torch.cuda.current_stream(x.device))
+        x.record_stream(self.side)
+        with torch.cuda.stream(self.side):
+            self._accumulate(x, offset)
+
+    def _accumulate(self, x: torch.Tensor, offset: int) -> None:
         part = self.projector.project(x, offset).double()
         self.acc = part if self.acc is None else self.acc + part
 
@@ -260,6 +273,8 @@ class _StreamingProjection:
         for seg, (buf, _) in sorted(self.open.items()):
             self._add(buf, self.segments[seg][0])
         self.open.clear()
+        if self.side is not None:
+            torch.cuda.current_stream(self.side.device).wait_stream(self.side)
         out = torch.zeros(self.projector.k, dtype=torch.float64) if self.acc is None else self.acc
         self.acc = None
         return out.float().cpu()

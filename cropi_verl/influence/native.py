@@ -26,6 +26,7 @@ from cropi_verl.utils.cache import cache_root
 
 log = logging.getLogger(__name__)
 SOURCE = Path(__file__).with_name("sparse_jl.c")
+HEADER = SOURCE.with_name("sparse_jl_hash.h")  # shared with the CUDA kernel
 FLAGS = ["-O3", "-shared", "-fPIC", "-std=c99"]
 
 
@@ -51,7 +52,7 @@ def load() -> ctypes.CDLL | None:
     if os.environ.get("CROPI_NATIVE", "1") == "0":
         log.info("sparse_jl native kernel disabled by CROPI_NATIVE=0; using the torch path")
         return None
-    tag = hashlib.sha256(SOURCE.read_bytes() + " ".join(compiler() + FLAGS).encode()
+    tag = hashlib.sha256(SOURCE.read_bytes() + HEADER.read_bytes() + " ".join(compiler() + FLAGS).encode()
                          + platform.machine().encode() + platform.system().encode()).hexdigest()[:16]
     path = cache_root() / "native" / f"sparse_jl-{tag}.so"
     try:

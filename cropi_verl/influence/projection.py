@@ -17,8 +17,10 @@ Methods:
   Coordinates are processed in aligned canonical blocks (one fp32 running sum per bucket inside a block in
   coordinate order, fp64 across blocks in block order), so the result is bit-identical for any ``chunk_size``
   and thread count. On the CPU a fused C kernel
-  (``sparse_jl.c``, built on first use by ``native.py``) runs the blocks on threads and gives the same bits as the
-  torch path (``native=False``, or no C compiler).
+  (``sparse_jl.c``, built on first use by ``native.py``) runs the blocks on threads, and on a CUDA device a kernel
+  (``sparse_jl.cu``, compiled by NVRTC in ``cuda_kernel.py``) runs one CTA per block; both give the same bits as the
+  torch path on the CPU (``native=False``, or no compiler). The torch path on a GPU adds with atomics, in no fixed
+  order: the same sketch, not the same last bits.
 - ``subset_gaussian`` / ``subset_rademacher`` (the paper's scheme): keep a random subset of
   ``~subset_ratio * d`` coordinates (coordinate i kept iff hash_u(i) < ratio), then a dense JL with
   N(0, 1/(k ratio)) or +-1/sqrt(k ratio) entries; the rows of the kept coordinates of each aligned
@@ -37,7 +39,7 @@ from functools import lru_cache
 
 import torch
 
-from cropi_verl.influence import native
+from cropi_verl.influence import cuda_kernel, native
 
 _M32 = 0xFFFFFFFF
 _GOLDEN = 0x9E3779B1
@@ -112,7 +114,7 @@ class ProjectorConfig:
     subset_ratio: float = 0.15  # subset_* methods only
     chunk_size: int = 1 << 20  # coordinates processed per step (memory/speed only, never the result)
     threads: int = 0  # 0: torch.get_num_threads()
-    native: bool = True  # sparse_jl on CPU: the C kernel when it builds (speed only, never the result)
+    native: bool = True  # sparse_jl: the C kernel (CPU) or the CUDA kernel when it builds (speed only)
 
 
 class Projector(ABC):
@@ -137,8 +139,12 @@ class Projector(ABC):
         n = xb.shape[1]
         if offset < 0 or offset + n > self.cfg.dim:
             raise ValueError(f"coordinates [{offset}, {offset + n}) outside the projector's dim {self.cfg.dim}")
-        out = self._project(xb.detach().float(), offset)
+        out = self._project(self._input(xb.detach()), offset)
         return out[0] if single else out
+
+    def _input(self, x: torch.Tensor) -> torch.Tensor:
+        """The ``[B, n]`` tensor ``_project`` reads: fp32 (a method that reads another dtype exactly overrides this)."""
+        return x.float()
 
     @abstractmethod
     def _project(self, x: torch.Tensor, offset: int) -> torch.Tensor: ...
@@ -189,7 +195,7 @@ class SparseJL(BlockwiseProjector):
         super().__init__(cfg)
         self._buckets: dict[tuple[int, int, str], tuple[torch.Tensor, torch.Tensor] | torch.Tensor] = {}
         self._cache_left = BUCKET_CACHE_BYTES
-        self._plans: dict[tuple[int, int], torch.Tensor] = {}
+        self._plans: dict[tuple[int, int, str], torch.Tensor] = {}
 
     def _bucket_sign(self, start: int, n: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
         """b(i) = c(i) >> 1 (int64) and s(i) = (-1)^c(i) (fp32), c(i) = h(i) mod 2k, for coordinates start..start+n-1."""
@@ -211,9 +217,38 @@ class SparseJL(BlockwiseProjector):
         acc.index_add_(1, bucket, xb * sign)
         return acc.double()
 
+    def _cuda_kernels(self, x: torch.Tensor) -> cuda_kernel.CudaKernels | None:
+        if not self.cfg.native or x.device.type != "cuda":
+            return None
+        return cuda_kernel.load(x.device.index if x.device.index is not None else torch.cuda.current_device())
+
+    def _input(self, x: torch.Tensor) -> torch.Tensor:
+        """bf16 stays bf16 for the CUDA kernel (it widens exactly, bits << 16): no fp32 copy of a bf16 gradient."""
+        if x.dtype == torch.bfloat16 and self._cuda_kernels(x) is not None:
+            return x if x.stride(-1) == 1 else x.contiguous()
+        return x.float()
+
     def _project(self, x: torch.Tensor, offset: int) -> torch.Tensor:
+        kernels = self._cuda_kernels(x)
+        if kernels is not None:
+            x = x if x.stride(-1) == 1 else x.contiguous()
+            return cuda_kernel.project(kernels, x, self._cuda_plan(offset, x.shape[1], x.device), self.k).float()
         lib = native.load() if self.cfg.native and x.device.type == "cpu" else None
         return super()._project(x, offset) if lib is None else self._project_native(lib, x.contiguous(), offset)
+
+    def _block_rows(self, offset: int, n: int):
+        """(column in x, first coordinate, length, its low word, high-word key) per canonical block."""
+        for col, start, length in _blocks(offset, n):
+            yield col, start, length, start & _M32, _hi_key(self.cfg.seed, start >> 32, 0)
+
+    def _cuda_plan(self, offset: int, n: int, device: torch.device) -> torch.Tensor:
+        """``[nb, 4]`` int64 on ``device``: (column, length, low word, high-word key) per block, kept per range."""
+        plan = self._plans.get((offset, n, str(device)))
+        if plan is None:
+            rows = [[col, length, lo, key] for col, _, length, lo, key in self._block_rows(offset, n)]
+            plan = torch.tensor(rows, dtype=torch.int64).reshape(-1, 4).to(device)
+            self._plans[(offset, n, str(device))] = plan
+        return plan
 
     def _index_bytes(self) -> int:
         """Bytes per cached c in the C kernel: 2 (uint16) when 2k <= 65536, else 4."""
@@ -223,12 +258,11 @@ class SparseJL(BlockwiseProjector):
         """Per canonical block of ``[offset, offset+n)``: (column in x, length, low word of its first coordinate,
         high-word key, address of its cached c or 0), ``[nb, 5]`` int64, kept per range (a gradient stream repeats
         its ranges). c is cached as uint16 bits when 2k <= 65536, else uint32, while the cache budget lasts."""
-        plan = self._plans.get((offset, n))
+        plan = self._plans.get((offset, n, "native"))
         if plan is None:
             wide = self._index_bytes()
             rows = []
-            for col, start, length in _blocks(offset, n):
-                lo, key = start & _M32, _hi_key(self.cfg.seed, start >> 32, 0)
+            for col, start, length, lo, key in self._block_rows(offset, n):
                 index = self._buckets.get((start, length, "native"))
                 if index is None and self._cache_left >= wide * length:
                     index = torch.empty(length, dtype=torch.int16 if wide == 2 else torch.int32)
@@ -236,7 +270,7 @@ class SparseJL(BlockwiseProjector):
                     self._buckets[(start, length, "native")] = index
                     self._cache_left -= wide * length
                 rows.append([col, length, lo, key, 0 if index is None else index.data_ptr()])
-            plan = self._plans[(offset, n)] = torch.tensor(rows, dtype=torch.int64).reshape(-1, 5)
+            plan = self._plans[(offset, n, "native")] = torch.tensor(rows, dtype=torch.int64).reshape(-1, 5)
         return plan
 
     def _project_native(self, lib, x: torch.Tensor, offset: int) -> torch.Tensor:
