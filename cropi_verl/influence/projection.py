@@ -224,9 +224,7 @@ class SparseJL(BlockwiseProjector):
 
     def _input(self, x: torch.Tensor) -> torch.Tensor:
         """bf16 stays bf16 for the CUDA kernel (it widens exactly, bits << 16): no fp32 copy of a bf16 gradient."""
-        if x.dtype == torch.bfloat16 and self._cuda_kernels(x) is not None:
-            return x if x.stride(-1) == 1 else x.contiguous()
-        return x.float()
+        return x if x.dtype == torch.bfloat16 and self._cuda_kernels(x) is not None else x.float()
 
     def _project(self, x: torch.Tensor, offset: int) -> torch.Tensor:
         kernels = self._cuda_kernels(x)
