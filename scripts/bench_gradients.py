@@ -243,8 +243,8 @@ def main(argv: list[str] | None = None) -> int:
     for m in ("streamed_compiled", "packed_sum", "packed_vmap"):
         if m in res:
             out[f"{m}_vs_streamed"] = round(res[m]["prompts_per_s"] / s["prompts_per_s"], 2)
-    if "packed_vmap" in res:
-        out["packed_vmap_max_rel_err"] = res["packed_vmap"]["max_rel_err"]
+            if "max_rel_err" in res[m]:
+                out[f"{m}_max_rel_err"] = res[m]["max_rel_err"]
     if "streamed_compiled" in res:
         out["streamed_compiled_warmup_s"] = round(res["streamed_compiled"]["warmup_s"], 1)
     print(json.dumps(out))
