@@ -86,9 +86,9 @@ def packed_batch(prompts: list, pad_id: int, device: str) -> tuple[dict, dict]:
 
 def packed_loss(logits: torch.Tensor, pos, targets, ref, coef, mask, k) -> torch.Tensor:
     """The POPI loss of one packed prompt from its logits ``[L, V]`` (the loss tensors of ``packed_batch``)."""
-    from cropi_verl.influence.gradients import _masked_token_logprobs, popi_loss
+    from cropi_verl.influence.gradients import popi_loss
 
-    logp = _masked_token_logprobs(logits[pos].float(), targets, mask)
+    logp = torch.log_softmax(logits[pos].float(), -1).gather(-1, targets[..., None]).squeeze(-1) * mask
     return popi_loss(logp[None], ref[None], mask[None], coef[None], k, None)
 
 
@@ -145,13 +145,14 @@ def run_mode(args) -> dict:
         if args.mode.startswith("packed"):
             return run_packed(model, batch, proj, args.prompt_batch, per_prompt=args.mode == "packed_vmap")
         if args.mode in ("streamed", "streamed_compiled"):
-            res = popi_features(model, batch, proj, 0, PopiConfig(micro_batch=args.micro_batch,
+            res = popi_features(model, batch, proj, 0, PopiConfig(micro_batch_tokens=args.micro_batch_tokens,
                                                                   share_prompt=args.share_prompt,
                                                                   stream_buffer=args.stream_buffer))
             return res.features if args.mode == "streamed_compiled" else None
         elif args.mode == "streamed_plain":
-            popi_features(model, batch, proj, 0, PopiConfig(micro_batch=args.micro_batch, share_prompt=False,
-                                                            merge_duplicates=False, stream_buffer=1))
+            popi_features(model, batch, proj, 0, PopiConfig(micro_batch_tokens=args.micro_batch_tokens,
+                                                            share_prompt=False, merge_duplicates=False,
+                                                            stream_buffer=1))
         else:
             from cropi_verl.influence.gradients import group_advantages, popi_loss, response_logprobs, response_rows
 
@@ -184,7 +185,8 @@ def run_mode(args) -> dict:
            "peak_gb": peak / 1e9}
     if feats is not None:  # per-prompt features: relative error against the eager streamed pass (after the timing)
         vars(model.model).pop("forward", None)
-        ref = popi_features(model, prompts, proj, 0, PopiConfig(micro_batch=args.micro_batch)).features.to(feats)
+        ref = popi_features(model, prompts, proj, 0, PopiConfig(micro_batch_tokens=args.micro_batch_tokens))
+        ref = ref.features.to(feats)
         out["max_rel_err"] = float(((feats - ref).norm(dim=1) / ref.norm(dim=1)).max())
     return out
 
@@ -197,7 +199,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--tokens", type=int, default=32, help="tokens per response")
     ap.add_argument("--prompt-tokens", type=int, default=16, help="tokens per prompt")
     ap.add_argument("--distinct", type=int, default=8, help="distinct responses per prompt (the rest repeat them)")
-    ap.add_argument("--micro-batch", type=int, default=8)
+    ap.add_argument("--micro-batch-tokens", type=int, default=PopiConfig.micro_batch_tokens,
+                    help="streamed: tokens per forward/backward")
     ap.add_argument("--prompt-batch", type=int, default=8, help="prompts per batch (packed_* modes)")
     ap.add_argument("--k", type=int, default=8192, help="projection dimension")
     ap.add_argument("--stream-buffer", type=int, default=PopiConfig.stream_buffer,

@@ -53,7 +53,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--fraction", type=arg_type(Fraction), default=0.1)
     ap.add_argument("--metric", choices=METRICS, default="cosine")
     ap.add_argument("--max-val-prompts", type=arg_type(Count), default=100)
-    ap.add_argument("--micro-batch", type=arg_type(Count), default=8, help="response rows per backward")
+    ap.add_argument("--micro-batch-tokens", type=arg_type(Count), default=PopiConfig.micro_batch_tokens,
+                    help="tokens per forward/backward (response rows, longest first; one row at least)")
+    ap.add_argument("--logit-chunk-tokens", type=arg_type(Count), default=PopiConfig.logit_chunk_tokens,
+                    help="response positions whose [n, vocab] logits are alive at once")
     ap.add_argument("--clip-ratio", type=arg_type(Positive), default=None)
     ap.add_argument("--share-prompt", action=argparse.BooleanOptionalAction, default=True,
                     help="encode each prompt once per micro-batch (KV cache); exact")
@@ -76,12 +79,14 @@ def main(argv: list[str] | None = None) -> int:
     model = AutoModelForCausalLM.from_pretrained(args.model, dtype=torch.float32).to(args.device)
     _, dim = parameter_offsets(model)
     proj = make_projector(args.method, dim, args.k, args.proj_seed, args.subset_ratio, native=args.native)
-    popi = PopiConfig(clip_ratio=args.clip_ratio, micro_batch=args.micro_batch, share_prompt=args.share_prompt,
+    popi = PopiConfig(clip_ratio=args.clip_ratio, micro_batch_tokens=args.micro_batch_tokens,
+                      logit_chunk_tokens=args.logit_chunk_tokens, share_prompt=args.share_prompt,
                       merge_duplicates=args.merge_duplicates)
     res = influence_pass(
         local_featurizer(model, proj, tok.pad_token_id, popi), train, val, args.out / "features",
         store_manifest(proj, popi, model=str(args.model), model_step=args.model_step),
         args.strategy, args.fraction, args.seed, args.metric, args.max_val_prompts, args.shard_size, progress=True,
+        val_seed=args.seed,
     )
     atomic_write_parquet(res.scores, args.out / "scores.parquet")
     atomic_write_json(

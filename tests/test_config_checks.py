@@ -86,6 +86,28 @@ def test_the_gpu_recipe_refuses_a_bad_cropi_key():
                                    "cropi.popi.share_prompt=2: expected true or false")
 
 
+def test_the_gpu_recipe_checks_the_worker_precision_keys():
+    """Bad dtype / checkpointing values are named; ``share_prompt`` is refused where checkpointing resolves to on
+    (``auto`` with GPU workers, or ``true``), since checkpointing drops the prompt's KV cache."""
+    def error(*overrides):
+        with pytest.raises(ValueError) as e:  # the shipped config lacks rollouts files: always some problem
+            check_cropi_config(OmegaConf.to_container(compose_config("cropi_trainer", *overrides).cropi), {})
+        return str(e.value)
+
+    msg = error("cropi.workers.dtype=fp8", "cropi.workers.gradient_checkpointing=maybe")
+    assert ("cropi.workers.dtype='fp8': expected one of auto, float32, bfloat16, float16; "
+            "cropi.workers.gradient_checkpointing='maybe': expected auto, true or false") in msg
+    conflict = "cropi.popi.share_prompt=true with cropi.workers.gradient_checkpointing="
+    assert conflict + "auto (use_gpu=True): share_prompt needs the prompt's KV cache" in error(
+        "cropi.popi.share_prompt=true")
+    assert conflict + "True (use_gpu=False)" in error("cropi.popi.share_prompt=true", "cropi.workers.use_gpu=false",
+                                                      "cropi.workers.gradient_checkpointing=true")
+    for ok in [("cropi.popi.share_prompt=true", "cropi.workers.use_gpu=false"),
+               ("cropi.popi.share_prompt=true", "cropi.workers.gradient_checkpointing=false"),
+               ("cropi.popi.share_prompt=false",)]:
+        assert "share_prompt" not in error(*ok)
+
+
 @pytest.mark.parametrize("rule, good, bad", [
     (Count, [1, 7], [0, -1, True, 2.0, "3", None]),
     (GroupSize, [2, 8], [1, 0, False]),

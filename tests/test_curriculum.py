@@ -137,6 +137,25 @@ def test_boundary_redraws_random_per_stage_without_gradients(tmp_path, pool):
     assert sorted(full.selected_ids) == sorted(train["prompt_id"])
 
 
+def test_every_stage_scores_against_the_same_non_zero_advantage_validation_prompts(tmp_path, pool):
+    train, _, featurizer, _ = pool
+    val_prompts = make_prompts(12, seed=7, zero_every=3)  # ids 100, 103, 106, 109 have a zero advantage
+    seen = []
+
+    def recording():
+        inner = featurizer()
+        return lambda prompts: seen.append([p.prompt_id for p in prompts]) or inner(prompts)
+
+    sched = StageSchedule(num_stages=3, steps_per_stage=4, fraction=0.2, strategy="cropi")
+    state = None
+    for stage in range(3):
+        state = stage_boundary(stage, 4 * stage, sched, train, {"v": rollout_table(val_prompts)}, tmp_path,
+                               recording, {"m": 1}, previous=state, seed=5, max_val_prompts=5)
+    val_calls = [ids for ids in seen if min(ids) >= 100 and max(ids) < 112 and len(ids) <= 5]
+    assert len(val_calls) == 3 and val_calls[0] == val_calls[1] == val_calls[2]  # drawn once, kept every stage
+    assert len(val_calls[0]) == 5 and not {100, 103, 106, 109} & set(val_calls[0])  # after the zero-advantage filter
+
+
 def test_stage_dataloader_refuses_a_subset_smaller_than_one_batch():
     from cropi_verl.curriculum.sampler import stage_dataloader
 

@@ -3,6 +3,8 @@ the in-process computation at the weights sent with ``update_weights``."""
 
 from __future__ import annotations
 
+from dataclasses import asdict
+
 import pytest
 import torch
 from transformers import AutoModelForCausalLM
@@ -47,7 +49,8 @@ def test_one_and_two_workers_are_bit_identical(tmp_path, ray_session):
         ref = local_featurizer(loaded, proj, PAD)(prompts)
     finally:
         torch.set_num_threads(threads)
-    assert manifest["projector"] == proj.config() and manifest["popi"]["micro_batch"] == PopiConfig().micro_batch
+    assert manifest["projector"] == proj.config() and manifest["popi"] == asdict(PopiConfig())
+    assert manifest["dtype"] == "float32"
     for res in results.values():
         assert res.prompt_ids == ref.prompt_ids == [101, 102, 104, 105, 107]
         assert res.zero_advantage == [100, 103, 106]
@@ -61,3 +64,45 @@ def test_balanced_order_hand_computed():
     assert balanced_order([5, 9, 1, 7, 3], 2) == [1, 4, 2, 3, 0, -1]
     assert balanced_order([5, 9, 1, 7, 3], 1) == [1, 3, 0, 4, 2]
     assert balanced_order([2, 2], 3) == [0, 1, -1]
+
+
+def test_release_frees_the_model_and_init_model_loads_again(tmp_path, ray_session):
+    """After ``release`` a worker holds no model (computing is refused); ``init_model`` loads again, here with
+    gradient checkpointing (the worker's train-mode path), and gives the features computed before, which match the
+    in-process pass; checkpointing with the prompt's KV cache is refused at load."""
+    from cropi_verl.workers.group import InfluenceWorkerGroup
+
+    tiny_model(seed=2).save_pretrained(tmp_path / "policy")
+    prompts = make_prompts(3, seed=4)
+    proj_cfg, popi = {"method": "identity"}, {"share_prompt": False}
+    group = InfluenceWorkerGroup(1, threads=1, name_prefix="release")
+    try:
+        group.init_model(str(tmp_path / "policy"), proj_cfg, popi, PAD)
+        before = group(prompts)
+        group.release()
+        with pytest.raises(RuntimeError, match="holds no model"):
+            group(prompts)
+        with pytest.raises(ValueError, match="share_prompt needs the prompt's KV cache"):
+            group.init_model(str(tmp_path / "policy"), proj_cfg, {"share_prompt": True}, PAD,
+                             gradient_checkpointing=True)
+        group.init_model(str(tmp_path / "policy"), proj_cfg, popi, PAD, gradient_checkpointing=True)
+        after = group(prompts)
+    finally:
+        group.close()
+    loaded = AutoModelForCausalLM.from_pretrained(tmp_path / "policy", dtype=torch.float32)
+    _, dim = parameter_offsets(loaded)
+    ref = local_featurizer(loaded, make_projector("identity", dim), PAD, PopiConfig(share_prompt=False))(prompts)
+    assert after.prompt_ids == before.prompt_ids == ref.prompt_ids
+    torch.testing.assert_close(after.features, before.features, rtol=1e-6, atol=1e-9)
+    torch.testing.assert_close(before.features, ref.features, rtol=1e-5, atol=1e-7)
+
+
+def test_resolve_worker_precision():
+    from cropi_verl.workers.group import resolve_worker_precision
+
+    assert resolve_worker_precision("auto", "auto", use_gpu=True) == ("bfloat16", True)
+    assert resolve_worker_precision("auto", "auto", use_gpu=False) == ("float32", False)
+    assert resolve_worker_precision("float16", False, use_gpu=True) == ("float16", False)
+    assert resolve_worker_precision("float32", True, use_gpu=False) == ("float32", True)
+    with pytest.raises(ValueError, match="expected one of auto, float32, bfloat16, float16"):
+        resolve_worker_precision("fp8", "auto", use_gpu=True)

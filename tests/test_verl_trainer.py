@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 from dataclasses import replace
@@ -61,23 +62,66 @@ def test_config_checks_list_every_problem_in_one_error(tmp_path):
         check_cropi_config(OmegaConf.to_container(_compose().cropi), {})
 
 
-# ----- CROPITrainer with verl's real trainer code on CPU ------------------------------------------------------------
+def test_trainer_keys_cropi_depends_on_are_checked(tmp_path):
+    cropi = OmegaConf.to_container(_compose().cropi)
+    rollouts = tmp_path / "r.parquet"
+    rollouts.write_bytes(b"")
+    cropi |= {"train_rollouts": str(rollouts), "val_rollouts": {"v": str(rollouts)}, "steps_per_stage": 10}
+    ok = {"save_freq": 5, "use_v1": True, "v1": {"trainer_mode": "sync"}}
+    check_cropi_config(cropi, ok, ["model", "hf_model"])
+    for trainer, contents, part in [
+        (ok | {"v1": {"trainer_mode": "colocate_async"}}, ["hf_model"], "trainer.v1.trainer_mode=colocate_async"),
+        (ok | {"use_v1": False}, ["hf_model"], "trainer.use_v1=False"),
+        (ok | {"save_freq": -1}, ["hf_model"], "trainer.save_freq=-1: strategy cropi scores the pool"),
+        (ok, ["model", "optimizer"], "save_contents=['model', 'optimizer'] lacks hf_model"),
+    ]:
+        with pytest.raises(ValueError, match=re.escape(part)):
+            check_cropi_config(cropi, trainer, contents)
+    one_shot = cropi | {"strategy": "influence_oneshot"}  # scores stage 0 only, from actor_rollout_ref.model.path
+    check_cropi_config(one_shot, ok | {"save_freq": -1}, ["model"])
+
+
+def test_boundary_weights_must_be_real_hf_weights(tmp_path):
+    from cropi_verl.trainer.cropi_trainer import has_hf_weights
+
+    folder = tmp_path / "huggingface"
+    folder.mkdir()
+    (folder / "config.json").write_text("{}")  # verl writes this on every save, with or without hf_model
+    assert not has_hf_weights(folder)
+    (folder / "model.safetensors").write_bytes(b"")
+    assert has_hf_weights(folder)
+
+
+# ----- CROPITrainer inside verl's real fit() on CPU -----------------------------------------------------------------
 class FakeActorWG:
-    """Stands in for the FSDP actor worker group: saves/loads the HF model as verl's hf_model checkpoint does."""
+    """Stands in for the FSDP actor worker group: saves the HF model as verl's hf_model checkpoint does (weights in
+    ``actor/huggingface``) and records the steps it saved. It has no optimizer, so it cannot show the LR itself."""
 
     def __init__(self, model):
-        self.model = model
+        self.model, self.saved = model, []
 
     def save_checkpoint(self, local_path, hdfs_path=None, global_step=0, max_ckpt_to_keep=None):
         self.model.save_pretrained(Path(local_path) / "huggingface")
+        self.saved.append(global_step)
 
     def load_checkpoint(self, local_path, del_local_after_load=False):
         assert (Path(local_path) / "huggingface" / "config.json").is_file()
 
 
-class FakeWeightSync:
-    def update_weights(self, global_steps):
-        pass
+class RecordingCheckpointManager:
+    """Stands in for verl's ``CheckpointEngineManager``: records when the rollout replicas sleep and wake (they are
+    launched awake). It cannot show what a real replica holds in memory."""
+
+    def __init__(self, events: list):
+        self.events, self.awake = events, True
+
+    def sleep_replicas(self):
+        self.awake = False
+        self.events.append(("sleep",))
+
+    def update_weights(self, global_steps=None):
+        self.awake = True
+        self.events.append(("wake", global_steps))
 
 
 @pytest.fixture(scope="module")
@@ -93,45 +137,6 @@ def recipe(tmp_path_factory):
     return root, policy, train, val
 
 
-def _trainer(recipe, ckpt: Path):
-    from transformers import AutoModelForCausalLM
-
-    from cropi_verl.trainer.cropi_trainer import CROPITrainer
-
-    root, policy, train, val = recipe
-    cfg = _compose(
-        f"actor_rollout_ref.model.path={policy}", f"data.train_files={train}", f"data.val_files={val}",
-        "data.train_batch_size=4", "data.dataloader_num_workers=0", "data.max_prompt_length=128",
-        f"cropi.train_rollouts={root / 'rollouts.parquet'}", f"cropi.val_rollouts={{add:{root / 'val_rollouts.parquet'}}}",
-        "cropi.num_stages=2", "cropi.steps_per_stage=2", "cropi.fraction=0.25", "cropi.projection.k=64",
-        "cropi.workers.use_gpu=false", "cropi.workers.n=1", "trainer.save_freq=1", f"trainer.default_local_dir={ckpt}",
-        "trainer.total_epochs=1", "trainer.n_gpus_per_node=1",
-    )
-    t = CROPITrainer(cfg)
-    t._init_tokenizer()
-    t._init_dataloader()
-    t.actor_rollout_wg = FakeActorWG(AutoModelForCausalLM.from_pretrained(policy))
-    t.checkpoint_manager = FakeWeightSync()
-    return t
-
-
-def _steps(t, until: int) -> list[list[int]]:
-    """verl's fit() order per step: fetch the batch, train (skipped), save, on_step_end; returns batch ids."""
-    out = []
-    if t.global_steps == 0:
-        t.global_steps = 1
-    t.on_train_begin()
-    while t.global_steps <= until:
-        t.timing_raw = {}
-        batch = t._fetch_one_gen_batch()
-        out.append([int(e["index"]) for e in batch["extra_info"]])
-        t._save_checkpoint()
-        t.on_step_end()
-        t.global_steps += 1
-    t.on_train_end()
-    return out
-
-
 @pytest.fixture(scope="module")
 def ray_session():
     ray = pytest.importorskip("ray")
@@ -140,28 +145,142 @@ def ray_session():
     ray.shutdown()
 
 
-def test_stage_swap_save_and_resume_mid_stage(recipe, tmp_path, ray_session):
-    a = _trainer(recipe, tmp_path / "a")
-    assert a.total_training_steps == 4 and a.config.actor_rollout_ref.actor.optim.total_training_steps == 4
-    a._load_checkpoint()
-    full = _steps(a, 4)
-    states = [json.loads((tmp_path / "a" / f"global_step_{s}" / "cropi_stage.json").read_text()) for s in (1, 4)]
-    assert [s["stage"] for s in states] == [0, 1]
-    for ids, st in zip(full, [states[0]] * 2 + [states[1]] * 2):
-        assert len(ids) == 4 and set(ids) <= set(st["selected_ids"])  # every batch comes from the stage's subset
-    assert len(states[0]["selected_ids"]) == 15  # 25% of 60
+class Killed(Exception):
+    pass
 
-    b = _trainer(recipe, tmp_path / "b")
-    b._load_checkpoint()
-    assert _steps(b, 3) == full[:3]  # "dies" after step 3, mid-stage 1
-    c = _trainer(recipe, tmp_path / "b")
-    c._load_checkpoint()
-    assert c.global_steps == 3 and c.stage_state.stage == 1
-    c.global_steps += 1  # as fit() does after loading
-    assert _steps(c, 4) == full[3:]  # same subset, same sampler position
-    resumed = json.loads((tmp_path / "b" / "global_step_4" / "cropi_stage.json").read_text())
-    for key in ("stage", "start_step", "selected_ids", "selection_seed", "sampler_seed"):
-        assert resumed[key] == states[1][key], key
+
+def _fit_trainer_cls():
+    from transfer_queue import KVBatchMeta
+
+    from cropi_verl.trainer.cropi_trainer import CROPITrainer
+
+    class FitTrainer(CROPITrainer):
+        """``CROPITrainer`` run by verl's real ``fit()`` (hook order, step counting, checkpoint saving, dataloader
+        state). Stand-ins: ``step()`` (it fetches the batch through verl's ``prepare_step`` and calls the sampling
+        hooks as verl's ``_step_once`` does, but generates and trains nothing) and the metrics' TransferQueue reads."""
+
+        kill_at_boundary: int | None = None
+
+        def step(self, metrics, timing_raw):
+            self.prepare_step()
+            self.on_sample_begin()
+            self.on_sample_end()
+            self.events.append(("train", self.global_steps))
+            return KVBatchMeta(partition_id="train", keys=[], tags=[])
+
+        def _submit_batch_to_rollout(self, batch):
+            self.batches.append([int(e["index"]) for e in batch["extra_info"]])
+            return len(batch)
+
+        def _compute_metrics(self, batch, metrics, timing_raw, global_steps, epoch):
+            self.logged[global_steps] = dict(metrics)
+
+        def _run_boundary(self, stage, step):
+            if step == self.kill_at_boundary:
+                raise Killed(step)
+            super()._run_boundary(stage, step)
+
+        def _featurizer(self, step):
+            self.events.append(("pass", step, self.checkpoint_manager.awake, self._boundary_weights(step)))
+            return super()._featurizer(step)
+
+    return FitTrainer
+
+
+def _init_as_verl(t, actor):
+    """The tail of verl's ``PPOTrainer.init()`` without workers: ``_setup`` sleeps the replicas, loads the checkpoint,
+    then ``init`` calls ``on_init_end`` (the order is checked against verl's source in the test)."""
+    t._init_tokenizer()
+    t._init_dataloader()
+    t._init_dump_executor()
+    t.actor_rollout_wg = actor
+    t.checkpoint_manager.sleep_replicas()
+    t._load_checkpoint()
+    t.on_init_end()
+
+
+def _run(recipe, ckpt: Path, monkeypatch, kill_at_boundary=None):
+    """One launch of the command on ``ckpt`` (resume_mode=auto): init, then verl's fit()."""
+    import verl.trainer.ppo.v1.trainer_base as trainer_base
+    from transformers import AutoModelForCausalLM
+
+    root, policy, train, val = recipe
+    monkeypatch.setattr(trainer_base.tq, "kv_clear", lambda **kw: None)
+    cfg = _compose(
+        f"actor_rollout_ref.model.path={policy}", f"data.train_files={train}", f"data.val_files={val}",
+        "data.train_batch_size=4", "data.dataloader_num_workers=0", "data.max_prompt_length=128",
+        f"cropi.train_rollouts={root / 'rollouts.parquet'}", f"cropi.val_rollouts={{add:{root / 'val_rollouts.parquet'}}}",
+        "cropi.num_stages=2", "cropi.steps_per_stage=2", "cropi.fraction=0.25", "cropi.projection.k=64",
+        "cropi.workers.use_gpu=false", "cropi.workers.n=1", "trainer.save_freq=1", f"trainer.default_local_dir={ckpt}",
+        "trainer.total_epochs=1", "trainer.n_gpus_per_node=1", "trainer.val_before_train=false",
+        "trainer.test_freq=-1", "trainer.logger=[console]",
+    )
+    t = _fit_trainer_cls()(cfg)
+    t.events, t.batches, t.logged, t.kill_at_boundary = [], [], {}, kill_at_boundary
+    t.checkpoint_manager = RecordingCheckpointManager(t.events)
+    actor = FakeActorWG(AutoModelForCausalLM.from_pretrained(policy))
+    try:
+        _init_as_verl(t, actor)
+        t.fit(agent_loop_manager=None)
+    except Killed:
+        t._close_influence()  # a real kill ends the process and its workers with it
+    return t, actor
+
+
+def test_init_order_the_trainer_relies_on_is_verls():
+    import inspect
+
+    from verl.trainer.ppo.v1.trainer_base import PPOTrainer
+
+    init, setup = inspect.getsource(PPOTrainer.init), inspect.getsource(PPOTrainer._setup)
+    assert init.index("self._setup()") < init.index("self.on_init_end()")
+    assert setup.rindex("self.checkpoint_manager.sleep_replicas()") < setup.rindex("self._load_checkpoint()")
+
+
+def test_fit_passes_run_while_replicas_sleep_and_a_boundary_resume_matches(recipe, tmp_path, ray_session, monkeypatch):
+    root, policy, *_ = recipe
+    a, actor_a = _run(recipe, tmp_path / "a", monkeypatch)
+    passes = [e for e in a.events if e[0] == "pass"]
+    assert [(p[1], p[2]) for p in passes] == [(0, False), (2, False)]  # never while a replica is awake
+    assert passes[0][3] == str(policy)  # stage 0 scores the initial weights, not a global_step_1 copy of them
+    assert passes[1][3] == str(tmp_path / "a" / "global_step_2" / "actor" / "huggingface")
+    i = a.events.index(passes[1])
+    assert a.events[i - 2:i] == [("sleep",), ("train", 2)] and a.events[i + 1] == ("wake", 2)
+    assert [e[1] for e in a.events if e[0] == "train"] == [1, 2, 3, 4] and actor_a.saved == [1, 2, 3, 4]
+    assert (tmp_path / "a" / "latest_checkpointed_iteration.txt").read_text().strip() == "4"
+    assert a.influence_group is None  # closed after the last step (fit() returns without on_train_end)
+    states = [json.loads((tmp_path / "a" / "cropi" / f"stage_{s:03d}" / "state.json").read_text()) for s in (0, 1)]
+    assert [s["start_step"] for s in states] == [0, 2] and len(states[0]["selected_ids"]) == 15  # 25% of 60
+    for ids, st in zip(a.batches, [states[0]] * 2 + [states[1]] * 2):
+        assert len(ids) == 4 and set(ids) <= set(st["selected_ids"])  # the batches verl fetched
+    assert a.logged[1]["cropi/stage"] == 0 and a.logged[2]["cropi/stage"] == 1 and "cropi/stage" not in a.logged[3]
+    assert a.logged[2]["cropi/overlap_prev"] == pytest.approx(
+        len(set(states[0]["selected_ids"]) & set(states[1]["selected_ids"])) / 15)
+    assert a.logged[2]["cropi/selection_seconds_total"] == pytest.approx(
+        states[0]["stats"]["seconds"] + states[1]["stats"]["seconds"])
+    assert a.logged[2]["timing_s/cropi_pool_gradients"] > 0
+
+    # killed at the boundary after step 2 (its checkpoint is complete), then the same command again
+    b, actor_b = _run(recipe, tmp_path / "b", monkeypatch, kill_at_boundary=2)
+    assert [e[1] for e in b.events if e[0] == "train"] == [1, 2] and actor_b.saved == [1, 2]
+    c, actor_c = _run(recipe, tmp_path / "b", monkeypatch)
+    assert [(p[1], p[2]) for p in c.events if p[0] == "pass"] == [(2, False)]  # the boundary's pass, asleep
+    assert [e[1] for e in c.events if e[0] == "train"] == [3, 4] and actor_c.saved == [3, 4]  # no step skipped
+    assert b.batches + c.batches == a.batches
+    for s in (0, 1):
+        resumed = json.loads((tmp_path / "b" / "cropi" / f"stage_{s:03d}" / "state.json").read_text())
+        for key in ("stage", "start_step", "selected_ids", "selection_seed", "sampler_seed"):
+            assert resumed[key] == states[s][key], key
+
+
+def test_fit_resumes_mid_stage_on_the_same_subset_and_sampler_position(recipe, tmp_path, ray_session, monkeypatch):
+    a, _ = _run(recipe, tmp_path / "a", monkeypatch)
+    b, _ = _run(recipe, tmp_path / "b", monkeypatch)
+    assert b.batches == a.batches  # same seed, same run
+    (tmp_path / "b" / "latest_checkpointed_iteration.txt").write_text("3")  # as if killed after step 3's save
+    c, actor_c = _run(recipe, tmp_path / "b", monkeypatch)
+    assert not [e for e in c.events if e[0] == "pass"]  # stage 1's subset comes from global_step_3/cropi_stage.json
+    assert [e[1] for e in c.events if e[0] == "train"] == [4] and c.batches == a.batches[3:]
 
 
 # ----- recipes -------------------------------------------------------------------------------------------------------
@@ -189,13 +308,14 @@ def test_recipe_dry_run_prints_every_step_and_its_config_passes_all_checks(tmp_p
     from cropi_verl.trainer.main import DRY_RUN_HEADER
 
     lines = _dry_run("recipes/run_cropi_qwen1.5b.sh", "trainer.n_gpus_per_node=4",
-                     env={"DATA_DIR": str(tmp_path / "data"), "ROLLOUT_DIR": str(tmp_path / "roll")})
+                     env={"DATA_DIR": str(tmp_path / "data"), "ROLLOUT_DIR": str(tmp_path / "roll"), "NGPUS": "4"})
     assert "scripts/prepare_data.py" in lines[0]
-    assert sum("collect_rollouts.py" in line for line in lines) == 3  # train, gsm8k, math500 (vLLM)
+    collect = [line for line in lines if "collect_rollouts.py" in line]  # train, gsm8k_heldout, math_heldout (vLLM)
+    assert len(collect) == 3 and all("--tensor-parallel-size 2 --data-parallel-size 2" in line for line in collect)
     assert shlex.split(lines[-2])[1] == "scripts/preflight.py" and shlex.split(lines[-2])[2:] == shlex.split(lines[-1])[3:]
     train = shlex.split(lines[-1])
     assert train[:3] == ["python", "-m", "cropi_verl.trainer.main"] and train[-1] == "trainer.n_gpus_per_node=4"
-    for split in ("train", "gsm8k", "math500"):  # the cropi checks only need the rollouts files to exist
+    for split in ("train", "gsm8k_heldout", "math_heldout"):  # the cropi checks only need the rollouts files to exist
         (tmp_path / "roll" / split).mkdir(parents=True)
         (tmp_path / "roll" / split / "rollouts.parquet").write_bytes(b"")
     out = subprocess.run([sys.executable, *train[1:]], cwd=ROOT, capture_output=True, text=True, timeout=300,
@@ -204,7 +324,7 @@ def test_recipe_dry_run_prints_every_step_and_its_config_passes_all_checks(tmp_p
     cfg = OmegaConf.create(out.stdout.split(DRY_RUN_HEADER, 1)[1])
     assert cfg.actor_rollout_ref.actor.optim.lr == 1e-6 and cfg.actor_rollout_ref.rollout.n == 8
     assert cfg.trainer.n_gpus_per_node == 4 and cfg.cropi.num_stages == 10
-    assert set(cfg.cropi.val_rollouts) == {"gsm8k", "math500"}
+    assert set(cfg.cropi.val_rollouts) == {"gsm8k_heldout", "math_heldout"} and cfg.trainer.max_actor_ckpt_to_keep == 2
     assert "hf_model" in cfg.actor_rollout_ref.actor.checkpoint.save_contents
 
 

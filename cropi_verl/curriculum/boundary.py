@@ -84,7 +84,7 @@ def stage_boundary(
     if schedule.needs_pass(stage):
         res = influence_pass(featurizer(), train, val, out / "features", manifest | {"model_step": step},
                              schedule.select_strategy, schedule.fraction, sel_seed, metric, max_val_prompts,
-                             shard_size, progress)
+                             shard_size, progress, val_seed=seed)
         score_file = str(atomic_write_parquet(res.scores, out / "scores.parquet"))
         kill_point("scores_written")
         selected = res.selection.prompt_ids.tolist()

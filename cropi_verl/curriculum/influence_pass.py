@@ -18,7 +18,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from cropi_verl.influence.gradients import PopiConfig, PopiResult, validation_gradient
+from cropi_verl.influence.gradients import PopiConfig, PopiResult, PromptRollouts, is_zero_advantage, validation_gradient
 from cropi_verl.influence.pipeline import Featurizer, features_into_store
 from cropi_verl.influence.projection import Projector
 from cropi_verl.influence.scoring import influence_scores
@@ -47,6 +47,17 @@ def pool_for_selection(train: pd.DataFrame, scores: Mapping[str, np.ndarray] | N
     )
 
 
+def validation_prompts(frame: pd.DataFrame, max_prompts: int, seed: int) -> list[PromptRollouts]:
+    """The prompts behind a validation gradient: those of ``frame`` with a non-zero advantage (the others have a
+    zero gradient), at most ``max_prompts`` of them drawn with ``seed`` (in file order). The caller passes one seed
+    for every stage, so every stage is scored against the same validation prompts (as the paper's code does)."""
+    prompts = [p for p in to_prompt_rollouts(frame) if not is_zero_advantage(p.rewards)]
+    if len(prompts) <= max_prompts:
+        return prompts
+    keep = np.sort(np.random.default_rng(seed).permutation(len(prompts))[:max_prompts])
+    return [prompts[i] for i in keep]
+
+
 def store_manifest(projector: Projector, popi: PopiConfig, **extra) -> dict:
     """What a feature store must match to be reused: projector config, k, POPI settings, plus ``extra``
     (e.g. ``model``, ``model_step``)."""
@@ -66,23 +77,23 @@ def influence_pass(
     max_val_prompts: int = 100,
     shard_size: int = 256,
     progress: bool = False,
+    val_seed: int = 0,
 ) -> InfluencePass:
-    """Features, scores and selection at the policy ``featurize`` runs (see the module docstring)."""
+    """Features, scores and selection at the policy ``featurize`` runs (see the module docstring); ``seed`` breaks
+    the selection's ties, ``val_seed`` draws the validation prompts (``validation_prompts``)."""
     root = Path(store_root)
     val_grads = {}
     t0 = time.perf_counter()
     for name, frame in val.items():
-        rng = np.random.default_rng(seed)
-        rows = frame.iloc[np.sort(rng.permutation(len(frame))[:max_val_prompts])] if len(frame) > max_val_prompts else frame
-        ids, feats, skipped = features_into_store(
-            featurize, to_prompt_rollouts(rows), FeatureStore(root / f"val_{name}", manifest | {"set": name}),
-            shard_size, progress,
+        prompts = validation_prompts(frame, max_val_prompts, val_seed)
+        ids, feats, _ = features_into_store(
+            featurize, prompts, FeatureStore(root / f"val_{name}", manifest | {"set": name}), shard_size, progress,
         )
         try:
             val_grads[name] = validation_gradient(PopiResult(ids.tolist(), feats))
         except ValueError as e:
-            raise ValueError(f"validation set {name!r}: {e} ({len(rows)} prompts, "
-                             f"{len(skipped.get('zero_advantage', []))} zero-advantage)") from None
+            raise ValueError(f"validation set {name!r}: {e} ({len(frame)} prompts, {len(prompts)} with a non-zero "
+                             "advantage)") from None
     t1 = time.perf_counter()
     ids, feats, skipped = features_into_store(
         featurize, to_prompt_rollouts(train), FeatureStore(root / "train", manifest | {"set": "train"}), shard_size, progress

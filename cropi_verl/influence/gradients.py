@@ -13,7 +13,14 @@ A prompt whose rewards are all equal has A = 0 and g_s = 0; it is detected befor
 Streaming: ``g_s`` is never materialised as a whole. A post-accumulate-grad hook on every trainable parameter
 projects that parameter's gradient at its global offset as soon as backward has produced it, adds the [k] result
 to the prompt's feature, and frees the gradient (``p.grad = None``). Peak memory stays below one model gradient.
-Responses are processed in micro-batches (backward per micro-batch, projected and summed: P is linear).
+Responses are processed in micro-batches (backward per micro-batch, projected and summed: P is linear): rows
+longest first, as many as fit ``micro_batch_tokens`` (``micro_batches``).
+
+Memory: log pi is computed at the positions that predict response tokens only. The decoder's last hidden states h
+there go through the output embedding W in chunks of at most ``logit_chunk_tokens`` tokens, log pi_t =
+log_softmax(W h_t)[y_t] in fp32 whatever the model's dtype, each chunk under activation checkpointing: one chunk's
+[n, V] logits are alive at a time, in backward too. With HF gradient checkpointing on, the model runs in train mode
+(HF checkpoints its layers only there): refused when any dropout is active, which would change the surrogate.
 
 Two exact savings (``PopiConfig``), both on by default:
 
@@ -22,7 +29,8 @@ Two exact savings (``PopiConfig``), both on by default:
   L = -(1/K) sum_u sum_t exp(log pi_u,t - b_u,t) c_u,t  with  c_u,t = (1/|y_u|) sum_{k in u} A_k exp(b_u,t - beta_k,t).
 - ``share_prompt``: the prompt's prefix s[:-1] is encoded once per micro-batch into a KV cache that every response
   row attends to (``model(s[:-1], use_cache=True)``, then ``model(s[-1] + y[:-1], past_key_values=...)``), instead of
-  once per response. The gradient flows through the cache, so it is the same gradient.
+  once per response. The gradient flows through the cache, so it is the same gradient. HF gradient checkpointing
+  drops KV caches, so the two are refused together.
 """
 
 from __future__ import annotations
@@ -32,6 +40,7 @@ from dataclasses import dataclass, field
 from typing import Iterable, Sequence
 
 import torch
+from torch.utils.checkpoint import checkpoint
 from tqdm.auto import tqdm
 from transformers import DynamicCache
 
@@ -53,7 +62,8 @@ class PromptRollouts:
 class PopiConfig:
     adv_eps: float = 1e-4  # the paper's epsilon in A = (r - mean) / (std + eps)
     clip_ratio: float | None = None  # None: no clip (the paper); else PPO clip on rho with this epsilon
-    micro_batch: int = 8  # response rows (distinct responses when merged) per forward/backward
+    micro_batch_tokens: int = 16384  # tokens per forward/backward (>= one row; see ``micro_batches``)
+    logit_chunk_tokens: int = 1024  # positions whose [n, V] logits are alive at once
     share_prompt: bool = True  # encode the prompt once per micro-batch (KV cache), not once per response
     merge_duplicates: bool = True  # identical responses -> one weighted row (exact; used only without clip)
     stream_buffer: int = 1 << 20  # fp32 coordinates per staging segment (small tensors projected together)
@@ -92,51 +102,79 @@ def parameter_offsets(model: torch.nn.Module) -> tuple[list[tuple[str, torch.nn.
     return out, off
 
 
+def _right_padded(
+    prompt_ids: Sequence[Sequence[int]], responses: Sequence[Sequence[int]], pad_id: int, device: torch.device
+) -> tuple[torch.Tensor, ...]:
+    """prompt_b + response_b right-padded: ``ids`` and attention mask ``[B, W]``; the positions p_b - 1 + t that
+    predict response_b[t], their targets and mask ``[B, T]`` (T = longest response)."""
+    width, t_max = max(len(p) + len(r) for p, r in zip(prompt_ids, responses)), max(len(r) for r in responses)
+    ids = torch.full((len(responses), width), pad_id, dtype=torch.long)
+    attn = torch.zeros_like(ids)
+    pos = torch.zeros(len(responses), t_max, dtype=torch.long)
+    mask = torch.zeros(len(responses), t_max)
+    for i, (p, r) in enumerate(zip(prompt_ids, responses)):
+        ids[i, : len(p) + len(r)] = torch.tensor([*p, *r])
+        attn[i, : len(p) + len(r)] = 1
+        pos[i, : len(r)] = torch.arange(len(p) - 1, len(p) - 1 + len(r))
+        mask[i, : len(r)] = 1
+    targets = ids.gather(1, (pos + 1).clamp(max=width - 1))
+    return ids.to(device), attn.to(device), pos.to(device), targets.to(device), mask.to(device)
+
+
+def _response_states(
+    model: torch.nn.Module, prompt_ids: Sequence[Sequence[int]], responses: Sequence[Sequence[int]], pad_id: int
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The decoder's last hidden states at the positions predicting each response token ``[B, T, H]`` (one
+    right-padded forward, no KV cache), the targets and the mask ``[B, T]``."""
+    ids, attn, pos, targets, mask = _right_padded(prompt_ids, responses, pad_id, next(model.parameters()).device)
+    hidden = model.get_decoder()(input_ids=ids, attention_mask=attn, use_cache=False).last_hidden_state
+    return hidden.gather(1, pos[..., None].expand(-1, -1, hidden.shape[-1])), targets, mask
+
+
 def response_logits(
     model: torch.nn.Module, prompt_ids: Sequence[Sequence[int]], responses: Sequence[Sequence[int]], pad_id: int
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Logits predicting each response token, ``[B, T, V]`` fp32, its target ids ``[B, T]`` and a ``[B, T]`` mask
-    (T = longest response), from one right-padded forward pass (``model(input_ids, attention_mask).logits``)."""
-    device = next(model.parameters()).device
-    seqs = [list(p) + list(r) for p, r in zip(prompt_ids, responses)]
-    width = max(len(s) for s in seqs)
-    t_max = max(len(r) for r in responses)
-    ids = torch.full((len(seqs), width), pad_id, dtype=torch.long)
-    attn = torch.zeros_like(ids)
-    gather_pos = torch.zeros(len(seqs), t_max, dtype=torch.long)
-    mask = torch.zeros(len(seqs), t_max)
-    for i, (p, r) in enumerate(zip(prompt_ids, responses)):
-        ids[i, : len(p) + len(r)] = torch.tensor(seqs[i])
-        attn[i, : len(p) + len(r)] = 1
-        gather_pos[i, : len(r)] = torch.arange(len(p) - 1, len(p) - 1 + len(r))
-        mask[i, : len(r)] = 1
-    ids, attn, gather_pos, mask = ids.to(device), attn.to(device), gather_pos.to(device), mask.to(device)
-    logits = model(input_ids=ids, attention_mask=attn).logits
-    logits = logits.gather(1, gather_pos[..., None].expand(-1, -1, logits.shape[-1])).float()
-    targets = ids.gather(1, (gather_pos + 1).clamp(max=width - 1))
-    return logits, targets, mask
+    """Logits W h predicting each response token ``[B, T, V]`` fp32 (W: the output embedding, applied at those
+    positions only), its target ids ``[B, T]`` and a ``[B, T]`` mask."""
+    hidden, targets, mask = _response_states(model, prompt_ids, responses, pad_id)
+    return model.get_output_embeddings()(hidden).float(), targets, mask
 
 
-def _masked_token_logprobs(logits: torch.Tensor, targets: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """log softmax(logits)[targets], ``[B, T, V]`` -> ``[B, T]``, 0 where ``mask`` is 0."""
-    return torch.log_softmax(logits, dim=-1).gather(-1, targets[..., None]).squeeze(-1) * mask
+def _chunk_logprobs(head: torch.nn.Module, hidden: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """log_softmax(W h_i)[y_i] in fp32, ``[n, H]`` -> ``[n]``."""
+    return torch.log_softmax(head(hidden).float(), dim=-1).gather(-1, targets[:, None]).squeeze(-1)
+
+
+def _token_logprobs(
+    model: torch.nn.Module, hidden: torch.Tensor, targets: torch.Tensor, mask: torch.Tensor, chunk_tokens: int
+) -> torch.Tensor:
+    """log pi_t = log_softmax(W h_t)[y_t] where ``mask`` is 1 (0 elsewhere), ``[B, T, H]`` -> ``[B, T]`` fp32: the
+    masked states in chunks of ``chunk_tokens``, each checkpointed (its [n, V] logits are recomputed in backward)."""
+    sel = mask.bool()
+    head = model.get_output_embeddings()
+    parts = [checkpoint(_chunk_logprobs, head, h, y, use_reentrant=False)
+             for h, y in zip(hidden[sel].split(chunk_tokens), targets[sel].split(chunk_tokens))]
+    return torch.zeros_like(mask).masked_scatter(sel, torch.cat(parts))
 
 
 def response_logprobs(
-    model: torch.nn.Module, prompt_ids: Sequence[Sequence[int]], responses: Sequence[Sequence[int]], pad_id: int
+    model: torch.nn.Module, prompt_ids: Sequence[Sequence[int]], responses: Sequence[Sequence[int]], pad_id: int,
+    chunk_tokens: int = PopiConfig.logit_chunk_tokens,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """log pi(response_b[t] | prompt_b, response_b[:t]) as ``[B, T]`` (0 at padding) plus the ``[B, T]`` mask."""
-    logits, targets, mask = response_logits(model, prompt_ids, responses, pad_id)
-    return _masked_token_logprobs(logits, targets, mask), mask
+    hidden, targets, mask = _response_states(model, prompt_ids, responses, pad_id)
+    return _token_logprobs(model, hidden, targets, mask, chunk_tokens), mask
 
 
 def prompt_cached_logprobs(
-    model: torch.nn.Module, prompt_ids: Sequence[int], responses: Sequence[Sequence[int]], pad_id: int
+    model: torch.nn.Module, prompt_ids: Sequence[int], responses: Sequence[Sequence[int]], pad_id: int,
+    chunk_tokens: int = PopiConfig.logit_chunk_tokens,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """As ``response_logprobs`` for B responses to one prompt, with the prompt encoded once: the prefix
     ``prompt[:-1]`` fills a KV cache (expanded to B rows), then ``[prompt[-1]] + response[:-1]`` (right-padded to
     T) is run on top of it, so position t predicts ``response[t]``. Returns ``[B, T]`` log-probs and mask."""
     device = next(model.parameters()).device
+    decoder = model.get_decoder()
     b, t_max = len(responses), max(len(r) for r in responses)
     ids = torch.full((b, t_max), pad_id, dtype=torch.long)
     targets = torch.zeros(b, t_max, dtype=torch.long)
@@ -148,12 +186,13 @@ def prompt_cached_logprobs(
     ids, targets, mask = ids.to(device), targets.to(device), mask.to(device)
     cache, n_prefix = None, len(prompt_ids) - 1
     if n_prefix:
-        layers = model(input_ids=torch.tensor([list(prompt_ids[:-1])], device=device), use_cache=True).past_key_values.layers
+        prefix = torch.tensor([list(prompt_ids[:-1])], device=device)
+        layers = decoder(input_ids=prefix, use_cache=True).past_key_values.layers
         cache = DynamicCache(ddp_cache_data=[(lay.keys.expand(b, -1, -1, -1), lay.values.expand(b, -1, -1, -1))
                                              for lay in layers], config=model.config)
     attn = torch.cat([torch.ones(b, n_prefix, device=device), mask], 1).long()
-    logits = model(input_ids=ids, attention_mask=attn, past_key_values=cache).logits.float()
-    return _masked_token_logprobs(logits, targets, mask), mask
+    hidden = decoder(input_ids=ids, attention_mask=attn, past_key_values=cache).last_hidden_state
+    return _token_logprobs(model, hidden, targets, mask, chunk_tokens), mask
 
 
 @dataclass
@@ -284,6 +323,56 @@ class _StreamingProjection:
             h.remove()
 
 
+def micro_batches(lengths: Sequence[int], prompt_len: int, budget: int, share_prompt: bool) -> list[list[int]]:
+    """Row indices, longest first, cut greedily into micro-batches of at most ``budget`` tokens (one row at least):
+    n rows of longest response T cost n (|s| + T) tokens padded, or |s| + n T with ``share_prompt``."""
+    out: list[list[int]] = []
+    for i in sorted(range(len(lengths)), key=lambda i: -lengths[i]):
+        if out:
+            n, longest = len(out[-1]) + 1, lengths[out[-1][0]]
+            if (prompt_len + n * longest if share_prompt else n * (prompt_len + longest)) <= budget:
+                out[-1].append(i)
+                continue
+        out.append([i])
+    return out
+
+
+def checkpointing_conflict(share_prompt: bool, gradient_checkpointing: bool) -> str | None:
+    """Why ``share_prompt`` cannot run under gradient checkpointing (HF drops KV caches in checkpointed layers, so
+    the prompt's cache would be silently ignored), or None."""
+    if share_prompt and gradient_checkpointing:
+        return ("share_prompt needs the prompt's KV cache, which HF gradient checkpointing drops: set share_prompt "
+                "to false or turn gradient checkpointing off")
+    return None
+
+
+def active_dropout(model: torch.nn.Module) -> list[str]:
+    """What train mode would make random: dropout modules with p > 0 and config rates (``*dropout*``, ``*pdrop*``)
+    above 0."""
+    mods = [f"{n}.p={m.p}" for n, m in model.named_modules() if isinstance(m, torch.nn.modules.dropout._DropoutNd)
+            and m.p > 0]
+    config = model.config.to_dict() if hasattr(model, "config") else {}
+    rates = [f"config.{k}={v}" for k, v in config.items() if ("dropout" in k or "pdrop" in k)
+             and isinstance(v, (int, float)) and not isinstance(v, bool) and v > 0]
+    return mods + rates
+
+
+def _train_mode(model: torch.nn.Module, share_prompt: bool) -> bool:
+    """The mode of the pass: train iff HF gradient checkpointing is on (HF checkpoints its layers only in train mode),
+    refused when train mode would add dropout (another, random surrogate) or the KV cache ``share_prompt`` needs
+    would be dropped; eval otherwise."""
+    if not getattr(model, "is_gradient_checkpointing", False):
+        return False
+    conflict = checkpointing_conflict(share_prompt, True)
+    if conflict:
+        raise ValueError(conflict)
+    dropout = active_dropout(model)
+    if dropout:
+        raise ValueError(f"gradient checkpointing runs the model in train mode, where dropout is active ({dropout}): "
+                         "set those rates to 0 or turn gradient checkpointing off")
+    return True
+
+
 def popi_features(
     model: torch.nn.Module,
     prompts: Iterable[PromptRollouts],
@@ -294,10 +383,11 @@ def popi_features(
     total: int | None = None,
 ) -> PopiResult:
     """P g_s for every prompt with a non-zero advantage (see the module docstring)."""
+    train = _train_mode(model, cfg.share_prompt)
     stream = _StreamingProjection(model, projector, cfg.stream_buffer)
     ids, feats, zero, nonfinite = [], [], [], []
     was_training = model.training
-    model.eval()  # no dropout: the gradient of the deterministic surrogate
+    model.train(train)  # without dropout either way: the deterministic surrogate's gradient
     try:
         for pr in tqdm(prompts, desc="POPI gradients", unit="prompt", disable=not progress, total=total):
             if is_zero_advantage(pr.rewards):
@@ -305,13 +395,15 @@ def popi_features(
                 continue
             adv = group_advantages(pr.rewards, cfg.adv_eps).tolist()
             rows = response_rows(pr, adv, cfg.merge_duplicates and cfg.clip_ratio is None)
-            for s in range(0, len(rows), cfg.micro_batch):
-                chunk = rows[s : s + cfg.micro_batch]
+            lengths = [len(r.tokens) for r in rows]
+            for batch in micro_batches(lengths, len(pr.prompt_ids), cfg.micro_batch_tokens, cfg.share_prompt):
+                chunk = [rows[i] for i in batch]
                 resp = [r.tokens for r in chunk]
                 if cfg.share_prompt:
-                    logp, mask = prompt_cached_logprobs(model, pr.prompt_ids, resp, pad_id)
+                    logp, mask = prompt_cached_logprobs(model, pr.prompt_ids, resp, pad_id, cfg.logit_chunk_tokens)
                 else:
-                    logp, mask = response_logprobs(model, [pr.prompt_ids] * len(resp), resp, pad_id)
+                    logp, mask = response_logprobs(model, [pr.prompt_ids] * len(resp), resp, pad_id,
+                                                   cfg.logit_chunk_tokens)
                 ref, coef = _padded([r.ref for r in chunk], logp), _padded([r.coef for r in chunk], logp)
                 popi_loss(logp, ref, mask, coef, len(pr.responses), cfg.clip_ratio).backward()
             f = stream.take()

@@ -246,8 +246,8 @@ def main(cfg: DictConfig) -> None:
     pool, pool_table = pool_summary(train_roll, frames["train"])
     inf = cfg.influence
     group = InfluenceWorkerGroup(inf.workers, use_gpu=False, threads=inf.threads_per_worker)
-    popi = PopiConfig(micro_batch=inf.micro_batch, clip_ratio=inf.clip_ratio, share_prompt=inf.share_prompt,
-                      merge_duplicates=inf.merge_duplicates)
+    popi = PopiConfig(micro_batch_tokens=inf.micro_batch_tokens, clip_ratio=inf.clip_ratio,
+                      share_prompt=inf.share_prompt, merge_duplicates=inf.merge_duplicates)
     tok = AutoTokenizer.from_pretrained(policy_dir)
     manifest = group.init_model(str(policy_dir), {"method": inf.method, "k": inf.k, "seed": inf.seed,
                                                   "subset_ratio": inf.subset_ratio, "native": inf.native},

@@ -2,7 +2,8 @@
 
 ``check_cropi_config`` collects every problem (a key that breaks its rule in ``CROPI_RULES``, such as a fraction
 outside (0, 1] or an unknown strategy; a missing rollouts file, a scoring set absent from the validation rollouts,
-a ``save_freq`` that does not divide the stage length, ...) and raises one ``ValueError`` that lists them all,
+a ``save_freq`` that does not divide the stage length, an actor checkpoint without ``hf_model`` when boundaries
+after stage 0 are scored, a trainer other than verl's sync v1, ...) and raises one ``ValueError`` that lists them all,
 before any GPU work starts.
 """
 
@@ -10,10 +11,12 @@ from __future__ import annotations
 
 from dataclasses import fields
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Annotated, Any, Literal, Mapping, Sequence
+
+from pydantic import Field
 
 from cropi_verl.curriculum.schedule import STRATEGIES, StageSchedule
-from cropi_verl.influence.gradients import PopiConfig
+from cropi_verl.influence.gradients import PopiConfig, checkpointing_conflict
 from cropi_verl.influence.projection import METHODS
 from cropi_verl.influence.scoring import METRICS
 from cropi_verl.utils.config_rules import (
@@ -27,23 +30,28 @@ from cropi_verl.utils.config_rules import (
     config_problems,
     one_of,
 )
+from cropi_verl.workers.group import WORKER_DTYPES, resolve_worker_precision
+
+AutoFlag = Annotated[Literal["auto"] | Flag, Field(description="auto, true or false")]
 
 CROPI_RULES = {
     "num_stages": Count, "steps_per_stage": Count, "fraction": Fraction, "strategy": one_of(STRATEGIES),
     "rescore": Flag, "seed": NonNegativeInt, "metric": one_of(METRICS), "max_val_prompts": Count, "shard_size": Count,
     "projection.method": one_of(METHODS), "projection.k": Count, "projection.seed": NonNegativeInt,
     "projection.subset_ratio": Fraction, "projection.native": Flag,
-    "popi.micro_batch": Count, "popi.clip_ratio": OptionalPositive, "popi.adv_eps": Positive,
-    "popi.share_prompt": Flag, "popi.merge_duplicates": Flag, "popi.stream_buffer": Count,
+    "popi.micro_batch_tokens": Count, "popi.logit_chunk_tokens": Count, "popi.clip_ratio": OptionalPositive,
+    "popi.adv_eps": Positive, "popi.share_prompt": Flag, "popi.merge_duplicates": Flag, "popi.stream_buffer": Count,
     "workers.n": OptionalCount, "workers.use_gpu": Flag, "workers.threads": Count,
+    "workers.dtype": one_of(WORKER_DTYPES), "workers.gradient_checkpointing": AutoFlag,
 }
 
 
-def _problems(cropi: Mapping[str, Any], trainer: Mapping[str, Any]) -> list[str]:
+def _problems(cropi: Mapping[str, Any], trainer: Mapping[str, Any], save_contents: Sequence[str] | None) -> list[str]:
     out = config_problems(cropi, CROPI_RULES, prefix="cropi.")
     unknown = sorted(set(cropi.get("popi") or {}) - {f.name for f in fields(PopiConfig)})
     if unknown:
         out.append(f"cropi.popi has unknown keys {unknown}: expected {[f.name for f in fields(PopiConfig)]}")
+    out += _checkpointing_problems(cropi)
     influence = cropi.get("strategy") in ("cropi", "influence_max", "influence_oneshot")
     train = cropi.get("train_rollouts")
     if influence or cropi.get("strategy") in ("pass_rate", "learnability"):
@@ -59,17 +67,69 @@ def _problems(cropi: Mapping[str, Any], trainer: Mapping[str, Any]) -> list[str]
         missing = [n for n in (cropi.get("val_sets") or []) if n not in val]
         if missing:
             out.append(f"cropi.val_sets {missing} are absent from cropi.val_rollouts (have: {sorted(val)})")
+    out += _trainer_problems(trainer, cropi, save_contents)
+    return out
+
+
+def _checkpointing_problems(cropi: Mapping[str, Any]) -> list[str]:
+    """``popi.share_prompt`` with the workers' gradient checkpointing as resolved for their device (``auto``: on
+    with a GPU)."""
+    workers, share = cropi.get("workers") or {}, (cropi.get("popi") or {}).get("share_prompt")
+    _, ckpt = resolve_worker_precision("auto", workers.get("gradient_checkpointing"), workers.get("use_gpu") is True)
+    conflict = checkpointing_conflict(share is True, ckpt)
+    if not conflict:
+        return []
+    return [f"cropi.popi.share_prompt=true with cropi.workers.gradient_checkpointing="
+            f"{workers.get('gradient_checkpointing')} (use_gpu={workers.get('use_gpu')}): {conflict}"]
+
+
+def _trainer_problems(trainer: Mapping[str, Any], cropi: Mapping[str, Any], save_contents: Sequence[str] | None) -> list[str]:
+    """The verl keys CROPI depends on: the sync v1 trainer, and a checkpoint with HF weights at every boundary."""
+    out = []
+    mode = (trainer.get("v1") or {}).get("trainer_mode", "sync")
+    if not trainer.get("use_v1", True) or mode != "sync":
+        out.append(f"trainer.use_v1={trainer.get('use_v1', True)}, trainer.v1.trainer_mode={mode}: CROPI runs on "
+                   "verl's synchronous v1 trainer only (use_v1=true, trainer_mode=sync)")
     save_freq, sps = trainer.get("save_freq", -1), cropi.get("steps_per_stage")
     if isinstance(sps, int) and sps > 0 and isinstance(save_freq, int) and save_freq > 0 and sps % save_freq:
         out.append(f"trainer.save_freq={save_freq} must divide cropi.steps_per_stage={sps}, so that every stage "
                    "boundary has a checkpoint to resume from and to score at")
+    if not _scores_after_stage_0(cropi):
+        return out
+    if isinstance(save_freq, int) and save_freq <= 0:
+        out.append(f"trainer.save_freq={save_freq}: strategy {cropi.get('strategy')} scores the pool at every stage "
+                   "boundary from the checkpoint saved there; set save_freq to a divisor of cropi.steps_per_stage")
+    if save_contents is not None and "hf_model" not in save_contents:
+        out.append(f"actor_rollout_ref.actor.checkpoint.save_contents={list(save_contents)} lacks hf_model: the "
+                   "influence workers load the boundary's weights from global_step_N/actor/huggingface")
     return out
 
 
-def check_cropi_config(cropi: Mapping[str, Any], trainer: Mapping[str, Any]) -> StageSchedule:
-    """Validate the ``cropi`` group (and the trainer keys it depends on); returns the stage schedule."""
-    problems = _problems(cropi, trainer)
+def _scores_after_stage_0(cropi: Mapping[str, Any]) -> bool:
+    """Whether an influence pass runs at a boundary after stage 0 (it then reads a saved checkpoint)."""
+    try:
+        schedule = StageSchedule(cropi["num_stages"], cropi["steps_per_stage"], 1.0, cropi["strategy"], cropi["rescore"])
+    except (KeyError, TypeError, ValueError):
+        return False  # reported by the key rules
+    return any(schedule.needs_pass(s) for s in range(1, schedule.num_stages))
+
+
+def check_cropi_config(cropi: Mapping[str, Any], trainer: Mapping[str, Any],
+                       save_contents: Sequence[str] | None = None) -> StageSchedule:
+    """Validate the ``cropi`` group and the verl keys it depends on (``trainer``, and the actor's checkpoint
+    ``save_contents`` when given); returns the stage schedule."""
+    problems = _problems(cropi, trainer, save_contents)
     if problems:
         raise ValueError("bad CROPI config: " + "; ".join(problems))
     return StageSchedule(cropi["num_stages"], cropi["steps_per_stage"],
                          1.0 if cropi["strategy"] == "full" else cropi["fraction"], cropi["strategy"], cropi["rescore"])
+
+
+def check_composed_config(config) -> StageSchedule:
+    """``check_cropi_config`` on a composed recipe config (its ``cropi``, ``trainer`` and actor ``save_contents``)."""
+    from omegaconf import OmegaConf
+
+    save_contents = OmegaConf.select(config, "actor_rollout_ref.actor.checkpoint.save_contents")
+    return check_cropi_config(OmegaConf.to_container(config.cropi, resolve=True),
+                              OmegaConf.to_container(config.trainer, resolve=True),
+                              None if save_contents is None else list(save_contents))

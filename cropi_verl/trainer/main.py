@@ -13,7 +13,7 @@ import hydra
 import ray
 from omegaconf import DictConfig, OmegaConf
 
-from cropi_verl.trainer.curriculum_config import check_cropi_config
+from cropi_verl.trainer.curriculum_config import check_composed_config
 from cropi_verl.utils.cli import one_line_errors
 
 
@@ -57,8 +57,7 @@ def check(config: DictConfig) -> None:
     from verl.trainer.ppo.utils import need_critic, need_reference_policy
     from verl.utils.config import validate_config
 
-    check_cropi_config(OmegaConf.to_container(config.cropi, resolve=True),
-                       OmegaConf.to_container(config.trainer, resolve=True))
+    check_composed_config(config)
     try:
         validate_config(config=config, use_reference_policy=need_reference_policy(config),
                         use_critic=need_critic(config))

@@ -4,7 +4,8 @@ CPU: ``RayResourcePool([n], use_gpu=False)``; GPU: ``use_gpu=True`` (one GPU per
 are counted on the driver and never shipped. The rest are dealt to the ranks by estimated cost (``balanced_order``),
 laid out so that DP_COMPUTE_PROTO's equal contiguous chunks are those deals (short deals are topped up with empty
 zero-advantage rows that cost nothing), and put back in input order. Each prompt's feature is computed alone, so
-the result does not depend on the deal or the worker count.
+the result does not depend on the deal or the worker count. ``release()`` frees the workers' models between passes
+(the workers stay up); ``resolve_worker_precision`` turns the ``cropi.workers`` ``auto`` keys into settings.
 """
 
 from __future__ import annotations
@@ -20,6 +21,18 @@ from cropi_verl.influence.gradients import PopiResult, PromptRollouts, is_zero_a
 from cropi_verl.workers.influence_worker import InfluenceWorker, rollouts_to_proto
 
 log = logging.getLogger(__name__)
+
+WORKER_DTYPES = ("auto", "float32", "bfloat16", "float16")
+
+
+def resolve_worker_precision(dtype: str, gradient_checkpointing: bool | str, use_gpu: bool) -> tuple[str, bool]:
+    """``(dtype, gradient_checkpointing)`` for the workers, ``auto`` resolved for the device: bfloat16 with
+    checkpointing on a GPU, float32 without it on the CPU."""
+    if dtype not in WORKER_DTYPES:
+        raise ValueError(f"worker dtype {dtype!r}: expected one of {', '.join(WORKER_DTYPES)}")
+    if dtype == "auto":
+        dtype = "bfloat16" if use_gpu else "float32"
+    return dtype, use_gpu if gradient_checkpointing == "auto" else bool(gradient_checkpointing)
 
 
 class InfluenceWorkerGroup:
@@ -46,11 +59,20 @@ class InfluenceWorkerGroup:
         for pg in (self.pool.pgs or []) if self.owns_pool else []:
             ray.util.remove_placement_group(pg)
 
-    def init_model(self, model_path: str, projector: dict, popi: dict, pad_id: int) -> dict:
-        """Load the policy and projector on every worker; returns the feature-store manifest (projector, POPI)."""
-        manifest = self.group.init_model(model_path, projector, popi, pad_id, self.device)[0]
+    def init_model(self, model_path: str, projector: dict, popi: dict, pad_id: int, dtype: str = "float32",
+                   gradient_checkpointing: bool | str = False) -> dict:
+        """Load the policy (in ``dtype``, with HF gradient checkpointing or not; ``auto`` values are resolved for
+        this group's device by ``resolve_worker_precision``) and the projector on every worker, freeing the previous
+        ones first; returns the feature-store manifest (projector, POPI, dtype)."""
+        dtype, gradient_checkpointing = resolve_worker_precision(dtype, gradient_checkpointing, self.device == "cuda")
+        manifest = self.group.init_model(model_path, projector, popi, pad_id, self.device, dtype,
+                                         gradient_checkpointing)[0]
         self.k = manifest["k"]
         return manifest
+
+    def release(self) -> None:
+        """Free every worker's model and projector (and its CUDA cache); ``init_model`` loads again."""
+        self.group.release()
 
     def update_weights(self, model: torch.nn.Module) -> "InfluenceWorkerGroup":
         """Send the current weights of ``model`` to every worker (one object-store copy); returns self, the

@@ -2,18 +2,22 @@
 
 Driven by a ``RayWorkerGroup`` (``InfluenceWorkerGroup``):
 
-- ``init_model(model_path, ...)`` (ONE_TO_ALL): load the policy architecture and weights, build the projector;
+- ``init_model(model_path, ..., dtype, gradient_checkpointing)`` (ONE_TO_ALL): free the previous model, load the
+  policy architecture and weights in ``dtype`` (HF gradient checkpointing optional), build the projector;
 - ``update_weights(state_dict)`` (ONE_TO_ALL): receive the *current* policy weights at a stage boundary, so no
   worker restarts between stages;
 - ``compute_features(data)`` (DP_COMPUTE_PROTO): the batch of prompts is split across ranks; each rank returns,
   per prompt, its feature ``P g_s`` (``[k]`` float32; zeros when skipped) and a status (``ok``, ``zero_advantage``,
-  ``nonfinite``).
+  ``nonfinite``);
+- ``release()`` (ONE_TO_ALL): free the model and projector (and the CUDA cache) between passes.
 
 Each prompt's feature is computed alone (``popi_features``), and every worker runs with the same thread count, so the
 result is bit-identical for any number of workers.
 """
 
 from __future__ import annotations
+
+import gc
 
 import numpy as np
 import torch
@@ -22,7 +26,13 @@ from verl.single_controller.base import Worker
 from verl.single_controller.base.decorator import Dispatch, register
 
 from cropi_verl.curriculum.influence_pass import store_manifest
-from cropi_verl.influence.gradients import PopiConfig, PromptRollouts, parameter_offsets, popi_features
+from cropi_verl.influence.gradients import (
+    PopiConfig,
+    PromptRollouts,
+    checkpointing_conflict,
+    parameter_offsets,
+    popi_features,
+)
 from cropi_verl.influence.projection import make_projector
 from cropi_verl.utils.faults import kill_point
 
@@ -52,32 +62,57 @@ class InfluenceWorker(Worker):
         super().__init__()
         torch.set_num_threads(threads)
         self.model: torch.nn.Module | None = None
+        self.projector = None
 
     @register(dispatch_mode=Dispatch.ONE_TO_ALL)
-    def init_model(self, model_path: str, projector: dict, popi: dict, pad_id: int, device: str = "cpu") -> dict:
-        """Load the policy at ``model_path`` and build ``make_projector(dim=#params, **projector)``; returns the
-        feature-store manifest of this setup (``store_manifest``)."""
+    def init_model(self, model_path: str, projector: dict, popi: dict, pad_id: int, device: str = "cpu",
+                   dtype: str = "float32", gradient_checkpointing: bool = False) -> dict:
+        """Free the previous model, then load the policy at ``model_path`` in ``dtype`` (a torch dtype name; the
+        POPI loss stays fp32) with HF gradient checkpointing or not, and build
+        ``make_projector(dim=#params, **projector)``; returns the feature-store manifest of this setup
+        (``store_manifest``, with ``dtype``)."""
         from transformers import AutoModelForCausalLM
 
+        popi_cfg = PopiConfig(**popi)
+        conflict = checkpointing_conflict(popi_cfg.share_prompt, gradient_checkpointing)
+        if conflict:
+            raise ValueError(conflict)
+        self.release()
+        self.popi = popi_cfg
         self.device = device
-        self.model = AutoModelForCausalLM.from_pretrained(model_path, dtype=torch.float32).to(device)
+        self.model = AutoModelForCausalLM.from_pretrained(model_path, dtype=getattr(torch, dtype)).to(device)
+        if gradient_checkpointing:
+            self.model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         _, dim = parameter_offsets(self.model)
         self.projector = make_projector(dim=dim, **projector)
-        self.popi = PopiConfig(**popi)
         self.pad_id = pad_id
-        return store_manifest(self.projector, self.popi)
+        return store_manifest(self.projector, self.popi, dtype=dtype)
+
+    @register(dispatch_mode=Dispatch.ONE_TO_ALL)
+    def release(self) -> None:
+        """Free the model and projector, and return the freed CUDA memory to the device (``empty_cache``)."""
+        self.model = self.projector = None
+        gc.collect()
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+
+    def _loaded(self) -> torch.nn.Module:
+        """The model, or a clear error once released."""
+        if self.model is None:
+            raise RuntimeError("the influence worker holds no model (released): call init_model first")
+        return self.model
 
     @register(dispatch_mode=Dispatch.ONE_TO_ALL)
     def update_weights(self, state_dict: dict[str, torch.Tensor]) -> None:
         """Load the current policy's weights (strict: every key must match the model)."""
-        self.model.load_state_dict(state_dict, strict=True)
+        self._loaded().load_state_dict(state_dict, strict=True)
 
     @register(dispatch_mode=Dispatch.DP_COMPUTE_PROTO)
     def compute_features(self, data: DataProto) -> DataProto:
         """Per prompt: ``features`` [n, k] and ``status`` (see the module docstring)."""
         prompts = proto_to_rollouts(data)
         kill_point("influence_worker")
-        res = popi_features(self.model, prompts, self.projector, self.pad_id, self.popi)
+        res = popi_features(self._loaded(), prompts, self.projector, self.pad_id, self.popi)
         row = {int(p): i for i, p in enumerate(res.prompt_ids)}
         feats = torch.zeros(len(prompts), self.projector.k)
         status = np.empty(len(prompts), dtype=object)

@@ -1,0 +1,26 @@
+#!/usr/bin/env bash
+# CROPI on verl's real trainer, on the CPU: the tiny policy on the embedded task (configs/verl_cpu/tiny.yaml over
+# configs/cropi_trainer.yaml).
+#   bash recipes/run_cropi_tiny_verl_cpu.sh [hydra overrides]
+# Installs .venv on first use. The same command resumes (trainer.resume_mode=auto). Environment:
+#   OUT (outputs/verl_cpu): data, rollouts, checkpoints; PREPARE_ARGS: overrides of the demo config (tiny_cpu.yaml)
+#   for the data, the policy and the offline rollouts (default: preset=quick).
+set -euo pipefail
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+bash "$ROOT/scripts/setup_env.sh"
+cd "$ROOT"
+PY="$ROOT/.venv/bin/python"
+OUT="${OUT:-outputs/verl_cpu}"
+read -r -a PREPARE <<< "${PREPARE_ARGS:-preset=quick}"
+POLICY="$("$PY" -m cropi_verl.verl_cpu.prepare "output_dir=$OUT" "${PREPARE[@]}" | tail -n 1)"
+
+export VERL_PLATFORM=cpu VERL_USE_EXTERNAL_MODULES=cropi_verl.verl_cpu RAY_AUTH_MODE=disabled
+exec "$PY" -m cropi_verl.trainer.main +verl_cpu=tiny \
+  actor_rollout_ref.model.path="$POLICY" \
+  data.train_files="$OUT/data/train.parquet" \
+  "data.val_files=[$OUT/data/val_add.parquet,$OUT/data/val_sub.parquet,$OUT/data/val_mixed.parquet]" \
+  reward.custom_reward_function.path="$ROOT/cropi_verl/rewards/__init__.py" \
+  cropi.train_rollouts="$OUT/rollouts/train/rollouts.parquet" \
+  "cropi.val_rollouts={val_add:$OUT/rollouts/val_add/rollouts.parquet,val_sub:$OUT/rollouts/val_sub/rollouts.parquet}" \
+  trainer.default_local_dir="$OUT/checkpoints" \
+  "$@"

@@ -1,0 +1,55 @@
+#!/usr/bin/env bash
+# One-machine GPU check (an H100/H200 with torch; no verl, ray or vLLM needed), under 8 minutes in all:
+#   1. installs what the influence pass and the tests need, only where missing or too old (transformers, tokenizers,
+#      tqdm, numpy, pandas, pyarrow, pydantic, pyyaml, pytest; pyproject.toml's bounds), never touching torch;
+#   2. runs scripts/gpu_pass_check.py --pytest: the tests marked gpu, then the influence pass on random-init
+#      Qwen2.5-1.5B and -7B against cropi_verl/plan.py; each part is recorded, errors included, in
+#      $OUT/gpu_check.json (./gpu_check.json without OUT), which is also printed.
+#   bash scripts/gpu_check.sh [more gpu_pass_check.py arguments]
+# Environment: PYTHON (python); CROPI_WHEELS=DIR installs from local wheels only (pip --no-index --find-links DIR),
+# for a machine without network access.
+set -uo pipefail
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cd "$ROOT" || exit 1
+PYTHON="${PYTHON:-python}"
+TOTAL_S=470        # the whole script's budget (seconds)
+INSTALL_S=90       # pip's share of it
+export PYTHONPATH="$ROOT${PYTHONPATH:+:$PYTHONPATH}" HF_HUB_OFFLINE=1 TOKENIZERS_PARALLELISM=false
+SETUP_LOG="$(mktemp)"
+trap 'rm -f "$SETUP_LOG"' EXIT
+
+REQUIREMENTS=("transformers>=5.5.3,<5.11,!=5.6.0" tokenizers tqdm "numpy>=2" pandas "pyarrow>=19" "pydantic>=2.6" pyyaml
+              "pytest>=8")
+mapfile -t MISSING < <("$PYTHON" - "${REQUIREMENTS[@]}" <<'EOF'
+import sys
+from importlib.metadata import PackageNotFoundError, version
+try:
+    from packaging.requirements import Requirement
+except ImportError:
+    from pip._vendor.packaging.requirements import Requirement
+for spec in sys.argv[1:]:
+    req = Requirement(spec)
+    try:
+        ok = req.specifier.contains(version(req.name), prereleases=True)
+    except PackageNotFoundError:
+        ok = False
+    if not ok:
+        print(spec)
+EOF
+)
+if ((${#MISSING[@]})); then
+  TORCH="$("$PYTHON" -c 'import torch; print(torch.__version__)' 2>/dev/null)"
+  PIP=("$PYTHON" -m pip install -q --disable-pip-version-check --timeout 20 --retries 1)
+  [[ -n "${CROPI_WHEELS:-}" ]] && PIP+=(--no-index --find-links "$CROPI_WHEELS")
+  [[ -n "$TORCH" ]] && PIP+=(-c /dev/stdin)   # torch pinned to the installed version
+  echo "installing: ${MISSING[*]}" | tee -a "$SETUP_LOG"
+  echo "torch==$TORCH" | timeout "$INSTALL_S" "${PIP[@]}" "${MISSING[@]}" >>"$SETUP_LOG" 2>&1 \
+    || echo "pip install failed or timed out (exit $?); the parts that need the package record the error" \
+      | tee -a "$SETUP_LOG"
+else
+  echo "all required packages present" >>"$SETUP_LOG"
+fi
+
+LEFT=$((TOTAL_S - SECONDS))
+timeout "$LEFT" "$PYTHON" scripts/gpu_pass_check.py --pytest --total-budget-s $((LEFT - 15)) \
+  --setup-log "$SETUP_LOG" "$@"

@@ -1,0 +1,125 @@
+"""The memory and time plan (cropi_verl/plan.py) against real parameter counts and a hand computation, and
+scripts/gpu_pass_check.py end to end on a tiny CPU model."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+import torch
+from transformers import Qwen2Config, Qwen2ForCausalLM
+
+from cropi_verl.plan import GpuSpec, ModelShape, RecipeShape, WorkerSettings, format_plan, plan, plan_from_files
+from scripts_helpers import ROOT
+
+SMALL = dict(hidden_size=8, intermediate_size=12, num_hidden_layers=2, num_attention_heads=2, num_key_value_heads=1,
+             vocab_size=20, tie_word_embeddings=True)
+
+
+@pytest.mark.parametrize("config", [
+    SMALL,
+    dict(SMALL, tie_word_embeddings=False),
+    dict(hidden_size=32, intermediate_size=80, num_hidden_layers=3, num_attention_heads=4, num_key_value_heads=4,
+         vocab_size=97, tie_word_embeddings=False),  # no GQA
+    dict(hidden_size=24, intermediate_size=40, num_hidden_layers=2, num_attention_heads=3, num_key_value_heads=1,
+         vocab_size=50, tie_word_embeddings=True, head_dim=16),  # head_dim != hidden / heads
+    dict(hidden_size=16, intermediate_size=200, num_hidden_layers=1, num_attention_heads=2, num_key_value_heads=1,
+         vocab_size=8, tie_word_embeddings=True),  # an MLP matrix is the largest tensor
+])
+def test_parameter_count_matches_a_random_init_qwen2(config):
+    model = Qwen2ForCausalLM(Qwen2Config(**config, max_position_embeddings=64))
+    shape = ModelShape.from_config(model.config.to_dict())
+    assert shape.params() == sum(p.numel() for p in model.parameters())
+    assert shape.largest_param() == max(p.numel() for p in model.parameters())
+
+
+def test_plan_by_hand():
+    """SMALL (H 8, I 12, L 2, a 2, g 1, d 4, V 20, tied) on 2 GPUs, prompt 4, response 6, K 8."""
+    # per layer: q 8*8+8 = 72, k and v 8*4+4 = 36 each, o 64, MLP 3*8*12 = 288, norms 2*8 = 16 -> 512
+    # P = 20*8 (embedding) + 2*512 + 8 (final norm) = 1192; largest tensor: the [20, 8] embedding, 160
+    m = ModelShape.from_config(SMALL)
+    assert (m.layer_params(), m.params(), m.largest_param()) == (512, 1192, 160)
+    r = RecipeShape(n_gpus=2, max_prompt_length=4, max_response_length=6, responses_per_prompt=8, train_batch_size=4,
+                    ppo_max_token_len_per_gpu=30, gpu_memory_utilization=0.5)
+    w = WorkerSettings("bf16", True, micro_batch_tokens=16, logit_chunk_tokens=5, stream_buffer=100, projection_k=8)
+    gpu = GpuSpec(memory_bytes=40000, peak_flops=1e6, mfu=0.5, margin=0.1)
+    p = plan(m, r, w, gpu)
+    # actor: 16*1192/2 = 9536; T = 30: inputs 30*8*2*2 = 960, one layer 30*(16*8 + 3*12)*2 = 9840, logits 30*20*4 = 2400
+    assert p.memory["actor"] == 9536 + 960 + 9840 + 2400 == 22736
+    assert p.memory["rollout (asleep)"] == 0 and p.rollout_awake == 20000
+    # worker: (1192 + 160)*2 = 2704 weights + largest grad; staging min(100, 1192)*4 = 400; a micro-batch holds
+    # 16 // (4 + 6) = 1 row, 10 tokens: inputs 10*8*2*2 = 320 + one layer 10*164*2 = 3280; logits 3*4*20*min(5, 6)
+    # = 1200; projector 8*8 + 4*8*ceil(160 / 2^18) = 96
+    assert p.memory["influence worker"] == 2704 + 400 + 320 + 3280 + 1200 + 96 == 8000
+    # time: 8 (fwd 2 + bwd 4 + recompute 2) * 1192 * 8*(4 + 6) tokens / (1e6 * 0.5)
+    assert p.tokens_per_prompt == 80 and p.flops_per_prompt == 8 * 1192 * 80 == 762880
+    assert p.seconds_per_prompt == pytest.approx(1.52576)
+    assert p.update_seconds_per_step == pytest.approx(8 * 1192 * (4 * 8 * 10) / 2 / 5e5)
+    assert p.total == 30736 and p.fits() == (True, [])  # <= 0.9 * 40000
+    ok, reasons = p.fits(34000)  # 0.9 * 34000 = 30600 < 30736
+    assert not ok and "90% of" in reasons[0] and "largest component: actor" in reasons[1]
+
+
+def test_plan_without_checkpointing_fp32_shared_prompt():
+    m = ModelShape.from_config(SMALL)
+    r = RecipeShape(n_gpus=2, max_prompt_length=4, max_response_length=6, responses_per_prompt=8)
+    w = WorkerSettings("fp32", False, micro_batch_tokens=40, logit_chunk_tokens=5, stream_buffer=100, projection_k=8,
+                       share_prompt=True)
+    p = plan(m, r, w)
+    # share_prompt: (40 - 4) // 6 = 6 rows, 4 + 36 = 40 tokens; all 2 layers' activations 2*40*164*4 = 52480
+    assert p.memory["influence worker"] == (1192 + 160) * 4 + 400 + 52480 + 1200 + 96 == 59584
+    assert p.tokens_per_prompt == 4 + 8 * 6 and p.flops_per_prompt == 6 * 1192 * 52
+
+
+def test_plan_from_files_and_format(tmp_path):
+    cfg = Qwen2Config(**dict(SMALL, tie_word_embeddings=False))
+    cfg.save_pretrained(tmp_path)
+    recipe = RecipeShape(max_prompt_length=4, max_response_length=6)
+    by_dir, by_file = plan_from_files(tmp_path, recipe), plan_from_files(tmp_path / "config.json", recipe)
+    assert by_dir == by_file and by_dir.params == 1352
+    lines = format_plan(by_dir)
+    assert [line.split()[0] for line in lines[1:5]] == ["actor", "rollout", "influence", "total"]
+    assert "fits" in lines[5] and "estimate" in lines[-1] and "s/prompt" in lines[-1]
+    tight = plan_from_files(tmp_path, recipe, gpu=GpuSpec(memory_bytes=1000))
+    assert "DOES NOT FIT" in format_plan(tight)[5]
+    (tmp_path / "config.json").write_text(json.dumps({**SMALL, "model_type": "llama"}))
+    with pytest.raises(ValueError, match="only Qwen2"):
+        plan_from_files(tmp_path)
+
+
+def test_gpu_pass_check_tiny_runs_end_to_end(tmp_path):
+    """The GPU check's logic on a tiny fp32 model (CPU here): the pytest part (the gpu tests, skipped without CUDA)
+    and the pass part, one JSON file."""
+    out = tmp_path / "gpu_check.json"
+    proc = subprocess.run([sys.executable, str(ROOT / "scripts" / "gpu_pass_check.py"), "--tiny", "--pytest",
+                           "--out", str(out)], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    report = json.loads(out.read_text())
+    assert report["ok"] and json.loads(proc.stdout) == report
+    tests, tiny = report["parts"]["pytest"], report["parts"]["tiny"]
+    assert tests["rc"] == 0 and "tests/test_projection.py" in tests["files"]
+    assert tests["counts"].get("passed" if torch.cuda.is_available() else "skipped", 0) > 0
+    assert tiny["params"] == tiny["plan_params"] and tiny["features_ok"]
+    assert len(tiny["prompt_s"]) == 3 and tiny["s_per_prompt"] > 0 and tiny["plan_worker_bytes"] > 0
+
+
+def test_gpu_pass_check_records_a_failing_pass(monkeypatch):
+    """An error in the pass (an OOM, say) is recorded with what was measured before it, not raised."""
+    import importlib.util
+
+    from cropi_verl.influence import gradients
+
+    spec = importlib.util.spec_from_file_location("gpu_pass_check", ROOT / "scripts" / "gpu_pass_check.py")
+    check = importlib.util.module_from_spec(spec)
+    monkeypatch.setitem(sys.modules, "gpu_pass_check", check)  # its dataclasses look their module up
+    spec.loader.exec_module(check)
+
+    def oom(*args, **kwargs):
+        raise RuntimeError("CUDA out of memory")
+
+    monkeypatch.setattr(gradients, "popi_features", oom)
+    part = check.run_pass("tiny", tiny=True, budget_s=60)
+    assert part["error"] == "RuntimeError: CUDA out of memory" and not part["features_ok"]
+    assert part["warmup_s"] is None and part["plan_worker_bytes"] > 0 and not check.part_ok(part)
