@@ -4,7 +4,9 @@
     python scripts/collect_rollouts.py --backend hf --model PATH --input data/toy/train.parquet \
         --out rollouts/train --n 8 --temperature 0.5 --max-new-tokens 32
 
-Resumable: rerunning the same command skips finished shards and gives identical records.
+Resumable: rerunning the same command skips finished shards and gives identical records. ``--backend vllm`` runs
+``--data-parallel-size`` engines of ``--tensor-parallel-size`` GPUs each (cropi_verl/rollout/vllm_backend.py); both
+backends store beta's log-probs recomputed by the HF model in fp32, the influence pass's forward.
 """
 
 from __future__ import annotations
@@ -15,10 +17,12 @@ import sys
 
 import torch
 
-from cropi_verl.rollout.collect import CollectConfig, collect_rollouts, hf_backend, vllm_backend
+from cropi_verl.rollout.collect import LOGPROB_TOKENS, CollectConfig, collect_rollouts, hf_backend
+from cropi_verl.utils.cli import one_line_errors
 from cropi_verl.utils.config_rules import Count, Fraction, GroupSize, NonNegativeInt, Positive, arg_type
 
 
+@one_line_errors
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     d = CollectConfig(model="", input="")
@@ -36,7 +40,15 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--seed", type=arg_type(NonNegativeInt), default=d.seed)
     ap.add_argument("--shard-size", type=arg_type(Count), default=d.shard_size, help="prompts per atomic shard")
     ap.add_argument("--batch-size", type=arg_type(Count), default=d.batch_size, help="prompts per generate call (hf)")
-    ap.add_argument("--tensor-parallel-size", type=arg_type(Count), default=d.tensor_parallel_size, help="vllm only")
+    ap.add_argument("--max-prompts", type=arg_type(Count), default=None,
+                    help="collect only this many prompts, drawn with --seed (default: all)")
+    ap.add_argument("--logprob-tokens", type=arg_type(Count), default=LOGPROB_TOKENS,
+                    help="padded tokens per forward when recomputing beta's log-probs")
+    ap.add_argument("--tensor-parallel-size", type=arg_type(Count), default=d.tensor_parallel_size,
+                    help="vllm: GPUs per engine")
+    ap.add_argument("--data-parallel-size", type=arg_type(Count), default=1, help="vllm: engines (one per TP group)")
+    ap.add_argument("--gpu-memory-utilization", type=arg_type(Fraction), default=0.5,
+                    help="vllm: share of each GPU for vLLM; the rest holds the fp32 HF model for the log-probs")
     ap.add_argument("--threads", type=arg_type(NonNegativeInt), default=0, help="torch CPU threads (0: default)")
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
@@ -46,16 +58,19 @@ def main(argv: list[str] | None = None) -> int:
         model=args.model, input=args.input, backend=args.backend, n=args.n, temperature=args.temperature,
         top_p=args.top_p, max_new_tokens=args.max_new_tokens, max_prompt_tokens=args.max_prompt_tokens,
         seed=args.seed, shard_size=args.shard_size, batch_size=args.batch_size,
-        tensor_parallel_size=args.tensor_parallel_size,
+        tensor_parallel_size=args.tensor_parallel_size, max_prompts=args.max_prompts,
     )
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(args.model)
     if args.backend == "hf":
-        model = AutoModelForCausalLM.from_pretrained(args.model).eval()
-        backend = hf_backend(model, tokenizer, cfg)
+        model = AutoModelForCausalLM.from_pretrained(args.model, dtype=torch.float32).eval()  # the pass's dtype
+        backend = hf_backend(model, tokenizer, cfg, args.logprob_tokens)
     else:
-        backend = vllm_backend(cfg)
+        from cropi_verl.rollout.vllm_backend import vllm_backend
+
+        backend = vllm_backend(cfg, tokenizer.pad_token_id, args.data_parallel_size, args.logprob_tokens,
+                               args.gpu_memory_utilization)
     path = collect_rollouts(cfg, args.out, backend, tokenizer)
     print(f"wrote {path}")
     return 0

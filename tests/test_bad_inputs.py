@@ -50,7 +50,7 @@ ERRORS = [
     ("pool where beta solved nothing", lambda t: _boundary(t, _solved(10, 0.0), GOOD_VAL),
      "no prompt of the pool of 10 can be scored"),
     ("validation set with no usable prompt", lambda t: _boundary(t, rollout_table(make_prompts(10)), {"v": _solved(3, 1.0)}),
-     "validation set 'v': .*3 prompts, 3 zero-advantage"),
+     "validation set 'v': .*3 prompts, 0 with a non-zero advantage"),
     ("select fraction that rounds to 0 prompts", lambda t: select("random", SelectionPool(list(range(10))), 0.01, 0),
      "select fraction 0.01 of a pool of 10 prompts rounds to 0 prompts"),
     ("rollouts of another dataset", lambda t: check_rollout_ids(rollout_table(make_prompts(3)), [1, 2, 3], "train rollouts"),

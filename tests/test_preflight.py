@@ -4,10 +4,12 @@ from __future__ import annotations
 
 from dataclasses import replace
 
+import torch
+
 from cropi_verl.data.toy_task import build_toy_task
 from cropi_verl.data.verl_format import row_ids
 from influence_helpers import make_prompts, rollout_table
-from policy_helpers import TASK, toy_prompts
+from policy_helpers import TASK, saved_random_policy, toy_prompts
 from scripts_helpers import run_script
 
 
@@ -46,3 +48,43 @@ def test_every_problem_is_listed_at_once(tmp_path):
     for part in ("preflight: 4 problem(s)", "cropi.fraction=2", "save_freq=7 must divide",
                  "4 prompt ids are not in data.train_files", "cropi.val_rollouts.v: no prompt has a non-zero advantage"):
         assert part in out.stderr, part
+
+
+def _preflight_module():
+    import importlib.util
+
+    from scripts_helpers import ROOT
+
+    spec = importlib.util.spec_from_file_location("preflight_script", ROOT / "scripts" / "preflight.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_disk_plan_arithmetic_against_a_hand_count(tmp_path):
+    from omegaconf import OmegaConf
+
+    def qwen2_params(vocab, h, mlp, layers, kv):  # tied embeddings
+        per_layer = (h * h + h) + 2 * (h * kv + kv) + h * h + 3 * h * mlp + 2 * h  # q, k, v (biases), o, MLP, norms
+        return vocab * h + layers * per_layer + h  # embedding (= LM head), layers, final norm
+
+    pf = _preflight_module()
+    params, dtype = pf.model_size(str(saved_random_policy(tmp_path / "policy")))
+    assert params == qwen2_params(399, 32, 64, 1, 2 * 8) == 22_144  # the tiny policy: 2 KV heads of 8
+    assert dtype == torch.float32 and pf.checkpoint_bytes(params, dtype) == 22_144 * (4 + 8 + 4)
+    qwen_1_5b = qwen2_params(151_936, 1536, 8960, 28, 2 * 128)
+    assert qwen_1_5b == 1_543_714_304  # Qwen2.5-1.5B; a bf16 hf_model: 14 B per parameter, ~20.1 GiB a checkpoint
+    assert pf.checkpoint_bytes(qwen_1_5b, torch.bfloat16) == 21_612_000_256
+
+    def kept(**trainer):
+        return pf.checkpoints_kept(OmegaConf.create({"cropi": {"num_stages": 10, "steps_per_stage": 100},
+                                                     "trainer": trainer}))
+    assert kept(save_freq=50, max_actor_ckpt_to_keep=None) == 20 and kept(save_freq=50, max_actor_ckpt_to_keep=2) == 2
+    assert kept(save_freq=-1, max_actor_ckpt_to_keep=None) == 0
+
+
+def test_an_unreadable_model_config_is_one_line_of_the_plan(tmp_path):
+    train = _setup(tmp_path)
+    out = run_script("preflight.py", *_args(tmp_path, train, f"actor_rollout_ref.model.path={tmp_path / 'absent'}"))
+    assert f"disk plan: cannot read the config of {tmp_path / 'absent'}" in out.stdout and "preflight: ok" in out.stdout
+    assert "disk plan: feature stores" in out.stdout

@@ -1,5 +1,6 @@
-"""Offline rollout collection: kill + resume is byte-identical, stored log-probs are the policy's, vLLM output
-conversion, flags for empty generations / NaN rewards, long-prompt skipping, manifest mismatch."""
+"""Offline rollout collection: kill + resume is byte-identical, stored log-probs are the policy's (rho = 1 at beta),
+the log-prob recompute both backends use, vLLM output conversion and engine split, flags for empty generations /
+NaN rewards, long-prompt skipping, a seeded prompt draw, manifest mismatch, the record arrays' parquet types."""
 
 from __future__ import annotations
 
@@ -9,18 +10,18 @@ import subprocess
 import sys
 from types import SimpleNamespace
 
+import numpy as np
 import pandas as pd
+import pyarrow as pa
 import pytest
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from cropi_verl.rollout.collect import (
-    CollectConfig,
-    RolloutManifestMismatch,
-    collect_rollouts,
-    vllm_outputs_to_responses,
-)
-from cropi_verl.rollout.records import Response, make_row, to_prompt_rollouts
+from cropi_verl.influence.gradients import response_logprobs
+from cropi_verl.rollout.collect import CollectConfig, RolloutManifestMismatch, collect_rollouts
+from cropi_verl.rollout.hf_backend import behaviour_logprobs, token_batches
+from cropi_verl.rollout.records import RECORD_COLUMNS, Response, make_row, to_prompt_rollouts
+from cropi_verl.rollout.vllm_backend import request_seeds, split_evenly, vllm_outputs_to_responses
 from policy_helpers import saved_random_policy, toy_prompts
 from scripts_helpers import ROOT
 
@@ -119,14 +120,80 @@ def test_empty_and_nan_are_flagged_not_scored():
 
 
 def test_vllm_output_conversion_on_hand_built_objects():
-    lp = lambda v: SimpleNamespace(logprob=v, rank=1, decoded_token=None)  # noqa: E731
-    c1 = SimpleNamespace(token_ids=[11, 12, 2], text="hi", finish_reason="stop",
-                         logprobs=[{11: lp(-0.1), 99: lp(-3.0)}, {12: lp(-0.2)}, {2: lp(-0.3)}])
-    c2 = SimpleNamespace(token_ids=[13, 14], text="yo", finish_reason="length", logprobs=[{13: lp(-1.0)}, {14: lp(-2.0)}])
-    req = SimpleNamespace(request_id="0", outputs=[c1, c2])
-    (group,) = vllm_outputs_to_responses([req])
-    assert group[0].token_ids == [11, 12, 2] and group[0].logprobs == [-0.1, -0.2, -0.3] and not group[0].truncated
-    assert group[1].truncated and group[1].logprobs == [-1.0, -2.0]
-    bad = SimpleNamespace(request_id="7", outputs=[SimpleNamespace(token_ids=[1], text="", finish_reason="stop", logprobs=None)])
-    with pytest.raises(ValueError, match="request 7: missing per-token logprobs"):
-        vllm_outputs_to_responses([bad])
+    c1 = SimpleNamespace(token_ids=[11, 12, 2], text="hi", finish_reason="stop", logprobs=None)
+    c2 = SimpleNamespace(token_ids=(13, 14), text="yo", finish_reason="length", logprobs=None)
+    (group,) = vllm_outputs_to_responses([SimpleNamespace(request_id="0", outputs=[c1, c2])])
+    assert list(group[0].token_ids) == [11, 12, 2] and group[0].text == "hi" and not group[0].truncated
+    assert list(group[1].token_ids) == [13, 14] and group[1].truncated
+    assert group[0].logprobs is None and group[1].logprobs is None  # recomputed by the HF model, never vLLM's
+
+
+def test_engine_split_and_per_prompt_seeds():
+    assert split_evenly(10, 4) == [slice(0, 2), slice(2, 5), slice(5, 8), slice(8, 10)]
+    assert split_evenly(3, 3) == [slice(0, 1), slice(1, 2), slice(2, 3)] and split_evenly(0, 0) == []
+    seeds = request_seeds(1_000_003, 64)
+    assert len(set(seeds)) == 64 and all(0 <= s < 2**32 for s in seeds)
+    assert request_seeds(1_000_003, 64) == seeds and request_seeds(1_000_004, 64) != seeds
+    assert request_seeds(1_000_003, 10) == seeds[:10]  # a prompt's seed depends on its shard and position only
+
+
+def test_token_batches_respect_the_budget():
+    assert token_batches([3, 3, 4, 9, 2], 12) == [[0, 1, 2], [3], [4]]  # 3 x 4 = 12; 9 alone; 2
+    assert token_batches([20], 8) == [[0]]  # a longer row is a batch of its own
+    assert token_batches([], 8) == []
+
+
+def _manual_logprobs(model, prompt, resp) -> list[float]:
+    """Reference: one unpadded forward of prompt + response, log-softmax at each response position."""
+    with torch.no_grad():
+        logits = model(input_ids=torch.tensor([list(prompt) + list(resp)])).logits[0]
+    p = len(prompt)
+    return [torch.log_softmax(logits[p - 1 + t], -1)[tok].item() for t, tok in enumerate(resp)]
+
+
+def test_behaviour_logprobs_match_unbatched_forwards(setup):
+    policy, _ = setup
+    model = AutoModelForCausalLM.from_pretrained(policy, dtype=torch.float32).eval()
+    rng = np.random.default_rng(0)
+    prompts = [rng.integers(3, 300, size=n).tolist() for n in (5, 9, 4, 7)]
+    responses = [rng.integers(3, 300, size=n).tolist() for n in (6, 2, 8, 0)]
+    for max_tokens in (1, 24, 10_000):  # one row per forward, padded batches of a few rows, one batch
+        got = behaviour_logprobs(model, prompts, responses, 0, max_tokens)
+        assert [g.dtype for g in got] == [np.float32] * 4 and len(got[3]) == 0
+        for p, r, g in zip(prompts[:3], responses[:3], got[:3]):
+            assert g.tolist() == pytest.approx(_manual_logprobs(model, p, r), abs=1e-5)
+            ref, _ = response_logprobs(model, [p], [r], 0)
+            assert g.tolist() == pytest.approx(ref[0].tolist(), abs=1e-5)
+
+
+def test_rho_is_one_at_beta_for_the_stored_logprobs(setup, tmp_path):
+    policy, prompts = setup
+    assert _cli(policy, prompts, tmp_path / "r").returncode == 0
+    model = AutoModelForCausalLM.from_pretrained(policy, dtype=torch.float32).eval()
+    pad = AutoTokenizer.from_pretrained(policy).pad_token_id
+    for pr in to_prompt_rollouts(pd.read_parquet(tmp_path / "r" / "rollouts.parquet").iloc[:4]):
+        with torch.no_grad():
+            logp, mask = response_logprobs(model, [pr.prompt_ids] * len(pr.responses), pr.responses, pad)
+        for k, beh in enumerate(pr.behaviour_logprobs):
+            rho = torch.exp(logp[k, : len(beh)] - torch.tensor(list(beh), dtype=torch.float32))
+            assert torch.allclose(rho, torch.ones_like(rho), atol=1e-5)
+
+
+def test_max_prompts_collects_a_seeded_draw(setup, tmp_path):
+    policy, prompts = setup
+    tok = AutoTokenizer.from_pretrained(policy)
+    fake = lambda ps, seed: [[Response([5, tok.eos_token_id], "x", [-1.0, -1.0], False)] * 2 for _ in ps]  # noqa: E731
+    ids = pd.read_parquet(prompts)["extra_info"].map(lambda e: e["index"]).tolist()
+    cfg = CollectConfig(model=str(policy), input=str(prompts), n=2, max_new_tokens=4, max_prompts=5, seed=3)
+    got = pd.read_parquet(collect_rollouts(cfg, tmp_path / "a", fake, tok, progress=False))["prompt_id"].tolist()
+    want = [ids[i] for i in sorted(np.random.default_rng(3).permutation(len(ids))[:5])]
+    assert got == want
+
+
+def test_records_hold_arrays_with_the_plain_list_parquet_types():
+    row = make_row(1, "gsm8k", "train", "3", [1, 2], [Response([4, 5, 2], "a", [-1.0, -2.0, -0.5], False)], [1.0], 2)
+    assert isinstance(row["prompt_token_ids"], np.ndarray) and row["response_ids"][0].dtype == np.int64
+    assert row["logprobs"][0].dtype == np.float64
+    plain = dict(row, prompt_token_ids=[1, 2], response_ids=[[4, 5, 2]], logprobs=[[-1.0, -2.0, -0.5]])
+    schema = lambda r: pa.Table.from_pandas(pd.DataFrame([r], columns=list(RECORD_COLUMNS))).schema.remove_metadata()  # noqa: E731
+    assert schema(row) == schema(plain)

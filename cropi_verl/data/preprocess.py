@@ -5,7 +5,11 @@ reasoning and a ``\\boxed{}`` final answer, then the question as the user turn. 
 here go through math-verify (see ``cropi_verl.rewards``).
 
 Each dataset is a ``DatasetSpec``: where it lives on the HF hub, and how to read the question and the final
-answer from one raw record. ``load_raw`` reads a local file (.jsonl/.json/.parquet) or the hub.
+answer from one raw record. ``load_raw`` reads a local file (.jsonl/.json/.parquet) or the hub; ``raw_file``
+finds a dataset's file in a local directory.
+
+Questions are matched across datasets by their text with whitespace collapsed (``question_key``): held-out
+validation prompts are drawn from a source minus every evaluated question, and removed from the training pool.
 """
 
 from __future__ import annotations
@@ -100,6 +104,47 @@ SPECS: dict[str, DatasetSpec] = {
 }
 
 
+RAW_SUFFIXES = (".jsonl", ".json", ".parquet")
+
+
+def raw_file(raw_dir: str | Path, spec: DatasetSpec, split: str | None = None) -> Path:
+    """``<raw_dir>/<name>.<ext>`` for the dataset's default split, else ``<raw_dir>/<name>_<split>.<ext>``."""
+    stem = spec.name if split in (None, spec.hf_split) else f"{spec.name}_{split}"
+    for suffix in RAW_SUFFIXES:
+        if (Path(raw_dir) / f"{stem}{suffix}").is_file():
+            return Path(raw_dir) / f"{stem}{suffix}"
+    raise FileNotFoundError(f"{raw_dir}: no {stem}{'/'.join(RAW_SUFFIXES)} for dataset {spec.name!r} split "
+                            f"{split or spec.hf_split!r}")
+
+
+def question_key(text: str) -> str:
+    """A question's text with runs of whitespace collapsed: how questions are matched across datasets."""
+    return " ".join(str(text).split())
+
+
+def _question(spec: DatasetSpec, rec: dict[str, Any]) -> str:
+    return str(_field(rec, *spec.question_fields)).strip()
+
+
+def frame_questions(frame: pd.DataFrame) -> set[str]:
+    """The question keys of a verl-format frame (its prompts' last turn)."""
+    return {question_key(p[-1]["content"]) for p in frame["prompt"]}
+
+
+def without_questions(spec: DatasetSpec, raw: list[dict], questions: set[str]) -> tuple[list[dict], int]:
+    """The raw records whose question key is not in ``questions`` (records without a question are kept, for
+    ``convert`` to report), and how many were dropped."""
+    kept = []
+    for rec in raw:
+        try:
+            drop = question_key(_question(spec, rec)) in questions
+        except KeyError:
+            drop = False
+        if not drop:
+            kept.append(rec)
+    return kept, len(raw) - len(kept)
+
+
 def load_raw(spec: DatasetSpec, local_path: str | Path | None = None, split: str | None = None) -> list[dict]:
     """Raw records from a local .jsonl/.json/.parquet file, or from the HF hub (``datasets.load_dataset``)."""
     if local_path is not None:
@@ -130,7 +175,7 @@ def convert(
     rows, skipped = [], []
     for i, rec in enumerate(raw):
         try:
-            question = str(_field(rec, *spec.question_fields)).strip()
+            question = _question(spec, rec)
             answer = spec.answer(rec)
             if not question:
                 raise KeyError("empty question")

@@ -1,4 +1,6 @@
-"""Resumable, sharded offline rollout collection (HF backend on CPU, vLLM on GPU) into one record format.
+"""Resumable, sharded offline rollout collection (HF backend on CPU, vLLM on GPU: ``rollout/vllm_backend.py``) into
+one record format. Both backends store beta's log-probs by the influence pass's fp32 forward
+(``rollout.hf_backend.behaviour_logprobs``).
 
 Output directory::
 
@@ -12,6 +14,7 @@ manifest from a different config is an error, never a silent mix.
 
 Prompts whose chat-templated length exceeds ``max_prompt_tokens`` are skipped (not truncated: a cut
 question is a different question), counted, and listed in ``manifest.json`` under ``skipped_long_prompts``.
+With ``max_prompts``, only that many of the others, drawn with ``seed`` (in file order), are collected.
 """
 
 from __future__ import annotations
@@ -23,8 +26,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Callable, Sequence
 
+import numpy as np
 import pandas as pd
-import torch
 from tqdm.auto import tqdm
 
 from cropi_verl.data.verl_format import read_verl_parquet, row_ids
@@ -50,10 +53,12 @@ class CollectConfig:
     shard_size: int = 64
     batch_size: int = 16  # prompts per generate call (hf)
     tensor_parallel_size: int = 1  # vllm
+    max_prompts: int | None = None  # collect a seeded draw of this many prompts (None: all)
 
 
 # A backend samples one shard: (token ids of each prompt, seed) -> n Responses per prompt.
 Backend = Callable[[Sequence[list[int]], int], list[list[Response]]]
+LOGPROB_TOKENS = 16384  # padded tokens per forward when recomputing beta's log-probs (bounds the activations)
 
 
 class RolloutManifestMismatch(ValueError):
@@ -101,6 +106,8 @@ def collect_rollouts(cfg: CollectConfig, out_dir: str | Path, backend: Backend, 
         for p in prompts["prompt"]
     ]
     keep = [i for i, c in enumerate(chat_ids) if len(c) <= cfg.max_prompt_tokens]
+    if cfg.max_prompts is not None and len(keep) > cfg.max_prompts:
+        keep = sorted(np.random.default_rng(cfg.seed).permutation(keep)[: cfg.max_prompts].tolist())
     skipped = [ids[i] for i in range(len(ids)) if len(chat_ids[i]) > cfg.max_prompt_tokens]
     if skipped:
         log.warning("%d prompts longer than max_prompt_tokens=%d skipped (first ids: %s)",
@@ -141,60 +148,19 @@ def collect_rollouts(cfg: CollectConfig, out_dir: str | Path, backend: Backend, 
     return atomic_write_parquet(merged, out / "rollouts.parquet")
 
 
-def hf_backend(model, tokenizer, cfg: CollectConfig) -> Backend:
-    """``model.generate`` sampling (left-padded batches), then beta's log-probs by an exact forward pass."""
-    from cropi_verl.influence.gradients import response_logprobs
-    from cropi_verl.rollout.hf_backend import sample_chat
+def hf_backend(model, tokenizer, cfg: CollectConfig, logprob_tokens: int = LOGPROB_TOKENS) -> Backend:
+    """``model.generate`` sampling (left-padded batches), then beta's log-probs by ``with_behaviour_logprobs``
+    (forward batches of at most ``logprob_tokens`` padded tokens)."""
+    from cropi_verl.rollout.hf_backend import sample_chat, with_behaviour_logprobs
 
     def run(prompt_ids: Sequence[list[int]], seed: int) -> list[list[Response]]:
-        out = []
+        groups = []
         for b in range(0, len(prompt_ids), cfg.batch_size):
-            batch = prompt_ids[b : b + cfg.batch_size]
-            gens = sample_chat(model, tokenizer, batch, cfg.n, cfg.temperature, cfg.top_p, cfg.max_new_tokens,
-                               seed * 7919 + b)
-            for p, group in zip(batch, gens):
-                with torch.no_grad():
-                    lp, _ = response_logprobs(model, [p] * len(group), [g.response_ids for g in group],
-                                              tokenizer.pad_token_id)
-                out.append([
-                    Response(g.response_ids, tokenizer.decode(g.response_ids, skip_special_tokens=True),
-                             lp[k, : len(g.response_ids)].tolist(), g.truncated)
-                    for k, g in enumerate(group)
-                ])
-        return out
+            gens = sample_chat(model, tokenizer, prompt_ids[b : b + cfg.batch_size], cfg.n, cfg.temperature,
+                               cfg.top_p, cfg.max_new_tokens, seed * 7919 + b)
+            groups += [[Response(g.response_ids, tokenizer.decode(g.response_ids, skip_special_tokens=True), None,
+                                 g.truncated) for g in group] for group in gens]
+        return with_behaviour_logprobs(model, prompt_ids, groups, tokenizer.pad_token_id, logprob_tokens)
 
     return run
 
-
-def vllm_outputs_to_responses(request_outputs) -> list[list[Response]]:
-    """Convert ``vllm.LLM.generate`` results (``RequestOutput``s) to Responses.
-
-    Each ``CompletionOutput`` has ``token_ids``, ``text``, ``finish_reason`` and ``logprobs``: one dict per
-    generated token mapping token id -> ``Logprob(logprob=...)``; the sampled token's entry is always present.
-    """
-    out = []
-    for req in request_outputs:
-        group = []
-        for c in req.outputs:
-            toks = list(c.token_ids)
-            if c.logprobs is None or len(c.logprobs) != len(toks):
-                raise ValueError(f"vLLM request {req.request_id}: missing per-token logprobs (set SamplingParams(logprobs=0))")
-            lps = [float(step[t].logprob) for step, t in zip(c.logprobs, toks)]
-            group.append(Response(toks, c.text, lps, c.finish_reason == "length"))
-        out.append(group)
-    return out
-
-
-def vllm_backend(cfg: CollectConfig) -> Backend:  # pragma: no cover - needs a GPU and vllm
-    """Offline ``vllm.LLM`` with ``SamplingParams(n, logprobs=0)``; prompts are passed as token ids."""
-    from vllm import LLM, SamplingParams, TokensPrompt
-
-    llm = LLM(model=cfg.model, tensor_parallel_size=cfg.tensor_parallel_size, seed=cfg.seed)
-
-    def run(prompt_ids: Sequence[list[int]], seed: int) -> list[list[Response]]:
-        params = SamplingParams(n=cfg.n, temperature=cfg.temperature, top_p=cfg.top_p, max_tokens=cfg.max_new_tokens,
-                                logprobs=0, seed=seed)
-        outs = llm.generate([TokensPrompt(prompt_token_ids=p) for p in prompt_ids], params, use_tqdm=False)
-        return vllm_outputs_to_responses(outs)
-
-    return run

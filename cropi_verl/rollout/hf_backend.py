@@ -1,17 +1,23 @@
-"""HF ``generate`` sampling with left-padded batches.
+"""HF ``generate`` sampling with left-padded batches, and beta's log-probs by the influence pass's forward.
 
 ``sample_chat`` returns, per prompt, ``n`` responses; each response's token ids end with EOS unless it was
-truncated at ``max_new_tokens``. (Behaviour log-probs are recomputed by an exact forward pass:
-``cropi_verl.influence.gradients.response_logprobs``.)
+truncated at ``max_new_tokens``. ``behaviour_logprobs`` recomputes the log-prob of every sampled token with
+``cropi_verl.influence.gradients.response_logprobs`` (the forward the influence pass runs), so that at beta's
+weights the pass's ratio rho = exp(log pi - log beta) is 1: both rollout backends store these, never a sampler's
+own values (vLLM's come from its bf16 sampler).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Sequence
+from dataclasses import dataclass, replace
+from typing import TYPE_CHECKING, Sequence
 
+import numpy as np
 import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+if TYPE_CHECKING:
+    from cropi_verl.rollout.records import Response
 
 
 @dataclass
@@ -71,3 +77,48 @@ def sample_chat(
                 gens.append(Generation(list(p), row, True))
         result.append(gens)
     return result
+
+
+def token_batches(lengths: Sequence[int], max_tokens: int) -> list[list[int]]:
+    """Consecutive indices grouped so that a group's padded size (rows x longest) is at most ``max_tokens``
+    (a longer row is a group of its own)."""
+    groups: list[list[int]] = []
+    longest = 0
+    for i, n in enumerate(lengths):
+        if groups and (len(groups[-1]) + 1) * max(longest, n) <= max_tokens:
+            groups[-1].append(i)
+            longest = max(longest, n)
+        else:
+            groups.append([i])
+            longest = n
+    return groups
+
+
+@torch.no_grad()
+def behaviour_logprobs(
+    model: PreTrainedModel, prompt_ids: Sequence[Sequence[int]], responses: Sequence[Sequence[int]], pad_id: int,
+    max_tokens: int,
+) -> list[np.ndarray]:
+    """Per response, the float32 log-probs of its tokens under ``model`` (``response_logprobs``; load the model in
+    fp32, as the influence workers do), batched by ``token_batches`` over prompt + response lengths."""
+    from cropi_verl.influence.gradients import response_logprobs
+
+    out = [np.zeros(0, np.float32) for _ in responses]
+    rows = [i for i, r in enumerate(responses) if len(r)]
+    for batch in token_batches([len(prompt_ids[i]) + len(responses[i]) for i in rows], max_tokens):
+        idx = [rows[j] for j in batch]
+        lp, _ = response_logprobs(model, [prompt_ids[i] for i in idx], [responses[i] for i in idx], pad_id)
+        lp = lp.float().cpu().numpy()
+        for b, i in enumerate(idx):
+            out[i] = lp[b, : len(responses[i])]
+    return out
+
+
+def with_behaviour_logprobs(
+    model: PreTrainedModel, prompt_ids: Sequence[Sequence[int]], groups: Sequence[Sequence[Response]], pad_id: int,
+    max_tokens: int,
+) -> list[list[Response]]:
+    """``groups`` (the responses to each prompt) with their ``logprobs`` set by ``behaviour_logprobs``."""
+    flat = [(p, r) for p, group in zip(prompt_ids, groups) for r in group]
+    lps = iter(behaviour_logprobs(model, [p for p, _ in flat], [r.token_ids for _, r in flat], pad_id, max_tokens))
+    return [[replace(r, logprobs=next(lps)) for r in group] for group in groups]

@@ -43,6 +43,8 @@ from cropi_verl.curriculum.metrics import boundary_metrics
 from cropi_verl.curriculum.sampler import stage_dataloader
 from cropi_verl.curriculum.state import StageState
 from cropi_verl.trainer.curriculum_config import check_composed_config
+from cropi_verl.utils.faults import kill_point
+from cropi_verl.utils.trace import trace
 from cropi_verl.workers.group import resolve_worker_precision
 
 log = logging.getLogger(__name__)
@@ -91,14 +93,16 @@ class CROPITrainer(PPOTrainerSync):
 
     # ----- stages ------------------------------------------------------------------------------------------------
     def _install_stage(self, state: StageState) -> None:
-        """Replace the trainer's dataloader by the stage's (same dataset, ``RankedSubsetSampler`` over its rows)."""
-        data = self.config.data
-        self.train_dataloader = stage_dataloader(
-            self.train_dataset, state.stage, state.selected_ids, state.sampler_seed, self.id_to_pos,
-            data.get("gen_batch_size") or data.train_batch_size, collate_fn, data["dataloader_num_workers"],
-            batch_key="data.gen_batch_size / data.train_batch_size",
-        )
-        self.train_dataloader_it = None
+        """Replace the trainer's dataloader by the stage's (same dataset, ``RankedSubsetSampler`` over its rows).
+        ``full`` keeps verl's own dataloader: full data is plain verl GRPO, whatever the stages."""
+        if self.schedule.strategy != "full":
+            data = self.config.data
+            self.train_dataloader = stage_dataloader(
+                self.train_dataset, state.stage, state.selected_ids, state.sampler_seed, self.id_to_pos,
+                data.get("gen_batch_size") or data.train_batch_size, collate_fn, data["dataloader_num_workers"],
+                batch_key="data.gen_batch_size / data.train_batch_size",
+            )
+            self.train_dataloader_it = None
         self.stage_state = state
 
     def _boundary_weights(self, step: int) -> str:
@@ -125,6 +129,7 @@ class CROPITrainer(PPOTrainerSync):
             pool = self.resource_pool_manager.get_resource_pool(self._actor_role()) if workers.use_gpu else None
             self.influence_group = InfluenceWorkerGroup(n, use_gpu=workers.use_gpu, threads=workers.threads,
                                                         resource_pool=pool)
+        trace("influence_pass", phase="begin", step=step)
         dtype, checkpointing = resolve_worker_precision(workers.dtype, workers.gradient_checkpointing, workers.use_gpu)
         self.influence_group.init_model(self._boundary_weights(step), OmegaConf.to_container(cropi.projection),
                                         OmegaConf.to_container(cropi.popi), self.tokenizer.pad_token_id,
@@ -156,6 +161,7 @@ class CROPITrainer(PPOTrainerSync):
         finally:
             if self.influence_group is not None:
                 self.influence_group.release()  # the model and the allocator's cache leave the GPU
+                trace("influence_pass", phase="end", step=step)
         self._install_stage(state)
         self._cropi_metrics |= boundary_metrics(state, previous, self.curriculum_dir)
 
@@ -196,6 +202,7 @@ class CROPITrainer(PPOTrainerSync):
         if self.stage_state is not None:
             self.stage_state.save(folder / STAGE_FILE)
         super()._save_checkpoint()
+        kill_point("checkpoint_saved")
 
     def _resume_folder(self) -> str | None:
         """The checkpoint folder verl's ``_load_checkpoint`` will load (same rules: resume_mode auto / resume_path)."""

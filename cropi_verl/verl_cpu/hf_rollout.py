@@ -5,7 +5,8 @@ answers the agent loop's ``generate`` calls, and a worker-side ``BaseRollout`` (
 actor's weights into that server. This module provides both for a plain transformers causal LM:
 
 - ``HFServer``: a Ray actor holding the model (float32, sdpa). Concurrent ``generate`` calls are gathered for a short
-  window into one left-padded batch, decoded by ``decode_batch`` (a sampling loop with a KV cache).
+  window into one left-padded batch, decoded by ``decode_batch`` (a sampling loop with a KV cache). ``sleep`` frees
+  the weights until the next load, as vLLM's sleep does on a GPU (``CROPI_TRACE`` records both).
 - ``HFReplica``: starts one named ``HFServer`` per replica with ``num_cpus=0`` (any init mode; the v1 sync trainer
   uses ``init_hybrid`` with the actor worker group, whose workers only pick the server's node here).
 - ``HFServerAdapter``: drains the weight stream into a CPU state dict and loads it into the server (strict).
@@ -48,6 +49,8 @@ from verl.utils.fs import copy_to_local
 from verl.workers.rollout.base import _ROLLOUT_REGISTRY, BaseRollout
 from verl.workers.rollout.replica import RolloutReplica, RolloutReplicaRegistry, TokenOutput
 from verl.workers.rollout.utils import ensure_async_iterator
+
+from cropi_verl.utils.trace import trace
 
 ROLLOUT_NAME = "hf"
 SERVER_NAME_PREFIX = "hf_server_"
@@ -259,6 +262,7 @@ class HFServer:
         self._arrived: Optional[asyncio.Event] = None
         self._batcher: Optional[asyncio.Task] = None
         self._model_lock = threading.Lock()
+        self._released: dict[str, torch.Size] = {}  # parameter -> shape, while asleep
 
     async def ready(self) -> bool:
         """Answers once the model is loaded."""
@@ -358,6 +362,8 @@ class HFServer:
 
     def _decode(self, requests: list[SamplingRequest]) -> list[SamplingResult]:
         with self._model_lock:
+            if self._released:
+                raise RuntimeError("the hf rollout server is asleep (weights released): load weights first")
             return decode_batch(self.model, requests, self.eos_token_ids, self.raw_logprobs)
 
     async def load_weights(self, state_dict: dict[str, torch.Tensor], global_steps: Optional[int] = None) -> None:
@@ -368,7 +374,20 @@ class HFServer:
 
     def _load_state_dict(self, state_dict: dict[str, torch.Tensor]) -> None:
         with self._model_lock:
+            for name, param in self.model.named_parameters():
+                if name in self._released:
+                    param.data = torch.empty(self._released[name], dtype=param.dtype)
+            self._released = {}
             self.model.load_state_dict(state_dict, strict=True)
+        trace("replica_weights", held=True, replica=self.replica_rank, global_steps=self.global_steps)
+
+    def _release_weights(self) -> None:
+        """Free every parameter's storage (shapes kept for the next load), as vLLM's sleep frees GPU weights."""
+        with self._model_lock:
+            for name, param in self.model.named_parameters():
+                self._released.setdefault(name, param.shape)
+                param.data = torch.empty(0, dtype=param.dtype)
+        trace("replica_weights", held=False, replica=self.replica_rank, global_steps=self.global_steps)
 
     async def set_global_steps(self, global_steps: Optional[int]) -> None:
         """Record the weights' version; a new version restarts the per-prompt copy counts (so seeds repeat per step)."""
@@ -376,15 +395,17 @@ class HFServer:
             self._copies.clear()
         self.global_steps = global_steps
 
-    # The control calls verl makes on every rollout server. On CPU there is nothing to free or restore: the weights
-    # stay in host memory, and the KV cache lives only while one batch decodes. A running batch cannot be
-    # interrupted; a weight load waits for it behind the model lock, so abort reports nothing aborted.
+    # The control calls verl makes on every rollout server. ``sleep`` frees the weights as vLLM does on a GPU (the
+    # sync trainer sleeps the replicas after sampling and reloads them through ``load_weights``); the KV cache lives
+    # only while one batch decodes. A running batch cannot be interrupted; a weight load waits for it behind the
+    # model lock, so abort reports nothing aborted.
 
     async def wake_up(self, tags: Optional[list[str]] = None) -> None:
-        """No-op (see above)."""
+        """No-op: the weights come back with the next ``load_weights`` (verl's sync trainer wakes replicas so)."""
 
     async def sleep(self) -> None:
-        """No-op (see above)."""
+        """Free the weights (``_release_weights``); generating before the next ``load_weights`` is an error."""
+        await asyncio.to_thread(self._release_weights)
 
     async def clear_kv_cache(self) -> None:
         """No-op (see above)."""

@@ -1,4 +1,4 @@
-"""The few places where verl 0.9.1 hard-codes an accelerator, patched for the CPU platform only.
+"""The few places where verl 0.9.1 hard-codes an accelerator (or a GPU-sized wait), patched for the CPU platform only.
 
 Each patch names the verl file and function it replaces and why. ``apply()`` refuses any verl other than
 ``VERL_VERSION``: the patches were written against that version's source.
@@ -9,6 +9,7 @@ from __future__ import annotations
 import ray
 
 VERL_VERSION = "0.9.1"
+POLL_INTERVAL_S = 0.05
 
 
 def _check_cpus_available(self) -> None:
@@ -28,6 +29,7 @@ def apply() -> None:
     """Patch verl for the CPU platform (idempotent)."""
     import verl
     from verl.single_controller.ray import base as ray_base
+    from verl.trainer.ppo.v1.replay_buffer import ReplayBuffer
     from verl.utils import distributed
     from verl.workers.engine.base import EngineRegistry
     from verl.workers.engine.fsdp import transformer_impl
@@ -38,6 +40,9 @@ def apply() -> None:
     # verl/utils/distributed.py initialize_global_process_group_ray: the default backend is
     # f"cpu:gloo,{device}:{backend}", i.e. "cpu:gloo,cpu:gloo" here, which torch refuses (a device given twice).
     distributed.initialize_global_process_group_ray.__defaults__ = (None, "cpu:gloo")
+    # verl/trainer/ppo/v1/replay_buffer.py ReplayBuffer.__init__: the sync trainer waits for a finished batch by
+    # polling TransferQueue every poll_interval=2.0 s (no config key), which is most of a CPU step; poll every 0.05 s.
+    ReplayBuffer.__init__.__defaults__ = (POLL_INTERVAL_S, *ReplayBuffer.__init__.__defaults__[1:])
     # verl/workers/engine/fsdp/transformer_impl.py registers its FSDP engines for devices cuda and npu only;
     # the same classes run on CPU with FSDP2 and gloo.
     for model_type, cls in (("language_model", transformer_impl.FSDPEngineWithLMHead),

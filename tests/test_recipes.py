@@ -1,0 +1,70 @@
+"""The GPU recipe's own bash body (recipes/run_cropi_qwen1.5b.sh -> _cropi_common.sh), run for real on the local
+raw fixtures up to the trainer launch: prepare_data (RAW_DIR), rollout collection with the HF backend standing in
+for vLLM (ROLLOUT_BACKEND=hf) on a tiny random policy, preflight; CROPI_STOP_BEFORE_TRAIN=1 prints the launch
+instead of running it. Every path that preflight and the launch read must have been written by the steps before."""
+
+from __future__ import annotations
+
+import os
+import shlex
+import subprocess
+import sys
+
+import pandas as pd
+from hydra import compose, initialize_config_dir
+
+from policy_helpers import saved_random_policy
+from scripts_helpers import ROOT
+
+STOP = "CROPI_STOP_BEFORE_TRAIN is set: not launching the trainer:"
+POLICY_PROBLEMS = ("can be scored but cropi.fraction selects", "no prompt has a non-zero advantage")
+
+
+def _recipe(tmp_path, policy, fixtures_dir) -> subprocess.CompletedProcess:
+    env = dict(os.environ, MODEL=str(policy), NAME="tiny", MAX_RESPONSE="4", PYTHON=sys.executable,
+               DATA_DIR=str(tmp_path / "data"), ROLLOUT_DIR=str(tmp_path / "rollouts"), RAW_DIR=str(fixtures_dir / "raw"),
+               ROLLOUT_BACKEND="hf", VAL_PROMPTS="2", CROPI_STOP_BEFORE_TRAIN="1")
+    return subprocess.run(["bash", "recipes/run_cropi_qwen1.5b.sh", f"trainer.default_local_dir={tmp_path / 'ckpt'}"],
+                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+
+
+def _mixed_rewards(path) -> None:
+    """Stand in for a policy that solves some samples: rewards 1, 0, 1, ... for every prompt, nothing flagged."""
+    frame = pd.read_parquet(path)
+    frame["reward"] = [[float(k % 2 == 0) for k in range(len(r))] for r in frame["reward"]]
+    frame["flag"] = [[""] * len(f) for f in frame["flag"]]
+    frame["pass_rate"] = [sum(r) / len(r) for r in frame["reward"]]
+    frame.to_parquet(path)
+
+
+def _launch_config(stdout: str):
+    """The config the printed trainer launch would compose."""
+    command = shlex.split(stdout.split(STOP, 1)[1].strip().splitlines()[0])
+    assert command[1:3] == ["-m", "cropi_verl.trainer.main"]
+    with initialize_config_dir(config_dir=str(ROOT / "configs"), version_base=None):
+        return compose(config_name="cropi_trainer", overrides=command[3:])
+
+
+def test_recipe_runs_on_local_fixtures_up_to_the_trainer_launch(tmp_path, fixtures_dir):
+    policy = saved_random_policy(tmp_path / "policy")
+    first = _recipe(tmp_path, policy, fixtures_dir)
+    assert first.returncode in (0, 1), first.stderr[-3000:]
+    problems = [line for line in first.stderr.splitlines() if line.startswith("  - ")]
+    assert all(any(p in line for p in POLICY_PROBLEMS) for line in problems), problems  # a random policy's rewards only
+    assert "data.train_files:" in first.stdout and "disk plan: checkpoints 2 kept" in first.stdout  # preflight ran
+    held = [tmp_path / "rollouts" / name / "rollouts.parquet" for name in ("gsm8k_heldout", "math_heldout")]
+    for path in [tmp_path / "rollouts" / "train" / "rollouts.parquet", *held]:
+        _mixed_rewards(path)
+
+    second = _recipe(tmp_path, policy, fixtures_dir)  # data and rollouts exist: only preflight runs, then stops
+    assert second.returncode == 0, second.stderr[-3000:]
+    assert "preflight: ok" in second.stdout and "prepare_data" not in second.stdout + second.stderr
+    cfg = _launch_config(second.stdout)
+    assert cfg.actor_rollout_ref.model.path == str(policy) and cfg.trainer.max_actor_ckpt_to_keep == 2
+    assert dict(cfg.cropi.val_rollouts) == {"gsm8k_heldout": str(held[0]), "math_heldout": str(held[1])}
+    data = tmp_path / "data"
+    assert list(cfg.data.val_files) == [str(data / f"{n}.parquet") for n in
+                                        ("gsm8k_test", "math500", "aime24", "amc23", "gaokao2023en", "olympiadbench")]
+    read = [cfg.data.train_files, *cfg.data.val_files, cfg.cropi.train_rollouts, *cfg.cropi.val_rollouts.values(),
+            cfg.actor_rollout_ref.model.path]
+    assert [p for p in read if not os.path.exists(p)] == []
