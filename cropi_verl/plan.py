@@ -1,9 +1,11 @@
 """A per-GPU memory and time plan of a CROPI run on verl: FSDP actor + sleeping vLLM replicas + influence worker.
 
-Pure arithmetic on a Qwen2 config and the recipe's shapes (no torch, no verl). All figures are per GPU, in bytes.
+Arithmetic on a model's config.json and the recipe's shapes (no verl). All figures are per GPU, in bytes.
 
-Parameters (Qwen2: q/k/v projections have biases, o_proj and the MLP do not; d = head_dim = H / heads unless the
-config sets it), with H hidden, I intermediate, L layers, V vocab, a = heads, g = kv heads:
+Parameters: counted on the model built on the meta device (``meta_counts``: any architecture, no weights read)
+when transformers is importable; without it (the GPU check machine), by Qwen2's formulas (q/k/v projections have
+biases, o_proj and the MLP do not; d = head_dim = H / heads unless the config sets it), with H hidden,
+I intermediate, L layers, V vocab, a = heads, g = kv heads:
 
     per layer  = (H a d + a d) + 2 (H g d + g d) + a d H + 3 H I + 2 H      (q, k, v, o, gate/up/down, 2 RMSNorms)
     P          = V H + L per_layer + H + (0 if tied else V H)                 (embedding, layers, final norm, head)
@@ -20,12 +22,13 @@ Components (``plan``):
   process, and the actor's caching allocator may keep its peak reserved.
 - rollout: ~0. verl puts the vLLM replicas to sleep before the actor updates and the worker runs (weights offloaded,
   KV cache freed); awake they hold gpu_memory_utilization x GPU memory (``rollout_awake``, for reference only).
-- influence worker: P b (whole weights in its dtype, b = 2 bf16 / 4 fp32) + P_max b (the largest parameter's
-  gradient; the others are projected and freed as they arrive) + 4 B (fp32 staging of B = min(stream_buffer, P)
-  coordinates) + activations of one micro-batch of T_mb tokens (checkpointing: T_mb H b L + one layer's; without:
-  L layers' activations) + 3 x 4 V min(logit_chunk_tokens, n T) (one chunk's fp32 logits, log-softmax and gradient)
-  + projector 8 k (fp64 feature) + 4 k ceil(S / 2^18) (the CUDA kernel's per-block partial sums, S = max(P_max, B)
-  coordinates projected in one call). A micro-batch holds n full-length rows (``micro_batches``: as many as fit
+- influence worker (0 when it runs on the CPU: ``WorkerSettings.on_gpu``): P b (whole weights in its dtype,
+  b = 2 bf16 / 4 fp32) + P_max b (the largest parameter's gradient; the others are projected and freed as they
+  arrive) + 4 B (fp32 staging of B = min(stream_buffer, P) coordinates) + activations of one micro-batch of T_mb
+  tokens (checkpointing: T_mb H b L + one layer's; without: L layers' activations) + 3 x 4 V
+  min(logit_chunk_tokens, n T) (one chunk's fp32 logits, log-softmax and gradient) + projector 8 k (fp64 feature)
+  + 4 k ceil(S / 2^18) (the CUDA kernel's per-block partial sums, S = max(P_max, B) coordinates projected in one
+  call). A micro-batch holds n full-length rows (``micro_batches``: as many as fit
   micro_batch_tokens, one at least, K at most): T_mb = n (p + T), or p + n T with ``share_prompt``.
 
 Not counted (the ``margin``): CUDA contexts, NCCL buffers, FSDP's unsharded layer, allocator fragmentation, a
@@ -55,7 +58,8 @@ DTYPE_BYTES = {"bf16": 2, "bfloat16": 2, "fp16": 2, "float16": 2, "fp32": 4, "fl
 
 @dataclass(frozen=True)
 class ModelShape:
-    """A Qwen2 decoder's sizes (HF config names)."""
+    """A decoder's sizes (HF config names) and, from the meta-device model, ``counts``: (parameters, largest
+    tensor); None: Qwen2's formulas."""
 
     hidden_size: int
     intermediate_size: int
@@ -65,16 +69,18 @@ class ModelShape:
     vocab_size: int
     tie_word_embeddings: bool
     head_dim: int | None = None
+    counts: tuple[int, int] | None = None
 
     @classmethod
-    def from_config(cls, config: dict) -> "ModelShape":
-        """From a config.json dict; refuses another architecture (the formulas are Qwen2's)."""
-        if config.get("model_type", "qwen2") != "qwen2":
-            raise ValueError(f"plan: only Qwen2 models are sized, got model_type={config['model_type']!r}")
+    def from_config(cls, config: dict, counts: tuple[int, int] | None = None) -> "ModelShape":
+        """From a config.json dict; without ``counts`` refuses another architecture (the formulas are Qwen2's)."""
+        if counts is None and config.get("model_type", "qwen2") != "qwen2":
+            raise ValueError(f"plan: only Qwen2 models are sized without transformers, got "
+                             f"model_type={config['model_type']!r}")
         heads = config["num_attention_heads"]
         return cls(config["hidden_size"], config["intermediate_size"], config["num_hidden_layers"], heads,
                    config.get("num_key_value_heads") or heads, config["vocab_size"],
-                   bool(config.get("tie_word_embeddings", False)), config.get("head_dim"))
+                   bool(config.get("tie_word_embeddings", False)), config.get("head_dim"), counts)
 
     @property
     def d(self) -> int:
@@ -86,13 +92,18 @@ class ModelShape:
         return (h * q + q) + 2 * (h * kv + kv) + q * h + 3 * h * self.intermediate_size + 2 * h
 
     def params(self) -> int:
-        """P = V H + L per_layer + H + (0 if tied else V H)."""
+        """The counted P, else P = V H + L per_layer + H + (0 if tied else V H)."""
+        if self.counts:
+            return self.counts[0]
         embed = self.vocab_size * self.hidden_size
         head = 0 if self.tie_word_embeddings else embed
         return embed + self.num_hidden_layers * self.layer_params() + self.hidden_size + head
 
     def largest_param(self) -> int:
-        """The largest single tensor: the [V, H] embedding, an [I, H] MLP matrix or the [a d, H] q projection."""
+        """The counted largest tensor, else the [V, H] embedding, an [I, H] MLP matrix or the [a d, H] q
+        projection."""
+        if self.counts:
+            return self.counts[1]
         h = self.hidden_size
         return max(self.vocab_size * h, self.intermediate_size * h, self.num_attention_heads * self.d * h)
 
@@ -125,6 +136,7 @@ class WorkerSettings:
     stream_buffer: int = 1 << 26
     projection_k: int = 32768
     share_prompt: bool = False
+    on_gpu: bool = True  # False: CPU workers, no GPU memory
 
 
 @dataclass(frozen=True)
@@ -216,7 +228,8 @@ def plan(m: ModelShape, r: RecipeShape = RecipeShape(), w: WorkerSettings = Work
     """The per-GPU plan (see the module docstring)."""
     if w.dtype not in DTYPE_BYTES:
         raise ValueError(f"plan: dtype must be one of {sorted(DTYPE_BYTES)}, got {w.dtype!r}")
-    memory = {"actor": actor_bytes(m, r), "rollout (asleep)": 0, "influence worker": worker_bytes(m, r, w)}
+    memory = {"actor": actor_bytes(m, r), "rollout (asleep)": 0,
+              "influence worker": worker_bytes(m, r, w) if w.on_gpu else 0}
     tokens = tokens_per_prompt(r, w.share_prompt)
     flops = pass_flops(m, tokens, w.gradient_checkpointing)
     rate = gpu.peak_flops * gpu.mfu
@@ -232,10 +245,32 @@ def read_config(model_dir_or_config_json: str | Path) -> dict:
     return json.loads((path / "config.json" if path.is_dir() else path).read_text())
 
 
-def plan_from_files(model_dir_or_config_json: str | Path, recipe: RecipeShape = RecipeShape(),
-                    worker: WorkerSettings = WorkerSettings(), gpu: GpuSpec = GpuSpec()) -> Plan:
-    """``plan`` for the Qwen2 model whose config.json is given (a local directory or the file)."""
-    return plan(ModelShape.from_config(read_config(model_dir_or_config_json)), recipe, worker, gpu)
+def meta_counts(model: str | Path) -> tuple[dict, int, int]:
+    """(config as a dict, parameter count, largest tensor's size) of ``model`` (a local directory, its config.json
+    or a hub id in the HF cache), built on the meta device: any architecture, no weights read. Needs transformers."""
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    config = AutoConfig.from_pretrained(str(model))
+    with torch.device("meta"):
+        sizes = [p.numel() for p in AutoModelForCausalLM.from_config(config).parameters()]
+    return config.to_dict(), sum(sizes), max(sizes)
+
+
+def model_shape(model: str | Path) -> ModelShape:
+    """``model``'s shape with the meta-device counts, or by Qwen2's formulas from its config.json (a local directory
+    or the file) when transformers is absent."""
+    try:
+        config, params, largest = meta_counts(model)
+    except ImportError:
+        return ModelShape.from_config(read_config(model))
+    return ModelShape.from_config(config, (params, largest))
+
+
+def plan_from_files(model: str | Path, recipe: RecipeShape = RecipeShape(), worker: WorkerSettings = WorkerSettings(),
+                    gpu: GpuSpec = GpuSpec()) -> Plan:
+    """``plan`` for ``model`` (``model_shape``)."""
+    return plan(model_shape(model), recipe, worker, gpu)
 
 
 def format_plan(p: Plan) -> list[str]:

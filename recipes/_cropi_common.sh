@@ -63,11 +63,12 @@ for f in train "${EVAL_SETS[@]}" "${HELDOUT_SETS[@]}"; do
   fi
 done
 
+# --logprob-dtype must match cropi.workers.dtype (auto = bfloat16 on GPU): rho = 1 at beta's weights (preflight checks)
 collect() {  # set name, responses per prompt, extra collect_rollouts.py arguments
   if [[ ! -f "$ROLLOUT_DIR/$1/rollouts.parquet" ]]; then
     run "$PYTHON" scripts/collect_rollouts.py --backend "$ROLLOUT_BACKEND" --model "$MODEL" \
       --input "$DATA_DIR/$1.parquet" --out "$ROLLOUT_DIR/$1" --n "$2" --temperature 0.5 \
-      --max-new-tokens "$MAX_RESPONSE" "${BACKEND_ARGS[@]}" "${@:3}"
+      --max-new-tokens "$MAX_RESPONSE" --logprob-dtype bfloat16 "${BACKEND_ARGS[@]}" "${@:3}"
   fi
 }
 collect train 8

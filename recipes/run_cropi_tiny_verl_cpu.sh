@@ -4,7 +4,8 @@
 #   bash recipes/run_cropi_tiny_verl_cpu.sh [hydra overrides]
 # Installs .venv on first use. The same command resumes (trainer.resume_mode=auto). Environment:
 #   OUT (outputs/verl_cpu): data, rollouts, checkpoints; PREPARE_ARGS: overrides of the demo config (tiny_cpu.yaml)
-#   for the data, the policy and the offline rollouts (default: preset=quick).
+#   for the data, the policy and the offline rollouts (default: preset=quick); VERL_MAIN (cropi_verl.trainer.main):
+#   verl.trainer.main_ppo runs plain verl GRPO on the same settings (add trainer.total_training_steps=9).
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 bash "$ROOT/scripts/setup_env.sh"
@@ -15,7 +16,7 @@ read -r -a PREPARE <<< "${PREPARE_ARGS:-preset=quick}"
 POLICY="$("$PY" -m cropi_verl.verl_cpu.prepare "output_dir=$OUT" "${PREPARE[@]}" | tail -n 1)"
 
 export VERL_PLATFORM=cpu VERL_USE_EXTERNAL_MODULES=cropi_verl.verl_cpu RAY_AUTH_MODE=disabled
-exec "$PY" -m cropi_verl.trainer.main +verl_cpu=tiny \
+exec "$PY" -m "${VERL_MAIN:-cropi_verl.trainer.main}" --config-path "$ROOT/configs" --config-name cropi_trainer +verl_cpu=tiny \
   actor_rollout_ref.model.path="$POLICY" \
   data.train_files="$OUT/data/train.parquet" \
   "data.val_files=[$OUT/data/val_add.parquet,$OUT/data/val_sub.parquet,$OUT/data/val_mixed.parquet]" \

@@ -6,7 +6,9 @@
 
 Resumable: rerunning the same command skips finished shards and gives identical records. ``--backend vllm`` runs
 ``--data-parallel-size`` engines of ``--tensor-parallel-size`` GPUs each (cropi_verl/rollout/vllm_backend.py); both
-backends store beta's log-probs recomputed by the HF model in fp32, the influence pass's forward.
+backends store beta's log-probs recomputed by the HF model in ``--logprob-dtype``, the influence pass's forward: it
+must be the workers' dtype (``cropi.workers.dtype``; auto = bfloat16 on GPU, float32 on CPU), which
+scripts/preflight.py checks against the manifest.
 """
 
 from __future__ import annotations
@@ -44,11 +46,14 @@ def main(argv: list[str] | None = None) -> int:
                     help="collect only this many prompts, drawn with --seed (default: all)")
     ap.add_argument("--logprob-tokens", type=arg_type(Count), default=LOGPROB_TOKENS,
                     help="padded tokens per forward when recomputing beta's log-probs")
+    ap.add_argument("--logprob-dtype", choices=["float32", "bfloat16", "float16"], default=d.logprob_dtype,
+                    help="dtype of the HF model recomputing beta's log-probs: the influence workers' (recorded in "
+                         "the manifest)")
     ap.add_argument("--tensor-parallel-size", type=arg_type(Count), default=d.tensor_parallel_size,
                     help="vllm: GPUs per engine")
     ap.add_argument("--data-parallel-size", type=arg_type(Count), default=1, help="vllm: engines (one per TP group)")
     ap.add_argument("--gpu-memory-utilization", type=arg_type(Fraction), default=0.5,
-                    help="vllm: share of each GPU for vLLM; the rest holds the fp32 HF model for the log-probs")
+                    help="vllm: share of each GPU for vLLM; the rest holds the HF model for the log-probs")
     ap.add_argument("--threads", type=arg_type(NonNegativeInt), default=0, help="torch CPU threads (0: default)")
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
@@ -59,12 +64,13 @@ def main(argv: list[str] | None = None) -> int:
         top_p=args.top_p, max_new_tokens=args.max_new_tokens, max_prompt_tokens=args.max_prompt_tokens,
         seed=args.seed, shard_size=args.shard_size, batch_size=args.batch_size,
         tensor_parallel_size=args.tensor_parallel_size, max_prompts=args.max_prompts,
+        logprob_dtype=args.logprob_dtype,
     )
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(args.model)
     if args.backend == "hf":
-        model = AutoModelForCausalLM.from_pretrained(args.model, dtype=torch.float32).eval()  # the pass's dtype
+        model = AutoModelForCausalLM.from_pretrained(args.model, dtype=torch.float32).eval()  # samples in fp32
         backend = hf_backend(model, tokenizer, cfg, args.logprob_tokens)
     else:
         from cropi_verl.rollout.vllm_backend import vllm_backend

@@ -14,11 +14,10 @@ import json
 import sys
 from pathlib import Path
 
-import pandas as pd
-
 from cropi_verl.data.verl_format import read_verl_parquet
 from cropi_verl.eval.plots import plot_run
 from cropi_verl.local.main import pool_summary
+from cropi_verl.rollout.records import read_rollouts
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -30,7 +29,7 @@ def main(argv: list[str] | None = None) -> int:
         raise SystemExit(f"error: {summary_path}: no summary (run the demo first: bash recipes/run_cropi_tiny_cpu.sh)")
     summary = json.loads(summary_path.read_text())
     results = {m: json.loads((args.run / m / "result.json").read_text()) for m in summary["methods"]}
-    _, pool = pool_summary(pd.read_parquet(args.run / "rollouts" / "train" / "rollouts.parquet"),
+    _, pool = pool_summary(read_rollouts(args.run / "rollouts" / "train" / "rollouts.parquet"),
                            read_verl_parquet(args.run / "data" / "train.parquet"))
     for path in plot_run(args.run, results, summary.get("speedup", {}).get("cropi"), pool):
         print(f"wrote {path}")

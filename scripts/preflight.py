@@ -3,61 +3,96 @@
 
     python scripts/preflight.py [hydra overrides of configs/cropi_trainer.yaml]   (the recipes run it first)
 
-Reports every problem at once (exit 1), else a summary (exit 0):
+Reports every problem at once (exit 1), else a summary (exit 0). A ``cropi`` key that configs/cropi_trainer.yaml
+does not define (a mistyped ``+key``) or a rollouts file that is not one (``read_rollouts``: the readers' own
+validation) stops it first with one line ``error: ...`` (exit 2). The checks:
 - the ``cropi:`` config checks (fraction, strategy, files, scoring sets, save_freq vs stage length);
 - ``data.train_files`` / ``data.val_files``: verl-format schema;
-- ``cropi.train_rollouts``: record schema, prompt-id coverage of the training file, the offline pass-rate
-  summary and how many prompts are zero-advantage (they can never be selected by influence);
+- ``cropi.train_rollouts``: prompt-id coverage of the training file, the offline pass-rate summary, how many
+  responses are excluded (empty or a non-finite reward: ``records.usable_responses``, as scoring does) and how
+  many prompts scoring will skip as zero-advantage (``is_zero_advantage`` of the usable rewards: all equal, or
+  fewer than two usable responses; they can never be selected by influence);
 - each ``cropi.val_rollouts`` set: usable (non-zero-advantage) prompts, at least one;
+- every rollouts file with a ``manifest.json`` beside it: beta's log-probs recomputed in the workers' resolved
+  ``cropi.workers.dtype`` (``collect_rollouts.py --logprob-dtype``), else rho != 1 at beta's weights;
 - a disk plan: the actor checkpoints kept (``trainer.max_actor_ckpt_to_keep``; each: parameters from the model's
   config.json x (4 B fp32 FSDP shards + 8 B Adam + the hf_model copy in the model's dtype)), the feature stores
-  (per influence pass: scored prompts x k x 4 bytes) and the rollouts on disk, against the free space.
+  (per influence pass: scored prompts x k x 4 bytes) and the rollouts on disk, against the free space;
+- the per-GPU memory plan (``cropi_verl/plan.py``) of the model and the configured shapes against
+  ``cropi.gpu_memory_gb``: a problem when it does not fit.
 """
 
 from __future__ import annotations
 
+import json
 import shutil
 import sys
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
-import pyarrow.parquet as pq
 import torch
 from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
 from cropi_verl.data.verl_format import read_verl_parquet, row_ids
 from cropi_verl.influence.gradients import is_zero_advantage
-from cropi_verl.rollout.records import RECORD_COLUMNS, unflagged
-from cropi_verl.trainer.curriculum_config import check_composed_config
+from cropi_verl.plan import GIB, GpuSpec, RecipeShape, WorkerSettings, format_plan, meta_counts, model_shape, plan
+from cropi_verl.rollout.records import excluded_responses, read_rollouts, usable_responses
+from cropi_verl.trainer.curriculum_config import CROPI_RULES, check_composed_config, check_cropi_keys
+from cropi_verl.utils.cli import one_line_errors
+from cropi_verl.utils.config_rules import config_problems
+from cropi_verl.workers.group import resolve_worker_precision
 
 ROOT = Path(__file__).resolve().parents[1]
 FSDP_BYTES, ADAM_BYTES = 4, 8  # per parameter in an actor checkpoint: fp32 model shards, Adam's two fp32 moments
+# The cropi keys the memory plan and the log-prob dtype check read (both are skipped while one breaks its rule)
+PLAN_KEYS = ("gpu_memory_gb", "projection.k", "popi.micro_batch_tokens", "popi.logit_chunk_tokens",
+             "popi.stream_buffer", "popi.share_prompt", "workers.use_gpu", "workers.dtype",
+             "workers.gradient_checkpointing")
+# What to lower when a plan component does not fit
+LOWER = {"actor": "actor_rollout_ref.actor.ppo_max_token_len_per_gpu (or more GPUs: trainer.n_gpus_per_node)",
+         "influence worker": "cropi.popi.micro_batch_tokens, cropi.popi.logit_chunk_tokens, cropi.popi.stream_buffer"}
 
 
 def _files(value) -> list[str]:
     return [value] if isinstance(value, str) else list(value or [])
 
 
-def _rollouts(path: str, label: str, problems: list[str]) -> pd.DataFrame | None:
-    """The columns preflight reads (not the token lists) of a rollouts file; None, with a problem, if it is not one."""
+def eos_id(model_path: str) -> int | None:
+    """The EOS id of the policy's tokenizer, with which scoring finds empty responses; None when it is unreadable."""
+    from transformers import AutoTokenizer
+
     try:
-        missing = [c for c in RECORD_COLUMNS if c not in pq.read_schema(path).names]
-        if missing:
-            problems.append(f"{label}={path}: not an offline-rollouts file, missing columns {missing}")
-            return None
-        return pd.read_parquet(path, columns=["prompt_id", "reward", "flag", "pass_rate"])
-    except Exception as e:  # unreadable: reported, the other checks go on
-        problems.append(f"{label}={path}: unreadable parquet ({e})")
+        return AutoTokenizer.from_pretrained(model_path).eos_token_id
+    except Exception:  # a hub id not downloaded, no tokenizer files: only responses without tokens count as empty
         return None
 
 
+def logprob_dtype_problems(cropi: dict, worker_dtype: str) -> list[str]:
+    """Each rollouts file whose beta log-probs were recomputed in another dtype than the workers' forward
+    (``logprob_dtype`` in the collection's manifest.json beside it; float32 before the option existed), so that
+    rho != 1 at beta's weights. A file without a manifest (made by hand) is not checked."""
+    files = {"cropi.train_rollouts": cropi.get("train_rollouts"),
+             **{f"cropi.val_rollouts.{n}": p for n, p in (cropi.get("val_rollouts") or {}).items()}}
+    out = []
+    for label, path in files.items():
+        manifest = Path(path).with_name("manifest.json") if path else None
+        if manifest is None or not manifest.is_file():
+            continue
+        have = json.loads(manifest.read_text()).get("config", {}).get("logprob_dtype", "float32")
+        if have != worker_dtype:
+            out.append(f"{label}: beta's log-probs were recomputed in {have} ({manifest}) but cropi.workers.dtype "
+                       f"resolves to {worker_dtype}, so rho != 1 at beta's weights: collect them again with "
+                       f"collect_rollouts.py --logprob-dtype {worker_dtype}, or set cropi.workers.dtype={have}")
+    return out
+
+
 def _zero_advantage(frame: pd.DataFrame) -> np.ndarray:
-    """Per prompt: its unflagged rewards are all equal (or fewer than two), so its POPI gradient is zero (read
-    from the reward and flag columns alone: no token lists are built)."""
-    return np.array([is_zero_advantage([float(r[i]) for i in unflagged(f)]) for r, f in zip(frame["reward"], frame["flag"])],
-                    dtype=bool)
+    """Per prompt: scoring skips it as zero-advantage (its usable rewards, ``usable_responses``, are all equal or
+    fewer than two), so its POPI gradient is zero."""
+    return np.array([is_zero_advantage([float(r.reward[i]) for i in usable_responses(r.response_ids, r.reward, r.flag)])
+                     for r in frame.itertuples()], dtype=bool)
 
 
 def preflight(cfg) -> tuple[list[str], list[str]]:
@@ -69,6 +104,7 @@ def preflight(cfg) -> tuple[list[str], list[str]]:
         check_composed_config(cfg)
     except ValueError as e:
         problems += str(e).removeprefix("bad CROPI config: ").split("; ")
+    worker = None if config_problems(cropi, {key: CROPI_RULES[key] for key in PLAN_KEYS}) else worker_settings(cropi)
     train_ids: set[int] = set()
     for key in ("train_files", "val_files"):
         for path in _files(cfg.data[key]):
@@ -82,50 +118,49 @@ def preflight(cfg) -> tuple[list[str], list[str]]:
                 train_ids |= set(row_ids(frame))
     k = cropi["projection"]["k"]
     scored = 0
+    val = {name: path for name, path in (cropi.get("val_rollouts") or {}).items() if Path(path).is_file()}
+    eos = eos_id(cfg.actor_rollout_ref.model.path) if cropi.get("train_rollouts") or val else None
     if cropi.get("train_rollouts") and Path(cropi["train_rollouts"]).is_file():
-        roll = _rollouts(cropi["train_rollouts"], "cropi.train_rollouts", problems)
-        if roll is not None:
-            ids = set(int(i) for i in roll["prompt_id"])
-            foreign = ids - train_ids if train_ids else set()
-            if foreign:
-                problems.append(f"cropi.train_rollouts: {len(foreign)} prompt ids are not in data.train_files "
-                                f"(first: {sorted(foreign)[:5]}): rollouts of another dataset?")
-            zero = _zero_advantage(roll)
-            scored = int((~zero).sum())
-            p = roll["pass_rate"].to_numpy(float)
-            lines.append(f"cropi.train_rollouts: {len(roll)} prompts, covering {len(ids & train_ids)}/{len(train_ids)} "
-                         f"of the training file; pass rate mean {np.nanmean(p):.3f}, quartiles "
-                         f"{np.round(np.nanpercentile(p, [25, 50, 75]), 3).tolist()}; zero-advantage {int(zero.sum())} "
-                         f"({zero.mean():.0%}) -> {scored} can be scored")
-            frac = cropi["fraction"]
-            n_select = round(frac * len(roll)) if isinstance(frac, (int, float)) and 0 < frac <= 1 else 0
-            if cropi["strategy"] in ("cropi", "influence_max", "influence_oneshot") and scored < n_select:
-                problems.append(f"only {scored} prompts can be scored but cropi.fraction selects {n_select}")
-    for name, path in (cropi.get("val_rollouts") or {}).items():
-        if not Path(path).is_file():
-            continue  # reported by the config checks
-        roll = _rollouts(path, f"cropi.val_rollouts.{name}", problems)
-        if roll is not None:
-            usable = int((~_zero_advantage(roll)).sum())
-            lines.append(f"cropi.val_rollouts.{name}: {len(roll)} prompts, {usable} usable")
-            if usable == 0:
-                problems.append(f"cropi.val_rollouts.{name}: no prompt has a non-zero advantage (every response "
-                                "scored the same): its validation gradient would be zero")
-            scored += min(usable, cropi["max_val_prompts"])
+        roll = read_rollouts(cropi["train_rollouts"], eos)
+        ids = set(int(i) for i in roll["prompt_id"])
+        foreign = ids - train_ids if train_ids else set()
+        if foreign:
+            problems.append(f"cropi.train_rollouts: {len(foreign)} prompt ids are not in data.train_files "
+                            f"(first: {sorted(foreign)[:5]}): rollouts of another dataset?")
+        zero = _zero_advantage(roll)
+        scored = int((~zero).sum())
+        p = roll["pass_rate"].to_numpy(float)
+        lines.append(f"cropi.train_rollouts: {len(roll)} prompts, covering {len(ids & train_ids)}/{len(train_ids)} "
+                     f"of the training file; pass rate mean {np.nanmean(p):.3f}, quartiles "
+                     f"{np.round(np.nanpercentile(p, [25, 50, 75]), 3).tolist()}; zero-advantage {int(zero.sum())} "
+                     f"({zero.mean():.0%}) -> {scored} can be scored; {excluded_responses(roll)} responses excluded "
+                     "(empty or non-finite reward)")
+        frac = cropi["fraction"]
+        n_select = round(frac * len(roll)) if isinstance(frac, (int, float)) and 0 < frac <= 1 else 0
+        if cropi["strategy"] in ("cropi", "influence_max", "influence_oneshot") and scored < n_select:
+            problems.append(f"only {scored} prompts can be scored but cropi.fraction selects {n_select}")
+    for name, path in val.items():  # a missing file is reported by the config checks
+        roll = read_rollouts(path, eos)
+        usable = int((~_zero_advantage(roll)).sum())
+        lines.append(f"cropi.val_rollouts.{name}: {len(roll)} prompts, {usable} usable; {excluded_responses(roll)} "
+                     "responses excluded (empty or non-finite reward)")
+        if usable == 0:
+            problems.append(f"cropi.val_rollouts.{name}: no prompt has a non-zero advantage (every usable response "
+                            "scored the same, or fewer than two are usable): its validation gradient would be zero")
+        scored += min(usable, cropi["max_val_prompts"])
     passes = cropi["num_stages"] if cropi.get("rescore", True) and cropi["strategy"] != "influence_oneshot" else 1
     disk_problems, disk_lines = disk_plan(cfg, scored * k * 4, passes)
-    return problems + disk_problems, lines + disk_lines
+    if worker is None:
+        return problems + disk_problems, lines + disk_lines + ["memory plan: skipped, bad cropi keys (listed below)"]
+    memory_problems, memory_lines = memory_plan(cfg, worker)
+    return (problems + logprob_dtype_problems(cropi, worker.dtype) + disk_problems + memory_problems,
+            lines + disk_lines + memory_lines)
 
 
 def model_size(model_path: str) -> tuple[int, torch.dtype]:
-    """(parameter count, checkpoint dtype) of a model from its config.json alone (a meta-device instance)."""
-    from transformers import AutoConfig, AutoModelForCausalLM
-
-    config = AutoConfig.from_pretrained(model_path)
-    with torch.device("meta"):
-        model = AutoModelForCausalLM.from_config(config)
-    dtype = getattr(config, "dtype", None) or torch.float32
-    return sum(p.numel() for p in model.parameters()), getattr(torch, dtype) if isinstance(dtype, str) else dtype
+    """(parameter count, checkpoint dtype) of a model from its config.json alone (``plan.meta_counts``)."""
+    config, params, _ = meta_counts(model_path)
+    return params, getattr(torch, config.get("dtype") or "float32")
 
 
 def checkpoint_bytes(params: int, dtype: torch.dtype) -> int:
@@ -188,9 +223,44 @@ def disk_plan(cfg, store_per_pass: int, passes: int) -> tuple[list[str], list[st
     return problems, lines
 
 
+def recipe_shape(cfg) -> RecipeShape:
+    """The plan's shapes from the composed config (FSDP shards the actor over every GPU of every node)."""
+    data, rollout = cfg.data, cfg.actor_rollout_ref.rollout
+    return RecipeShape(cfg.trainer.n_gpus_per_node * cfg.trainer.nnodes, data.max_prompt_length,
+                       data.max_response_length, rollout.n, data.train_batch_size,
+                       cfg.actor_rollout_ref.actor.ppo_max_token_len_per_gpu, rollout.gpu_memory_utilization)
+
+
+def worker_settings(cropi: dict) -> WorkerSettings:
+    """The influence workers' settings, ``auto`` resolved for their device (``resolve_worker_precision``)."""
+    popi, workers = cropi["popi"], cropi["workers"]
+    dtype, checkpointing = resolve_worker_precision(workers["dtype"], workers["gradient_checkpointing"],
+                                                    workers["use_gpu"])
+    return WorkerSettings(dtype, checkpointing, popi["micro_batch_tokens"], popi["logit_chunk_tokens"],
+                          popi["stream_buffer"], cropi["projection"]["k"], popi["share_prompt"], workers["use_gpu"])
+
+
+def memory_plan(cfg, worker: WorkerSettings) -> tuple[list[str], list[str]]:
+    """(problems, lines): the per-GPU memory plan of the model at the configured shapes (``format_plan``); a
+    problem, naming the keys to lower, when it does not fit ``cropi.gpu_memory_gb``."""
+    model = cfg.actor_rollout_ref.model.path
+    try:
+        shape = model_shape(model)
+    except Exception as e:  # a hub id not downloaded, an unknown architecture: no plan
+        return [], [f"memory plan: skipped, cannot read the config of {model} ({type(e).__name__})"]
+    p = plan(shape, recipe_shape(cfg), worker, GpuSpec(memory_bytes=int(cfg.cropi.gpu_memory_gb * GIB)))
+    ok, reasons = p.fits()
+    lower = "; ".join(f"{LOWER[name]} ({name})" for name, size in p.memory.items() if size and name in LOWER)
+    problems = [] if ok else [f"memory plan: does not fit cropi.gpu_memory_gb={cfg.cropi.gpu_memory_gb}: "
+                              f"{'; '.join(reasons)}; lower {lower}"]
+    return problems, format_plan(p)
+
+
+@one_line_errors
 def main(argv: list[str] | None = None) -> int:
     with initialize_config_dir(config_dir=str(ROOT / "configs"), version_base=None):
         cfg = compose(config_name="cropi_trainer", overrides=list(sys.argv[1:] if argv is None else argv))
+    check_cropi_keys(OmegaConf.to_container(cfg.cropi))
     problems, lines = preflight(cfg)
     for line in lines:
         print(line)

@@ -33,7 +33,7 @@ from cropi_verl.influence.projection import make_projector
 from cropi_verl.influence.scoring import influence_scores
 from cropi_verl.models.tiny_policy import TinyPolicyConfig, build_tiny_policy
 from cropi_verl.rollout.collect import CollectConfig, collect_rollouts, hf_backend
-from cropi_verl.rollout.records import to_prompt_rollouts
+from cropi_verl.rollout.records import read_rollouts, to_prompt_rollouts
 
 
 def precision_at(exact: np.ndarray, approx: np.ndarray, frac: float = 0.1) -> float:
@@ -48,11 +48,9 @@ def exact_features(model, tok, frame, n: int, seed: int, workdir: Path) -> torch
     cfg = CollectConfig(model="tiny", input=str(src), n=n, temperature=1.0, max_new_tokens=32, seed=seed,
                         shard_size=1000, batch_size=50)
     roll = collect_rollouts(cfg, workdir / "rollouts", hf_backend(model, tok, cfg), tok, progress=False)
-    import pandas as pd
-
     _, dim = parameter_offsets(model)
-    res = popi_features(model, to_prompt_rollouts(pd.read_parquet(roll)), make_projector("identity", dim),
-                        tok.pad_token_id, PopiConfig())
+    prompts = to_prompt_rollouts(read_rollouts(roll, tok.eos_token_id))
+    res = popi_features(model, prompts, make_projector("identity", dim), tok.pad_token_id, PopiConfig())
     return res.features
 
 

@@ -7,6 +7,8 @@
 
 Writes ``<out>/scores.parquet`` (prompt_id, pass_rate, score_<set>, skipped, selected_rank),
 ``<out>/selection.json`` and the feature stores under ``<out>/features`` (a rerun resumes them).
+Bad input (a file that is not a rollouts file, a pool of which no prompt can be scored, ...) ends it with one line
+``error: ...`` and exit status 2.
 """
 
 from __future__ import annotations
@@ -16,7 +18,6 @@ import logging
 import sys
 from pathlib import Path
 
-import pandas as pd
 import torch
 
 from cropi_verl.curriculum.influence_pass import influence_pass, store_manifest
@@ -25,18 +26,13 @@ from cropi_verl.influence.pipeline import local_featurizer
 from cropi_verl.influence.projection import METHODS, make_projector
 from cropi_verl.influence.scoring import METRICS
 from cropi_verl.influence.selection import STRATEGIES
+from cropi_verl.rollout.records import read_rollouts
 from cropi_verl.utils.atomic import atomic_write_json, atomic_write_parquet
-from cropi_verl.utils.cli import named_paths
+from cropi_verl.utils.cli import named_paths, one_line_errors
 from cropi_verl.utils.config_rules import Count, Fraction, NonNegativeInt, Positive, arg_type
 
 
-def _read_rollouts(path: str) -> pd.DataFrame:
-    p = Path(path)
-    if not p.is_file():
-        raise SystemExit(f"error: {p}: no such rollouts parquet (collect it with scripts/collect_rollouts.py)")
-    return pd.read_parquet(p)
-
-
+@one_line_errors
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", required=True, help="HF checkpoint of the current policy")
@@ -71,11 +67,11 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
 
-    val = {name: _read_rollouts(path) for name, path in named_paths(ap, args.val, "--val").items()}
-    train = _read_rollouts(args.train_rollouts)
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     tok = AutoTokenizer.from_pretrained(args.model)
+    val = {name: read_rollouts(path, tok.eos_token_id) for name, path in named_paths(ap, args.val, "--val").items()}
+    train = read_rollouts(args.train_rollouts, tok.eos_token_id)
     model = AutoModelForCausalLM.from_pretrained(args.model, dtype=torch.float32).to(args.device)
     _, dim = parameter_offsets(model)
     proj = make_projector(args.method, dim, args.k, args.proj_seed, args.subset_ratio, native=args.native)
@@ -92,11 +88,12 @@ def main(argv: list[str] | None = None) -> int:
     atomic_write_json(
         {"strategy": args.strategy, "fraction": args.fraction, "selected": res.selection.prompt_ids.tolist(),
          "n_pool": len(train), "n_zero_advantage": res.n_zero_advantage, "n_nonfinite": res.n_nonfinite,
-         "shortfall": res.selection.shortfall},
+         "n_excluded_responses": res.n_excluded, "shortfall": res.selection.shortfall},
         args.out / "selection.json",
     )
     print(f"selected {len(res.selection.prompt_ids)} of {len(train)} prompts "
-          f"({res.n_zero_advantage} zero-advantage removed); wrote {args.out}/scores.parquet, selection.json")
+          f"({res.n_zero_advantage} zero-advantage removed, {res.n_excluded} responses excluded as empty or with a "
+          f"non-finite reward); wrote {args.out}/scores.parquet, selection.json")
     return 0
 
 

@@ -53,3 +53,22 @@ def rollout_table(prompts: list[PromptRollouts]) -> pd.DataFrame:
                      [Response(r, "", lp, False) for r, lp in zip(p.responses, p.behaviour_logprobs)], p.rewards, None)
             for p in prompts]
     return pd.DataFrame(rows, columns=list(RECORD_COLUMNS))
+
+
+def unflagged_table(prompts: list[PromptRollouts]) -> pd.DataFrame:
+    """``rollout_table`` as a tool that flags nothing would write it: every flag "", every reward as given."""
+    return rollout_table(prompts).assign(reward=[list(p.rewards) for p in prompts],
+                                         flag=[[""] * len(p.rewards) for p in prompts])
+
+
+def with_response(p: PromptRollouts, k: int, tokens: list[int] | None = None, reward: float | None = None,
+                  remove: bool = False) -> PromptRollouts:
+    """``p`` with response ``k`` replaced by ``tokens`` (log-probs -1 each) and/or ``reward``, or removed."""
+    resp, beh, rew = list(p.responses), list(p.behaviour_logprobs), list(p.rewards)
+    if remove:
+        del resp[k], beh[k], rew[k]
+    else:
+        if tokens is not None:
+            resp[k], beh[k] = tokens, [-1.0] * len(tokens)
+        rew[k] = rew[k] if reward is None else reward
+    return PromptRollouts(p.prompt_id, p.prompt_ids, resp, beh, rew)

@@ -1,17 +1,26 @@
 """The bad-input sweep: every malformed input gets one clear error naming what is wrong, or a documented,
 counted fallback; never a stack trace from deep inside torch and never a silent wrong selection.
 
+The rollouts cases of issue 21 ("wrong results with exit code 0") run the real entry points: unflagged empty
+responses and non-finite rewards are dropped one by one, a pool of which nothing can be scored is an error, and a
+prompts file given as rollouts is one line naming the file and the missing column.
+
 Covered elsewhere (same contract): missing columns, wrong types, empty prompts, missing ground truth
 (tests/test_verl_format.py); prompts longer than the limit (tests/test_rollouts.py); a bad CROPI config
-(tests/test_verl_trainer.py, tests/test_preflight.py)."""
+(tests/test_verl_trainer.py, tests/test_preflight.py); mistyped ``+key`` overrides (tests/test_config_checks.py)."""
 
 from __future__ import annotations
 
 import math
+import os
+import subprocess
+import sys
 from dataclasses import replace
 
 import pandas as pd
 import pytest
+import torch
+from transformers import AutoTokenizer
 
 from cropi_verl.curriculum.boundary import check_rollout_ids, stage_boundary
 from cropi_verl.curriculum.schedule import StageSchedule
@@ -21,7 +30,9 @@ from cropi_verl.influence.projection import make_projector
 from cropi_verl.influence.selection import SelectionPool, select
 from cropi_verl.influence.store import FeatureStore, FeatureStoreMismatch
 from cropi_verl.rollout.records import Response, make_row, to_prompt_rollouts
-from influence_helpers import PAD, make_prompts, rollout_table, tiny_model
+from influence_helpers import PAD, make_prompts, rollout_table, tiny_model, unflagged_table, with_response
+from policy_helpers import saved_random_policy, toy_prompts
+from scripts_helpers import ROOT, run_script
 
 
 def _boundary(tmp_path, train, val, fraction=0.2):
@@ -84,3 +95,78 @@ def test_bad_responses_are_flagged_and_never_scored(tokens, reward, flag):
     assert row["flag"] == ["", flag] and row["n_valid"] == 1 and row["pass_rate"] == 1.0
     (pr,) = to_prompt_rollouts(pd.DataFrame([row]))
     assert pr.responses == [[5, 6]] and pr.rewards == [1.0]
+
+
+# ----- issue 21, through the entry points -----------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def policy(tmp_path_factory):
+    return saved_random_policy(tmp_path_factory.mktemp("policy") / "p")
+
+
+def _score(policy, tmp_path, train, name: str) -> subprocess.CompletedProcess:
+    """scripts/score_influence.py on the ``train`` rollouts parquet (written from a table unless a path) against a
+    fixed validation set, into ``tmp_path / name``."""
+    if isinstance(train, pd.DataFrame):
+        train.to_parquet(tmp_path / f"{name}.parquet")
+        train = tmp_path / f"{name}.parquet"
+    val = tmp_path / "val.parquet"
+    rollout_table(make_prompts(5, seed=2)).to_parquet(val)
+    return run_script("score_influence.py", "--model", str(policy), "--train-rollouts", str(train), "--val",
+                      f"v={val}", "--out", str(tmp_path / name), "--k", "64", "--fraction", "0.25", check=False)
+
+
+def _error_line(proc: subprocess.CompletedProcess) -> str:
+    """The one ``error:`` line of a failed entry point (exit status 2)."""
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    (line,) = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
+    return line
+
+
+def _features(out) -> dict[int, torch.Tensor]:
+    shards = [torch.load(p, weights_only=True) for p in sorted((out / "features" / "train").glob("shard_*.pt"))]
+    return {int(i): f for s in shards for i, f in zip(s["prompt_ids"], s["features"])}
+
+
+def test_unflagged_empty_responses_and_nan_rewards_are_dropped_as_if_removed(policy, tmp_path):
+    """Response 2 of prompts 100..103 is empty ([] or EOS alone) or has a non-finite reward, rewards kept and NOT
+    flagged: each is excluded and its group statistics recomputed, so every feature equals the hand-made reference
+    (the same prompts with that response removed), and the summary line counts the 4 exclusions."""
+    eos = AutoTokenizer.from_pretrained(policy).eos_token_id
+    bad = {0: {"tokens": []}, 1: {"tokens": [eos]}, 2: {"reward": math.nan}, 3: {"reward": math.inf}}
+    prompts = make_prompts(8, k=5, seed=1)
+    edited = [with_response(p, 2, **bad[i]) if i in bad else p for i, p in enumerate(prompts)]
+    removed = [with_response(p, 2, remove=True) if i in bad else p for i, p in enumerate(prompts)]
+    got = _score(policy, tmp_path, unflagged_table(edited), "edited")
+    ref = _score(policy, tmp_path, unflagged_table(removed), "removed")
+    assert got.returncode == ref.returncode == 0, got.stderr[-2000:]
+    last = got.stdout.strip().splitlines()[-1]
+    assert last.startswith("selected 2 of 8 prompts (")
+    assert "4 responses excluded as empty or with a non-finite reward" in last
+    assert "0 responses excluded" in ref.stdout
+    a, b = _features(tmp_path / "edited"), _features(tmp_path / "removed")
+    assert set(a) == set(b) and {100, 101, 102, 103} <= set(a)
+    for i in a:
+        torch.testing.assert_close(a[i], b[i], rtol=0, atol=0)
+    pd.testing.assert_frame_equal(pd.read_parquet(tmp_path / "edited" / "scores.parquet"),
+                                  pd.read_parquet(tmp_path / "removed" / "scores.parquet"))
+
+
+def test_a_pool_without_a_finite_reward_is_an_error_naming_the_cause(policy, tmp_path):
+    prompts = [replace(p, rewards=[math.nan] * len(p.rewards)) for p in make_prompts(6)]
+    out = _score(policy, tmp_path, unflagged_table(prompts), "nan")
+    line = _error_line(out)
+    assert line.startswith("error: no prompt of the pool of 6 can be scored (6 zero-advantage: ")
+    assert "24 of 24 responses excluded as empty or with a non-finite reward; 0 non-finite gradients" in line
+    assert not (tmp_path / "nan" / "selection.json").exists()
+
+
+def test_a_prompts_file_given_as_rollouts_is_one_line_naming_the_file_and_the_missing_column(policy, tmp_path):
+    prompts = toy_prompts(tmp_path / "prompts.parquet")
+    score = _score(policy, tmp_path, prompts, "out")  # writes a good val.parquet too
+    val = tmp_path / "val.parquet"
+    trainer = subprocess.run([sys.executable, "-m", "cropi_verl.trainer.main", "+verl_cpu=tiny",
+                              f"cropi.train_rollouts={prompts}", f"cropi.val_rollouts={{v:{val}}}"],
+                             cwd=ROOT, capture_output=True, text=True, timeout=300,
+                             env=dict(os.environ, CROPI_DRY_RUN="1"))
+    for proc in (score, trainer):
+        assert _error_line(proc).startswith(f"error: {prompts}: file: columns: missing prompt_id, ")

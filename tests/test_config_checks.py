@@ -1,14 +1,18 @@
 """Config rules (pydantic, strict; also as argparse types) and the start-up checks of the demo and the GPU recipe:
 every bad key is named with what was expected, all of them in one error; verl's own checks refuse a bad loss
-aggregation or KL estimator."""
+aggregation or KL estimator; a key the shipped config does not define (a mistyped ``+key``) stops every entry point
+before any work, in one line that lists the known keys."""
 
 from __future__ import annotations
 
 import argparse
+import os
+import subprocess
+import sys
 from functools import partial
 
 import pytest
-from demo_helpers import compose_config
+from demo_helpers import ROOT, compose_config
 from omegaconf import OmegaConf
 
 from cropi_verl.local.config_checks import DEMO_RULES, check_demo_config
@@ -21,6 +25,7 @@ from cropi_verl.utils.config_rules import (
     arg_type,
     config_problems,
     one_of,
+    unknown_keys,
 )
 
 _compose = partial(compose_config, "tiny_cpu")
@@ -106,6 +111,36 @@ def test_the_gpu_recipe_checks_the_worker_precision_keys():
                ("cropi.popi.share_prompt=true", "cropi.workers.gradient_checkpointing=false"),
                ("cropi.popi.share_prompt=false",)]:
         assert "share_prompt" not in error(*ok)
+
+
+CROPI_TYPOS = ("+cropi.fractoin=0.2", "+cropi.popi.micro_bach=4")
+CROPI_UNKNOWN = ("error: bad CROPI config: cropi has unknown keys ['fractoin']: expected ['train_rollouts', "
+                 "'val_rollouts', 'val_sets', 'num_stages', 'steps_per_stage', 'fraction',",
+                 "cropi.popi has unknown keys ['micro_bach']: expected ['micro_batch_tokens', 'logit_chunk_tokens',")
+
+
+@pytest.mark.parametrize("command, expected", [
+    (["-m", "cropi_verl.local.main", "+grpo.lrr=1e-4"],
+     ("error: bad demo config: grpo has unknown keys ['lrr']: expected ['batch_size', 'n', 'temperature', "
+      "'max_new_tokens', 'lr', ",)),
+    ([str(ROOT / "scripts" / "preflight.py"), *CROPI_TYPOS], CROPI_UNKNOWN),
+    (["-m", "cropi_verl.trainer.main", *CROPI_TYPOS], CROPI_UNKNOWN),
+], ids=["demo", "preflight", "trainer"])
+def test_a_mistyped_plus_key_stops_the_entry_point_in_one_line(command, expected, tmp_path):
+    """Run in ``tmp_path``: the demo's outputs would go to ``outputs/tiny_cpu`` there; nothing but hydra's log is."""
+    out = subprocess.run([sys.executable, *command], cwd=tmp_path, capture_output=True, text=True, timeout=300,
+                         env=dict(os.environ, CROPI_DRY_RUN="1"))
+    assert out.returncode == 2, out.stderr[-2000:]
+    (line,) = [line for line in out.stderr.splitlines() if line.startswith("error:")]
+    assert line.startswith(expected[0]) and all(part in line for part in expected), line
+    assert "preflight:" not in out.stdout and "CROPI_DRY_RUN" not in out.stdout
+    assert not (tmp_path / "outputs" / "tiny_cpu" / "data").exists()
+
+
+def test_unknown_keys_recurse_into_groups_the_shipped_config_has():
+    known = {"a": 1, "g": {"x": 1}, "paths": None}
+    assert unknown_keys({"a": 1, "g": {"x": 2, "y": 3}, "paths": {"any": "p"}, "b": 0}, known, "top.") == [
+        "top has unknown keys ['b']: expected ['a', 'g', 'paths']", "top.g has unknown keys ['y']: expected ['x']"]
 
 
 @pytest.mark.parametrize("rule, good, bad", [

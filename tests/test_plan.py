@@ -11,7 +11,8 @@ import pytest
 import torch
 from transformers import Qwen2Config, Qwen2ForCausalLM
 
-from cropi_verl.plan import GpuSpec, ModelShape, RecipeShape, WorkerSettings, format_plan, plan, plan_from_files
+from cropi_verl.plan import (GpuSpec, ModelShape, RecipeShape, WorkerSettings, format_plan, model_shape, plan,
+                             plan_from_files)
 from scripts_helpers import ROOT
 
 SMALL = dict(hidden_size=8, intermediate_size=12, num_hidden_layers=2, num_attention_heads=2, num_key_value_heads=1,
@@ -84,9 +85,36 @@ def test_plan_from_files_and_format(tmp_path):
     assert "fits" in lines[5] and "estimate" in lines[-1] and "s/prompt" in lines[-1]
     tight = plan_from_files(tmp_path, recipe, gpu=GpuSpec(memory_bytes=1000))
     assert "DOES NOT FIT" in format_plan(tight)[5]
+    cpu_workers = plan_from_files(tmp_path, recipe, WorkerSettings(on_gpu=False))
+    assert cpu_workers.memory["influence worker"] == 0 and cpu_workers.memory["actor"] == by_dir.memory["actor"]
+
+
+@pytest.mark.parametrize("name, config", [
+    ("qwen2", dict(SMALL, tie_word_embeddings=False)),
+    ("qwen2", dict(SMALL, hidden_size=16, intermediate_size=200)),  # an MLP matrix is the largest tensor
+    ("llama", dict(SMALL, tie_word_embeddings=False)),  # no q/k/v biases: not Qwen2's formula
+])
+def test_model_shape_counts_the_meta_device_model(tmp_path, name, config):
+    """With transformers, any architecture's parameters are counted on the meta-device model (``meta_counts``)."""
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    hf_config = AutoConfig.for_model(name, **config, max_position_embeddings=64)
+    hf_config.save_pretrained(tmp_path)
+    sizes = [p.numel() for p in AutoModelForCausalLM.from_config(hf_config).parameters()]
+    shape = model_shape(tmp_path)
+    assert (shape.params(), shape.largest_param()) == (sum(sizes), max(sizes))
+    assert plan_from_files(tmp_path / "config.json").params == sum(sizes)
+
+
+def test_model_shape_without_transformers_uses_qwen2_formulas(tmp_path, monkeypatch):
+    """No transformers (the GPU check machine): Qwen2's formulas from config.json; another architecture refused."""
+    (tmp_path / "config.json").write_text(json.dumps({**SMALL, "model_type": "qwen2"}))
+    monkeypatch.setitem(sys.modules, "transformers", None)  # import transformers raises ImportError
+    shape = model_shape(tmp_path)
+    assert shape.counts is None and shape.params() == 1192
     (tmp_path / "config.json").write_text(json.dumps({**SMALL, "model_type": "llama"}))
-    with pytest.raises(ValueError, match="only Qwen2"):
-        plan_from_files(tmp_path)
+    with pytest.raises(ValueError, match="only Qwen2 models are sized without transformers"):
+        model_shape(tmp_path)
 
 
 def test_gpu_pass_check_tiny_runs_end_to_end(tmp_path):

@@ -1,23 +1,32 @@
-"""scripts/preflight.py: a good run passes with a summary; a bad one lists every problem at once."""
+"""scripts/preflight.py: a good run passes with a summary; a bad one lists every problem at once; it counts the
+responses and prompts that scoring drops with scoring's own code; a file that is not a rollouts file stops it in
+one line."""
 
 from __future__ import annotations
 
+import json
+import math
 from dataclasses import replace
 
 import torch
+from transformers import AutoTokenizer
 
 from cropi_verl.data.toy_task import build_toy_task
 from cropi_verl.data.verl_format import row_ids
-from influence_helpers import make_prompts, rollout_table
+from influence_helpers import make_prompts, rollout_table, unflagged_table, with_response
 from policy_helpers import TASK, saved_random_policy, toy_prompts
 from scripts_helpers import run_script
 
 
+def _pool(**kw):
+    """``make_prompts`` with the ids of the toy training file (60 prompts of 4 responses)."""
+    ids = row_ids(build_toy_task(TASK)["train"])
+    return [replace(p, prompt_id=i) for p, i in zip(make_prompts(len(ids), **kw), ids)]
+
+
 def _setup(tmp_path):
     train = toy_prompts(tmp_path / "train.parquet")
-    ids = row_ids(build_toy_task(TASK)["train"])
-    good = [replace(p, prompt_id=i) for p, i in zip(make_prompts(len(ids), zero_every=2), ids)]
-    rollout_table(good).to_parquet(tmp_path / "train_rollouts.parquet")
+    rollout_table(_pool(zero_every=2)).to_parquet(tmp_path / "train_rollouts.parquet")
     rollout_table(make_prompts(5, seed=3)).to_parquet(tmp_path / "val_rollouts.parquet")
     return train
 
@@ -48,6 +57,42 @@ def test_every_problem_is_listed_at_once(tmp_path):
     for part in ("preflight: 4 problem(s)", "cropi.fraction=2", "save_freq=7 must divide",
                  "4 prompt ids are not in data.train_files", "cropi.val_rollouts.v: no prompt has a non-zero advantage"):
         assert part in out.stderr, part
+
+
+def test_unflagged_empty_responses_are_excluded_as_scoring_excludes_them(tmp_path):
+    """Empty responses ([] or the tokenizer's EOS alone) with their rewards kept and no flag: excluded, and the
+    group statistics recomputed without them, so prompt 5, which loses its only 0 reward, turns zero-advantage."""
+    train = _setup(tmp_path)
+    policy = saved_random_policy(tmp_path / "policy")
+    eos = AutoTokenizer.from_pretrained(policy).eos_token_id
+    pool = _pool(zero_every=2)
+    pool[1], pool[3] = with_response(pool[1], 1, tokens=[]), with_response(pool[3], 1, tokens=[eos])
+    pool[5] = with_response(replace(pool[5], rewards=[0.0, 1.0, 1.0, 1.0]), 0, tokens=[])
+    unflagged_table(pool).to_parquet(tmp_path / "train_rollouts.parquet")
+    out = run_script("preflight.py", *_args(tmp_path, train, f"actor_rollout_ref.model.path={policy}",
+                                            "data.max_prompt_length=64", "data.max_response_length=32"))
+    # 4 excluded: the 3 made here and response 3 of prompt 28, which make_prompts drew as [2], the EOS alone
+    assert "zero-advantage 31 (52%) -> 29 can be scored; 4 responses excluded (empty or non-finite reward)" in (
+        out.stdout)
+    assert "preflight: ok" in out.stdout
+
+
+def test_a_pool_without_a_finite_reward_cannot_be_scored(tmp_path):
+    train = _setup(tmp_path)
+    nan = [replace(p, rewards=[math.nan] * 4) for p in _pool()]
+    unflagged_table(nan).to_parquet(tmp_path / "train_rollouts.parquet")
+    out = run_script("preflight.py", *_args(tmp_path, train), check=False)
+    assert out.returncode == 1
+    assert "zero-advantage 60 (100%) -> 0 can be scored; 240 responses excluded" in out.stdout
+    assert "only 0 prompts can be scored but cropi.fraction selects 6" in out.stderr
+
+
+def test_a_prompts_file_given_as_rollouts_stops_it_in_one_line(tmp_path):
+    train = _setup(tmp_path)
+    out = run_script("preflight.py", *_args(tmp_path, train, f"cropi.train_rollouts={train}"), check=False)
+    assert out.returncode == 2 and out.stdout == ""
+    (line,) = [line for line in out.stderr.splitlines() if line.startswith("error:")]
+    assert line.startswith(f"error: {train}: file: columns: missing prompt_id, ")
 
 
 def _preflight_module():
@@ -88,3 +133,48 @@ def test_an_unreadable_model_config_is_one_line_of_the_plan(tmp_path):
     out = run_script("preflight.py", *_args(tmp_path, train, f"actor_rollout_ref.model.path={tmp_path / 'absent'}"))
     assert f"disk plan: cannot read the config of {tmp_path / 'absent'}" in out.stdout and "preflight: ok" in out.stdout
     assert "disk plan: feature stores" in out.stdout
+    assert f"memory plan: skipped, cannot read the config of {tmp_path / 'absent'}" in out.stdout
+
+
+def test_the_memory_plan_is_printed_after_the_disk_plan(tmp_path):
+    train = _setup(tmp_path)
+    policy = saved_random_policy(tmp_path / "policy")
+    out = run_script("preflight.py", *_args(tmp_path, train, f"actor_rollout_ref.model.path={policy}",
+                                            "data.max_prompt_length=64", "data.max_response_length=32"))
+    lines = out.stdout.splitlines()
+    start = lines.index("memory plan per GPU (22,144 parameters):")  # the meta-device count of the tiny policy
+    assert start > max(i for i, line in enumerate(lines) if line.startswith("disk plan:"))
+    assert [line.split()[0] for line in lines[start + 1 : start + 5]] == ["actor", "rollout", "influence", "total"]
+    assert "of 80.0 GiB" in lines[start + 4] and "fits (margin 10%)" in lines[start + 5]
+    assert "preflight: ok" in out.stdout
+
+
+def test_a_plan_that_cannot_fit_is_refused(tmp_path):
+    train = _setup(tmp_path)
+    policy = saved_random_policy(tmp_path / "policy")
+    out = run_script("preflight.py", *_args(tmp_path, train, f"actor_rollout_ref.model.path={policy}",
+                                            "cropi.gpu_memory_gb=0.001"), check=False)
+    assert out.returncode == 1 and "preflight: 1 problem(s)" in out.stderr
+    (line,) = [line for line in out.stderr.splitlines() if line.startswith("  - ")]
+    assert line.startswith("  - memory plan: does not fit cropi.gpu_memory_gb=0.001: actor ")
+    for part in ("influence worker", "largest component: actor",
+                 "lower actor_rollout_ref.actor.ppo_max_token_len_per_gpu", "cropi.popi.micro_batch_tokens"):
+        assert part in line, part
+    assert "DOES NOT FIT" in out.stdout
+
+
+def test_rollouts_with_log_probs_of_another_dtype_are_refused(tmp_path):
+    """The collection's manifest records the dtype beta's log-probs were recomputed in; the workers' (auto:
+    bfloat16 with GPU workers) must be the same, else rho != 1 at beta's weights."""
+    train = _setup(tmp_path)
+    (tmp_path / "manifest.json").write_text(json.dumps({"config": {"logprob_dtype": "float32"}}))  # beside both files
+    out = run_script("preflight.py", *_args(tmp_path, train), check=False)
+    assert out.returncode == 1 and "preflight: 2 problem(s)" in out.stderr
+    for label in ("cropi.train_rollouts", "cropi.val_rollouts.v"):
+        assert (f"{label}: beta's log-probs were recomputed in float32 ({tmp_path / 'manifest.json'}) but "
+                "cropi.workers.dtype resolves to bfloat16") in out.stderr, label
+    assert "--logprob-dtype bfloat16" in out.stderr
+    ok = run_script("preflight.py", *_args(tmp_path, train, "cropi.workers.use_gpu=false"))  # CPU workers: float32
+    assert "preflight: ok" in ok.stdout
+    (tmp_path / "manifest.json").write_text(json.dumps({"config": {"logprob_dtype": "bfloat16"}}))
+    assert "preflight: ok" in run_script("preflight.py", *_args(tmp_path, train)).stdout

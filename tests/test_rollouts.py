@@ -1,9 +1,11 @@
 """Offline rollout collection: kill + resume is byte-identical, stored log-probs are the policy's (rho = 1 at beta),
-the log-prob recompute both backends use, vLLM output conversion and engine split, flags for empty generations /
-NaN rewards, long-prompt skipping, a seeded prompt draw, manifest mismatch, the record arrays' parquet types."""
+the log-prob recompute both backends use (in bf16: against the bf16 worker's forward), vLLM output conversion and
+engine split, flags for empty generations / NaN rewards, long-prompt skipping, a seeded prompt draw, manifest
+mismatch, the record arrays' parquet types."""
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import subprocess
@@ -32,12 +34,12 @@ def setup(tmp_path_factory):
     return saved_random_policy(d / "policy"), toy_prompts(d / "train.parquet", n=24)
 
 
-def _cli(policy, prompts, out, env_extra=None):
+def _cli(policy, prompts, out, env_extra=None, extra=()):
     env = dict(os.environ, **(env_extra or {}))
     return subprocess.run(
         [sys.executable, str(ROOT / "scripts" / "collect_rollouts.py"), "--model", str(policy), "--input", str(prompts),
          "--out", str(out), "--n", "4", "--temperature", "1.0", "--max-new-tokens", "12", "--shard-size", "5",
-         "--batch-size", "5", "--threads", "1"],
+         "--batch-size", "5", "--threads", "1", *extra],
         env=env, capture_output=True, text=True, timeout=300,
     )
 
@@ -98,8 +100,6 @@ def test_long_prompts_skipped_and_counted(setup, tmp_path):
     cfg = CollectConfig(model=str(policy), input=str(prompts), n=2, max_new_tokens=4, max_prompt_tokens=limit)
     fake = lambda ps, seed: [[Response([5, tok.eos_token_id], "x", [-1.0, -1.0], False)] * 2 for _ in ps]  # noqa: E731
     path = collect_rollouts(cfg, tmp_path, fake, tok, progress=False)
-    import json
-
     manifest = json.loads((tmp_path / "manifest.json").read_text())
     n_long = sum(n > limit for n in lens)
     assert n_long > 0 and len(manifest["skipped_long_prompts"]) == n_long
@@ -177,6 +177,31 @@ def test_rho_is_one_at_beta_for_the_stored_logprobs(setup, tmp_path):
         for k, beh in enumerate(pr.behaviour_logprobs):
             rho = torch.exp(logp[k, : len(beh)] - torch.tensor(list(beh), dtype=torch.float32))
             assert torch.allclose(rho, torch.ones_like(rho), atol=1e-5)
+
+
+def test_bf16_logprobs_match_the_bf16_worker_forward(setup, tmp_path):
+    """``--logprob-dtype bfloat16`` (what the recipes pass: GPU workers run in bf16) is recorded in the manifest and
+    the stored log-probs agree with the worker's forward, ``response_logprobs`` on the policy loaded in bf16 (one
+    prompt's responses per batch). Not bit for bit: the recompute batches rows of several prompts, padded to other
+    widths, and bf16 matmuls of other shapes round differently, by a few bf16 ulps (2^-8 relative) of the O(1)
+    logits: |log rho| <= 1e-2 per token, 1e-4 on average (most tokens are bit-identical). An fp32 recompute of the
+    same rows, unbatched, is off by its fp32-vs-bf16 rounding on every token: a larger mean."""
+    policy, prompts = setup
+    assert _cli(policy, prompts, tmp_path / "r", extra=("--logprob-dtype", "bfloat16")).returncode == 0
+    assert json.loads((tmp_path / "r" / "manifest.json").read_text())["config"]["logprob_dtype"] == "bfloat16"
+    worker = AutoModelForCausalLM.from_pretrained(policy, dtype=torch.bfloat16).eval()  # as InfluenceWorker loads it
+    fp32 = AutoModelForCausalLM.from_pretrained(policy, dtype=torch.float32).eval()
+    pad = AutoTokenizer.from_pretrained(policy).pad_token_id
+    stored_gap, fp32_gap = [], []
+    for pr in to_prompt_rollouts(pd.read_parquet(tmp_path / "r" / "rollouts.parquet")):
+        with torch.no_grad():
+            logp, _ = response_logprobs(worker, [pr.prompt_ids] * len(pr.responses), pr.responses, pad)
+            ref, _ = response_logprobs(fp32, [pr.prompt_ids] * len(pr.responses), pr.responses, pad)
+        for k, beh in enumerate(pr.behaviour_logprobs):
+            stored_gap += (logp[k, : len(beh)] - torch.tensor(list(beh), dtype=torch.float32)).abs().tolist()
+            fp32_gap += (logp[k, : len(beh)] - ref[k, : len(beh)]).abs().tolist()
+    assert max(stored_gap) <= 1e-2 and np.mean(stored_gap) <= 1e-4
+    assert np.mean(fp32_gap) > 3 * np.mean(stored_gap)
 
 
 def test_max_prompts_collects_a_seeded_draw(setup, tmp_path):

@@ -312,12 +312,13 @@ def test_recipe_dry_run_prints_every_step_and_its_config_passes_all_checks(tmp_p
     assert "scripts/prepare_data.py" in lines[0]
     collect = [line for line in lines if "collect_rollouts.py" in line]  # train, gsm8k_heldout, math_heldout (vLLM)
     assert len(collect) == 3 and all("--tensor-parallel-size 2 --data-parallel-size 2" in line for line in collect)
+    assert all("--logprob-dtype bfloat16" in line for line in collect)  # cropi.workers.dtype auto on GPU
     assert shlex.split(lines[-2])[1] == "scripts/preflight.py" and shlex.split(lines[-2])[2:] == shlex.split(lines[-1])[3:]
     train = shlex.split(lines[-1])
     assert train[:3] == ["python", "-m", "cropi_verl.trainer.main"] and train[-1] == "trainer.n_gpus_per_node=4"
-    for split in ("train", "gsm8k_heldout", "math_heldout"):  # the cropi checks only need the rollouts files to exist
+    for split in ("train", "gsm8k_heldout", "math_heldout"):  # the dry run reads them as the trainer does
         (tmp_path / "roll" / split).mkdir(parents=True)
-        (tmp_path / "roll" / split / "rollouts.parquet").write_bytes(b"")
+        rollout_table(make_prompts(3)).to_parquet(tmp_path / "roll" / split / "rollouts.parquet")
     out = subprocess.run([sys.executable, *train[1:]], cwd=ROOT, capture_output=True, text=True, timeout=300,
                          env=dict(os.environ, CROPI_DRY_RUN="1"))
     assert out.returncode == 0, out.stderr[-2000:]  # composes with verl's config and passes its validate_config

@@ -88,13 +88,9 @@ def stage_boundary(
         score_file = str(atomic_write_parquet(res.scores, out / "scores.parquet"))
         kill_point("scores_written")
         selected = res.selection.prompt_ids.tolist()
-        if not selected:
-            raise ValueError(f"stage {stage}: no prompt of the pool of {len(train)} can be scored ({res.n_zero_advantage} "
-                             f"zero-advantage: beta solved all or none of its responses; {res.n_nonfinite} non-finite); "
-                             "influence cannot select. Re-collect the rollouts with more responses or a higher "
-                             "temperature, or use a pass_rate / random strategy")
         stats |= {"n_zero_advantage": res.n_zero_advantage, "n_nonfinite": res.n_nonfinite,
-                  "shortfall": res.selection.shortfall, "pass_seconds": res.seconds}
+                  "n_excluded_responses": res.n_excluded, "shortfall": res.selection.shortfall,
+                  "pass_seconds": res.seconds}
     elif schedule.uses_influence:
         if previous is None:
             raise ValueError(f"stage {stage}: one-shot influence needs the previous stage's state")

@@ -16,7 +16,6 @@ from typing import Mapping
 
 import numpy as np
 import pandas as pd
-import torch
 
 from cropi_verl.influence.gradients import PopiConfig, PopiResult, PromptRollouts, is_zero_advantage, validation_gradient
 from cropi_verl.influence.pipeline import Featurizer, features_into_store
@@ -24,7 +23,7 @@ from cropi_verl.influence.projection import Projector
 from cropi_verl.influence.scoring import influence_scores
 from cropi_verl.influence.selection import SelectionPool, SelectionResult, select
 from cropi_verl.influence.store import FeatureStore
-from cropi_verl.rollout.records import to_prompt_rollouts
+from cropi_verl.rollout.records import excluded_responses, to_prompt_rollouts
 
 log = logging.getLogger(__name__)
 
@@ -35,6 +34,7 @@ class InfluencePass:
     selection: SelectionResult
     n_zero_advantage: int
     n_nonfinite: int
+    n_excluded: int  # responses of the pool excluded (empty or non-finite reward: ``records.usable_responses``)
     seconds: dict[str, float] = field(default_factory=dict)  # val_features, pool_features, scoring
 
 
@@ -80,7 +80,8 @@ def influence_pass(
     val_seed: int = 0,
 ) -> InfluencePass:
     """Features, scores and selection at the policy ``featurize`` runs (see the module docstring); ``seed`` breaks
-    the selection's ties, ``val_seed`` draws the validation prompts (``validation_prompts``)."""
+    the selection's ties, ``val_seed`` draws the validation prompts (``validation_prompts``). A pool of which no
+    prompt can be scored is a ``ValueError`` that names the cause (``nothing_scored``)."""
     root = Path(store_root)
     val_grads = {}
     t0 = time.perf_counter()
@@ -99,7 +100,11 @@ def influence_pass(
         featurize, to_prompt_rollouts(train), FeatureStore(root / "train", manifest | {"set": "train"}), shard_size, progress
     )
     t2 = time.perf_counter()
-    per_set = influence_scores(feats, val_grads, metric) if len(ids) else {n: torch.zeros(0) for n in val_grads}
+    n_zero, n_nonfinite = len(skipped.get("zero_advantage", [])), len(skipped.get("nonfinite", []))
+    n_excluded = excluded_responses(train)
+    if not len(ids):
+        raise ValueError(nothing_scored(train, n_zero, n_nonfinite, n_excluded))
+    per_set = influence_scores(feats, val_grads, metric)
     pos = {int(p): i for i, p in enumerate(train["prompt_id"])}
     table = pd.DataFrame({"prompt_id": train["prompt_id"].to_numpy(np.int64),
                           "pass_rate": train["pass_rate"].to_numpy(np.float64)})
@@ -114,8 +119,18 @@ def influence_pass(
     result = select(strategy, pool_for_selection(train, scores), fraction, seed)
     table["selected_rank"] = -1
     table.loc[[pos[int(i)] for i in result.prompt_ids], "selected_rank"] = np.arange(len(result.prompt_ids))
-    n_zero, n_nonfinite = len(skipped.get("zero_advantage", [])), len(skipped.get("nonfinite", []))
-    log.info("influence pass: %d prompts scored, %d zero-advantage removed, %d non-finite, %d selected",
-             len(ids), n_zero, n_nonfinite, len(result.prompt_ids))
+    log.info("influence pass: %d prompts scored, %d zero-advantage removed, %d non-finite, %d responses excluded "
+             "(empty or non-finite reward), %d selected", len(ids), n_zero, n_nonfinite, n_excluded,
+             len(result.prompt_ids))
     seconds = {"val_features": t1 - t0, "pool_features": t2 - t1, "scoring": time.perf_counter() - t2}
-    return InfluencePass(table, result, n_zero, n_nonfinite, {k: round(v, 3) for k, v in seconds.items()})
+    return InfluencePass(table, result, n_zero, n_nonfinite, n_excluded, {k: round(v, 3) for k, v in seconds.items()})
+
+
+def nothing_scored(train: pd.DataFrame, n_zero: int, n_nonfinite: int, n_excluded: int) -> str:
+    """Why no prompt of the pool ``train`` could be scored, in one line."""
+    n_responses = int(train["flag"].map(len).sum())
+    return (f"no prompt of the pool of {len(train)} can be scored ({n_zero} zero-advantage: beta solved all or none "
+            f"of its usable responses, or fewer than two are usable; {n_excluded} of {n_responses} responses excluded "
+            f"as empty or with a non-finite reward; {n_nonfinite} non-finite gradients); influence cannot select. "
+            "Re-collect the rollouts with more responses or a higher temperature, or use a pass_rate / random "
+            "strategy")

@@ -22,7 +22,8 @@ class StageState:
     selection_seed: int  # tie-breaks / random draws of this stage's selection
     sampler_seed: int  # the ranked sampler's shuffle seed
     score_file: str | None = None  # scores.parquet of this stage (None: no influence pass at this stage)
-    stats: dict = field(default_factory=dict)  # n_pool, n_zero_advantage, n_nonfinite, shortfall, seconds
+    stats: dict = field(default_factory=dict)  # n_pool, n_zero_advantage, n_nonfinite, n_excluded_responses,
+    #                                             shortfall, seconds
 
     def to_dict(self) -> dict:
         return asdict(self)

@@ -8,7 +8,11 @@ log-probs:
     L(theta) = -(1/K) sum_k (1/|y_k|) sum_t rho_k,t A_k                (optional PPO clip on rho)
     g_s      = grad_theta L(theta)  over all trainable parameters       (one vector in R^d per prompt)
 
-A prompt whose rewards are all equal has A = 0 and g_s = 0; it is detected before any backward pass and skipped.
+The K responses are the prompt's usable ones (``rollout.records.usable_responses``): a response that is empty (no
+token other than EOS) or whose reward is not finite is dropped one by one before this point, and K, mean(r) and
+std(r) are over the remaining responses, so one NaN reward among K never makes the prompt's gradient non-finite.
+A prompt whose usable rewards are all equal, or that has fewer than two, has A = 0 and g_s = 0 (``is_zero_advantage``);
+it is detected before any backward pass and skipped.
 
 Streaming: ``g_s`` is never materialised as a whole. A post-accumulate-grad hook on every trainable parameter
 projects that parameter's gradient at its global offset as soon as backward has produced it, adds the [k] result
@@ -49,7 +53,8 @@ from cropi_verl.influence.projection import Projector
 
 @dataclass
 class PromptRollouts:
-    """One prompt's K offline responses. ``behaviour_logprobs[k][t]`` is log beta of ``responses[k][t]``."""
+    """One prompt's K usable offline responses (finite rewards; module docstring). ``behaviour_logprobs[k][t]`` is
+    log beta of ``responses[k][t]``."""
 
     prompt_id: int
     prompt_ids: list[int]

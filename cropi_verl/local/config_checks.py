@@ -1,10 +1,11 @@
 """The demo's config (``configs/tiny_cpu.yaml`` + overrides), checked before any work.
 
-``check_demo_config`` validates every number, flag and choice (the loggers against verl's
-``Tracking.supported_backend``) against ``DEMO_RULES`` (``cropi_verl/utils/config_rules.py``), then the policy's
-head counts, and the GRPO loss settings with verl's own checks (``GRPOConfig``). It raises one ``ValueError`` that
-lists every problem: a bad override fails in one line within seconds, not after the policy build or halfway
-through a run. ``dataclass_from`` builds the run's dataclasses from the same config.
+``check_demo_config`` refuses keys that ``configs/tiny_cpu.yaml`` does not define (a mistyped ``+grpo.lrr=1e-4``),
+validates every number, flag and choice (the loggers against verl's ``Tracking.supported_backend``) against
+``DEMO_RULES`` (``cropi_verl/utils/config_rules.py``), then the policy's head counts, and the GRPO loss settings
+with verl's own checks (``GRPOConfig``). It raises one ``ValueError`` that lists every problem: a bad override fails
+in one line within seconds, not after the policy build or halfway through a run. ``dataclass_from`` builds the
+run's dataclasses from the same config and refuses a key that is no field of them.
 """
 
 from __future__ import annotations
@@ -31,6 +32,8 @@ from cropi_verl.utils.config_rules import (
     config_problems,
     list_of,
     one_of,
+    shipped_keys,
+    unknown_keys,
 )
 
 T = TypeVar("T")
@@ -62,16 +65,21 @@ DEMO_RULES = {
 }
 
 
-def dataclass_from(cls: type[T], node: DictConfig, **extra: Any) -> T:
-    """``cls`` from the keys of config ``node`` that are its fields, plus ``extra``."""
-    names = {f.name for f in fields(cls)}
-    return cls(**{k: v for k, v in OmegaConf.to_container(node).items() if k in names}, **extra)
+def dataclass_from(cls: type[T], node: DictConfig, elsewhere: tuple[str, ...] = (), **extra: Any) -> T:
+    """``cls`` from the keys of config ``node`` plus ``extra``; a key that is no field of ``cls`` is a ``ValueError``
+    unless the caller reads it itself (``elsewhere``)."""
+    values = {k: v for k, v in OmegaConf.to_container(node).items() if k not in elsewhere}
+    names = [f.name for f in fields(cls)]
+    unknown = sorted(set(values) - set(names))
+    if unknown:
+        raise ValueError(f"{cls.__name__} has no fields {unknown}: expected {names}")
+    return cls(**values, **extra)
 
 
 def check_demo_config(cfg: DictConfig) -> None:
     """Raise one ``ValueError`` listing every bad key of the demo config (see the module docstring)."""
     values = OmegaConf.to_container(cfg, resolve=True)
-    problems = config_problems(values, DEMO_RULES)
+    problems = unknown_keys(values, shipped_keys("tiny_cpu")) + config_problems(values, DEMO_RULES)
     if not problems:  # the cross-key checks need well-typed values
         pol = values["policy"]
         heads, kv = pol["num_attention_heads"], pol["num_key_value_heads"]

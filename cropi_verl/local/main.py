@@ -40,6 +40,7 @@ from cropi_verl.local.run_config import check_run_dir, run_config, write_run_con
 from cropi_verl.local.trainer import EvalConfig, LocalCurriculumTrainer, LocalRun
 from cropi_verl.models.tiny_policy import TinyPolicyConfig, build_tiny_policy
 from cropi_verl.rollout.collect import CollectConfig, collect_rollouts, hf_backend
+from cropi_verl.rollout.records import read_rollouts
 from cropi_verl.utils.atomic import atomic_write_json
 from cropi_verl.utils.cli import one_line_errors
 from cropi_verl.workers.group import InfluenceWorkerGroup
@@ -57,7 +58,7 @@ def prepare(cfg: DictConfig) -> tuple[dict, Path]:
         write_verl_parquet(frame, data_dir / f"{split}.parquet")
     cache = Path(cfg.policy.cache_dir) / "tiny_policy" if cfg.policy.cache_dir else None
     t0 = time.time()
-    policy_dir = build_tiny_policy(dataclass_from(TinyPolicyConfig, cfg.policy, task=task), cache)
+    policy_dir = build_tiny_policy(dataclass_from(TinyPolicyConfig, cfg.policy, ("cache_dir",), task=task), cache)
     log.info("tiny policy: %s (%.1fs)", policy_dir, time.time() - t0)
     return frames, policy_dir
 
@@ -75,7 +76,7 @@ def offline_rollouts(cfg: DictConfig, policy_dir: Path) -> tuple[pd.DataFrame, d
                            max_new_tokens=off.max_new_tokens, seed=cfg.seed, batch_size=off.batch_size,
                            shard_size=off.shard_size)
         path = collect_rollouts(cc, Path(cfg.output_dir) / "rollouts" / split, hf_backend(model, tok, cc), tok)
-        out[split] = pd.read_parquet(path)
+        out[split] = read_rollouts(path, tok.eos_token_id)
     return out.pop("train"), out
 
 
@@ -111,7 +112,8 @@ def run_method(cfg: DictConfig, strategy: str, seed: int, frames: dict, policy_d
     run = LocalRun(
         policy_dir=policy_dir, prompts=frames["train"], train_rollouts=train_roll, val_rollouts=val_roll,
         val_prompts={n: frames[n] for n in VAL_SETS}, targeted=list(TARGETED_SETS), schedule=schedule,
-        grpo=dataclass_from(GRPOConfig, cfg.grpo), eval=dataclass_from(EvalConfig, cfg.eval), out_dir=out,
+        grpo=dataclass_from(GRPOConfig, cfg.grpo), out_dir=out,
+        eval=dataclass_from(EvalConfig, cfg.eval, ("speedup_gain_fraction",)),
         featurizer=group.update_weights, manifest=manifest, seed=seed, ckpt_every=cfg.train.ckpt_every,
         influence_kw={"metric": inf.metric, "max_val_prompts": inf.max_val_prompts, "shard_size": inf.shard_size},
         loggers=tuple(cfg.train.loggers), log_every=cfg.train.log_every,

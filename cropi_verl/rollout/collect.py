@@ -1,10 +1,11 @@
 """Resumable, sharded offline rollout collection (HF backend on CPU, vLLM on GPU: ``rollout/vllm_backend.py``) into
-one record format. Both backends store beta's log-probs by the influence pass's fp32 forward
-(``rollout.hf_backend.behaviour_logprobs``).
+one record format. Both backends store beta's log-probs by the influence pass's forward
+(``rollout.hf_backend.behaviour_logprobs``) with the HF model in ``logprob_dtype``, which must be the influence
+workers' dtype (``cropi.workers.dtype``; scripts/preflight.py checks it) for rho to be 1 at beta's weights.
 
 Output directory::
 
-    manifest.json            the collection config (model, sampling, seed, input file, shard size)
+    manifest.json            the collection config (model, sampling, seed, input file, shard size, logprob dtype)
     shards/shard_00000.parquet ...   records of input rows [j*S, (j+1)*S), each written atomically
     rollouts.parquet         all records in input order (written last, atomically)
 
@@ -54,6 +55,7 @@ class CollectConfig:
     batch_size: int = 16  # prompts per generate call (hf)
     tensor_parallel_size: int = 1  # vllm
     max_prompts: int | None = None  # collect a seeded draw of this many prompts (None: all)
+    logprob_dtype: str = "float32"  # beta's log-probs recomputed by the HF model in this dtype (the workers' dtype)
 
 
 # A backend samples one shard: (token ids of each prompt, seed) -> n Responses per prompt.
@@ -150,8 +152,10 @@ def collect_rollouts(cfg: CollectConfig, out_dir: str | Path, backend: Backend, 
 
 def hf_backend(model, tokenizer, cfg: CollectConfig, logprob_tokens: int = LOGPROB_TOKENS) -> Backend:
     """``model.generate`` sampling (left-padded batches), then beta's log-probs by ``with_behaviour_logprobs``
-    (forward batches of at most ``logprob_tokens`` padded tokens)."""
-    from cropi_verl.rollout.hf_backend import sample_chat, with_behaviour_logprobs
+    with ``model`` in ``cfg.logprob_dtype`` (forward batches of at most ``logprob_tokens`` padded tokens)."""
+    from cropi_verl.rollout.hf_backend import in_dtype, sample_chat, with_behaviour_logprobs
+
+    scorer = in_dtype(model, cfg.logprob_dtype)
 
     def run(prompt_ids: Sequence[list[int]], seed: int) -> list[list[Response]]:
         groups = []
@@ -160,7 +164,7 @@ def hf_backend(model, tokenizer, cfg: CollectConfig, logprob_tokens: int = LOGPR
                                cfg.top_p, cfg.max_new_tokens, seed * 7919 + b)
             groups += [[Response(g.response_ids, tokenizer.decode(g.response_ids, skip_special_tokens=True), None,
                                  g.truncated) for g in group] for group in gens]
-        return with_behaviour_logprobs(model, prompt_ids, groups, tokenizer.pad_token_id, logprob_tokens)
+        return with_behaviour_logprobs(scorer, prompt_ids, groups, tokenizer.pad_token_id, logprob_tokens)
 
     return run
 

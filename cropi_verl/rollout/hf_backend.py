@@ -2,13 +2,14 @@
 
 ``sample_chat`` returns, per prompt, ``n`` responses; each response's token ids end with EOS unless it was
 truncated at ``max_new_tokens``. ``behaviour_logprobs`` recomputes the log-prob of every sampled token with
-``cropi_verl.influence.gradients.response_logprobs`` (the forward the influence pass runs), so that at beta's
-weights the pass's ratio rho = exp(log pi - log beta) is 1: both rollout backends store these, never a sampler's
-own values (vLLM's come from its bf16 sampler).
+``cropi_verl.influence.gradients.response_logprobs`` (the forward the influence pass runs) on the model in the
+influence workers' dtype (``in_dtype``), so that at beta's weights the pass's ratio rho = exp(log pi - log beta)
+is 1: both rollout backends store these, never a sampler's own values (vLLM's come from its bf16 sampler).
 """
 
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Sequence
 
@@ -94,13 +95,21 @@ def token_batches(lengths: Sequence[int], max_tokens: int) -> list[list[int]]:
     return groups
 
 
+def in_dtype(model: PreTrainedModel, dtype: str) -> PreTrainedModel:
+    """``model`` itself when it is in ``dtype`` (a torch dtype name), else a copy cast to it: beta's weights as the
+    influence workers hold them (``from_pretrained(dtype=...)`` casts the same way)."""
+    want = getattr(torch, dtype)
+    return model if model.dtype == want else copy.deepcopy(model).to(want)
+
+
 @torch.no_grad()
 def behaviour_logprobs(
     model: PreTrainedModel, prompt_ids: Sequence[Sequence[int]], responses: Sequence[Sequence[int]], pad_id: int,
     max_tokens: int,
 ) -> list[np.ndarray]:
-    """Per response, the float32 log-probs of its tokens under ``model`` (``response_logprobs``; load the model in
-    fp32, as the influence workers do), batched by ``token_batches`` over prompt + response lengths."""
+    """Per response, the log-probs (float32 arrays) of its tokens under ``model`` in its own dtype
+    (``response_logprobs``; give it the workers' dtype, ``in_dtype``), batched by ``token_batches`` over prompt +
+    response lengths."""
     from cropi_verl.influence.gradients import response_logprobs
 
     out = [np.zeros(0, np.float32) for _ in responses]

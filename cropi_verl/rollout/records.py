@@ -12,26 +12,41 @@ Columns:
 - per-prompt summaries: ``n_valid`` (unflagged responses), ``pass_rate`` (mean reward of unflagged responses,
   NaN if none), ``reward_std`` (population std of those rewards)
 
-Flagged responses are kept in the file for inspection but never scored or used in a gradient. Token ids and
+The exclusion rule (``response_flags``, one place): a response is usable only if it is unflagged, has a token
+other than EOS and a finite reward (not NaN, inf or null); any other response is excluded one by one, whatever its
+stored flag says, and the group statistics (``n_valid``, ``pass_rate``, the advantages' mean and std, K) are
+computed over the usable responses alone. ``usable_responses`` is what preflight counts and scoring converts (``to_prompt_rollouts``).
+Excluded responses are kept in the file for inspection but never scored or used in a gradient. Token ids and
 log-probs are held as int64 / float64 numpy arrays (``list<list<int64>>`` / ``list<list<double>>`` in parquet),
 never as per-token Python scalars.
+
+Every reader of a rollouts file goes through ``read_rollouts``: the file is validated as strictly as a prompts
+file (``validate_rollouts``: ``<file>: row N: <key>: <reason>``) and every response is judged by the rule (with the
+tokenizer's EOS when the reader has one), so an unflagged empty response or non-finite reward is flagged there.
 """
 
 from __future__ import annotations
 
 import math
+import numbers
+from collections import Counter
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
 import pandas as pd
 
+from cropi_verl.data.verl_format import DataValidationError, RowProblem
 from cropi_verl.influence.gradients import PromptRollouts
 
 RECORD_COLUMNS = (
     "prompt_id", "data_source", "split", "ground_truth", "prompt_token_ids", "response_ids", "response_text",
     "reward", "logprobs", "length", "truncated", "flag", "n_valid", "pass_rate", "reward_std",
 )
+PER_RESPONSE = ("response_ids", "response_text", "reward", "logprobs", "length", "truncated", "flag")
+FLAGS = ("", "empty", "nan_reward")
+MAX_LISTED = 5  # problems a rollouts-file error lists (then "... and N more")
 
 
 @dataclass
@@ -47,18 +62,46 @@ def _is_empty(tokens: np.ndarray, eos_id: int | None) -> bool:
     return not len(tokens) or (eos_id is not None and bool(np.all(tokens == eos_id)))
 
 
+def response_flag(tokens: Sequence[int], reward: float, eos_id: int | None) -> str:
+    """The rule for one response: "empty" (no token other than EOS), "nan_reward" (a reward that is null or not
+    finite) or ""."""
+    if _is_empty(np.asarray(tokens), eos_id):
+        return "empty"
+    return "" if reward is not None and math.isfinite(reward) else "nan_reward"
+
+
+def response_flags(response_ids: Sequence, rewards: Sequence[float], flags: Sequence[str],
+                   eos_id: int | None = None) -> list[str]:
+    """Each response's flag: its stored flag, else the rule's (``response_flag``; ``eos_id`` None: only a
+    response without tokens is empty)."""
+    return [f or response_flag(t, r, eos_id) for t, r, f in zip(response_ids, rewards, flags)]
+
+
+def usable_responses(response_ids: Sequence, rewards: Sequence[float], flags: Sequence[str]) -> list[int]:
+    """Positions of a record's usable responses, the ones scored and used in gradients (module docstring)."""
+    return [i for i, f in enumerate(response_flags(response_ids, rewards, flags)) if not f]
+
+
+def _judged(response_ids: Sequence, rewards: Sequence[float], flags: Sequence[str], eos_id: int | None) -> dict:
+    """A record's ``reward`` (NaN when flagged), ``flag`` and summary columns under the rule."""
+    flags = response_flags(response_ids, rewards, flags, eos_id)
+    clean = [float("nan") if f else float(r) for r, f in zip(rewards, flags)]
+    valid = [r for r, f in zip(clean, flags) if not f]
+    return {
+        "reward": clean,
+        "flag": flags,
+        "n_valid": len(valid),
+        "pass_rate": float(np.mean(valid)) if valid else float("nan"),
+        "reward_std": float(np.std(valid)) if valid else float("nan"),
+    }
+
+
 def make_row(
     prompt_id: int, data_source: str, split: str, ground_truth: str, prompt_token_ids: Sequence[int],
     responses: Sequence[Response], rewards: Sequence[float], eos_id: int | None,
 ) -> dict[str, Any]:
     """One record; flags empty generations and non-finite rewards and summarises the unflagged ones."""
     ids = [np.asarray(r.token_ids, dtype=np.int64) for r in responses]
-    flags, clean = [], []
-    for tokens, r in zip(ids, rewards):
-        flag = "empty" if _is_empty(tokens, eos_id) else ("nan_reward" if not math.isfinite(r) else "")
-        flags.append(flag)
-        clean.append(float(r) if not flag else float("nan"))
-    valid = [r for r in clean if not math.isnan(r)]
     return {
         "prompt_id": int(prompt_id),
         "data_source": data_source,
@@ -67,27 +110,23 @@ def make_row(
         "prompt_token_ids": np.asarray(prompt_token_ids, dtype=np.int64),
         "response_ids": ids,
         "response_text": [r.text for r in responses],
-        "reward": clean,
         "logprobs": [np.asarray(r.logprobs, dtype=np.float64) for r in responses],
         "length": [len(t) for t in ids],
         "truncated": [bool(r.truncated) for r in responses],
-        "flag": flags,
-        "n_valid": len(valid),
-        "pass_rate": float(np.mean(valid)) if valid else float("nan"),
-        "reward_std": float(np.std(valid)) if valid else float("nan"),
+        **_judged(ids, rewards, [""] * len(ids), eos_id),
     }
 
 
-def unflagged(flags: Sequence[str]) -> list[int]:
-    """Positions of a record's unflagged responses (the ones scored and used in gradients)."""
-    return [i for i, f in enumerate(flags) if not f]
+def excluded_responses(frame: pd.DataFrame) -> int:
+    """How many responses of ``frame`` are excluded (not ``usable_responses``)."""
+    return sum(len(r.flag) - len(usable_responses(r.response_ids, r.reward, r.flag)) for r in frame.itertuples())
 
 
 def to_prompt_rollouts(frame: pd.DataFrame) -> list[PromptRollouts]:
-    """The unflagged responses of each record, as POPI inputs (order of ``frame``)."""
+    """The usable responses of each record (``usable_responses``), as POPI inputs (order of ``frame``)."""
     out = []
     for row in frame.itertuples(index=False):
-        keep = unflagged(row.flag)
+        keep = usable_responses(row.response_ids, row.reward, row.flag)
         out.append(
             PromptRollouts(
                 prompt_id=int(row.prompt_id),
@@ -98,3 +137,77 @@ def to_prompt_rollouts(frame: pd.DataFrame) -> list[PromptRollouts]:
             )
         )
     return out
+
+
+def _is_list(x: Any) -> bool:
+    return isinstance(x, (list, tuple)) or (isinstance(x, np.ndarray) and x.ndim == 1)
+
+
+def _kind(x: Any, kinds: str) -> bool:
+    """``x`` is a list of numbers of numpy dtype kinds ``kinds`` (an empty list always is)."""
+    if not _is_list(x):
+        return False
+    try:
+        a = np.asarray(x)
+    except ValueError:  # ragged nesting
+        return False
+    return a.ndim == 1 and (len(a) == 0 or a.dtype.kind in kinds)
+
+
+def _response_problems(rec: dict) -> list[tuple[str, str]]:
+    """(key, reason) for the per-response lists of one record: equal lengths, token ids, log-probs, rewards, flags."""
+    lengths = {c: len(rec[c]) if _is_list(rec[c]) else None for c in PER_RESPONSE}
+    if None in lengths.values() or len(set(lengths.values())) > 1:
+        return [("responses", f"per-response lists of unequal lengths or not lists: {lengths}")]
+    out = []
+    for k, (tokens, lps) in enumerate(zip(rec["response_ids"], rec["logprobs"])):
+        if not _kind(tokens, "iu"):
+            out.append((f"response_ids[{k}]", "expected a list of token ids"))
+        elif not _kind(lps, "iuf") or len(lps) != len(tokens):
+            out.append((f"logprobs[{k}]", f"expected {len(tokens)} log-probs (one per response token), got "
+                                          f"{np.asarray(lps).size}"))
+    if not all(r is None or (isinstance(r, numbers.Real) and not isinstance(r, bool)) for r in rec["reward"]):
+        out.append(("reward", f"expected numbers (or nulls), got {list(rec['reward'])!r}"))
+    bad = [f for f in rec["flag"] if f not in FLAGS]
+    if bad:
+        out.append(("flag", f"expected flags in {list(FLAGS)}, got {bad!r}"))
+    return out
+
+
+def _row_problems(path: str, row: int, rec: dict) -> list[RowProblem]:
+    """Every problem of one record (``validate_rollouts``)."""
+    out = []
+    if not isinstance(rec["prompt_id"], numbers.Integral) or isinstance(rec["prompt_id"], bool):
+        out.append(("prompt_id", f"expected an integer prompt id, got {rec['prompt_id']!r}"))
+    if not _kind(rec["prompt_token_ids"], "iu") or not len(rec["prompt_token_ids"]):
+        out.append(("prompt_token_ids", "expected a non-empty list of token ids"))
+    return [RowProblem(path, row, k, why) for k, why in out + _response_problems(rec)]
+
+
+def validate_rollouts(frame: pd.DataFrame, path: str = "<frame>") -> list[RowProblem]:
+    """Every problem of a rollouts table: missing columns, else per record wrong types or unequal per-response
+    lists, a log-prob list unlike its response's length, an unknown flag, and duplicate prompt ids."""
+    missing = [c for c in RECORD_COLUMNS if c not in frame.columns]
+    if missing:
+        return [RowProblem(path, None, "columns", f"missing {', '.join(missing)} (not an offline-rollouts file: "
+                                                  "scripts/collect_rollouts.py writes them)")]
+    problems = [p for row, rec in enumerate(frame.to_dict("records")) for p in _row_problems(path, row, rec)]
+    ids = [(row, int(i)) for row, i in enumerate(frame["prompt_id"].tolist()) if isinstance(i, numbers.Integral)]
+    counts = Counter(i for _, i in ids)
+    return problems + [RowProblem(path, row, "prompt_id", f"duplicate id {i} ({counts[i]} rows)")
+                       for row, i in ids if counts[i] > 1]
+
+
+def read_rollouts(path: str | Path, eos_id: int | None = None) -> pd.DataFrame:
+    """A rollouts parquet, validated (``validate_rollouts``; ``DataValidationError`` in one line otherwise), with
+    every response judged by the rule (``response_flags`` with ``eos_id``) and the summaries recomputed."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no such rollouts parquet (collect it with scripts/collect_rollouts.py)")
+    frame = pd.read_parquet(path)
+    problems = validate_rollouts(frame, str(path))
+    if problems:
+        more = f"; ... and {len(problems) - MAX_LISTED} more" if len(problems) > MAX_LISTED else ""
+        raise DataValidationError("; ".join(str(p) for p in problems[:MAX_LISTED]) + more)
+    judged = [_judged(r.response_ids, r.reward, r.flag, eos_id) for r in frame.itertuples()]
+    return frame.assign(**pd.DataFrame(judged, index=frame.index))

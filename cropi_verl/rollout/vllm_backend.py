@@ -1,10 +1,10 @@
 """vLLM rollout backend on every GPU: ``data_parallel_size`` independent engines of ``tensor_parallel_size`` GPUs.
 
 Each engine is one spawned process that sees only its GPUs (``CUDA_VISIBLE_DEVICES``), holds a ``vllm.LLM`` and
-the HF model in fp32 (as the influence workers load it), and answers requests ``(prompt token ids, seeds)``: it
-samples with vLLM, then recomputes beta's log-probs of the sampled tokens with the HF model
-(``rollout.hf_backend.with_behaviour_logprobs``), so that the influence pass's ratio is 1 at beta's weights.
-A shard's prompts are split into contiguous chunks, one per engine. Every prompt has its own sampling seed
+the HF model in ``cfg.logprob_dtype`` (as the influence workers load it), and answers requests
+``(prompt token ids, seeds)``: it samples with vLLM, then recomputes beta's log-probs of the sampled tokens with
+the HF model (``rollout.hf_backend.with_behaviour_logprobs``), so that the influence pass's ratio is 1 at beta's
+weights. A shard's prompts are split into contiguous chunks, one per engine. Every prompt has its own sampling seed
 (``request_seeds``), so the samples do not depend on how prompts are split between engines.
 
 vLLM does not run in the CPU tests: ``vllm_outputs_to_responses``, ``request_seeds`` and ``split_evenly`` are
@@ -59,7 +59,8 @@ def _engine(cfg: CollectConfig, gpus: str, pad_id: int, logprob_tokens: int, mem
 
         llm = LLM(model=cfg.model, tensor_parallel_size=cfg.tensor_parallel_size, seed=cfg.seed,
                   gpu_memory_utilization=memory)
-        model = AutoModelForCausalLM.from_pretrained(cfg.model, dtype=torch.float32).to("cuda").eval()
+        dtype = getattr(torch, cfg.logprob_dtype)
+        model = AutoModelForCausalLM.from_pretrained(cfg.model, dtype=dtype).to("cuda").eval()
         outbox.put(("ok", None))
         for prompt_ids, seeds in iter(inbox.get, None):
             params = [SamplingParams(n=cfg.n, temperature=cfg.temperature, top_p=cfg.top_p,
@@ -95,7 +96,7 @@ def vllm_backend(cfg: CollectConfig, pad_id: int, data_parallel_size: int = 1, l
                  gpu_memory_utilization: float = 0.5) -> Backend:
     """Start ``data_parallel_size`` engines on the visible GPUs (``tensor_parallel_size`` each) and return the
     backend that splits each shard between them. vLLM gets ``gpu_memory_utilization`` of each GPU; the rest holds
-    the fp32 HF model and its log-prob forward (``logprob_tokens`` padded tokens at a time)."""
+    the HF model (in ``cfg.logprob_dtype``) and its log-prob forward (``logprob_tokens`` padded tokens at a time)."""
     visible = os.environ.get("CUDA_VISIBLE_DEVICES")
     if visible is None:
         import torch

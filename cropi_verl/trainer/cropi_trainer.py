@@ -42,6 +42,7 @@ from cropi_verl.curriculum.boundary import check_rollout_ids, stage_boundary
 from cropi_verl.curriculum.metrics import boundary_metrics
 from cropi_verl.curriculum.sampler import stage_dataloader
 from cropi_verl.curriculum.state import StageState
+from cropi_verl.rollout.records import read_rollouts
 from cropi_verl.trainer.curriculum_config import check_composed_config
 from cropi_verl.utils.faults import kill_point
 from cropi_verl.utils.trace import trace
@@ -76,9 +77,10 @@ class CROPITrainer(PPOTrainerSync):
         super()._init_dataloader()
         self.steps_per_epoch = self.total_training_steps  # the subset's epochs never end the run (docstring)
         self.id_to_pos = dataset_row_ids(self.train_dataset)
-        self.train_rollouts = pd.read_parquet(cropi["train_rollouts"]) if cropi.get("train_rollouts") else None
+        read = partial(read_rollouts, eos_id=self.tokenizer.eos_token_id)
+        self.train_rollouts = read(cropi["train_rollouts"]) if cropi.get("train_rollouts") else None
         names = cropi.get("val_sets") or list(cropi.get("val_rollouts") or {})
-        self.val_rollouts = {n: pd.read_parquet(cropi["val_rollouts"][n]) for n in names}
+        self.val_rollouts = {n: read(cropi["val_rollouts"][n]) for n in names}
         if self.train_rollouts is not None:
             check_rollout_ids(self.train_rollouts, self.id_to_pos, f"cropi.train_rollouts={cropi['train_rollouts']}")
         self.curriculum_dir = Path(cropi["output_dir"])

@@ -1,6 +1,7 @@
 """The ``cropi:`` config group of ``configs/cropi_trainer.yaml``: checked at start-up, turned into a schedule.
 
-``check_cropi_config`` collects every problem (a key that breaks its rule in ``CROPI_RULES``, such as a fraction
+``check_cropi_config`` collects every problem (a key the shipped group does not define, such as a mistyped
+``+cropi.fractoin=0.2``: ``check_cropi_keys``; a key that breaks its rule in ``CROPI_RULES``, such as a fraction
 outside (0, 1] or an unknown strategy; a missing rollouts file, a scoring set absent from the validation rollouts,
 a ``save_freq`` that does not divide the stage length, an actor checkpoint without ``hf_model`` when boundaries
 after stage 0 are scored, a trainer other than verl's sync v1, ...) and raises one ``ValueError`` that lists them all,
@@ -9,14 +10,13 @@ before any GPU work starts.
 
 from __future__ import annotations
 
-from dataclasses import fields
 from pathlib import Path
 from typing import Annotated, Any, Literal, Mapping, Sequence
 
 from pydantic import Field
 
 from cropi_verl.curriculum.schedule import STRATEGIES, StageSchedule
-from cropi_verl.influence.gradients import PopiConfig, checkpointing_conflict
+from cropi_verl.influence.gradients import checkpointing_conflict
 from cropi_verl.influence.projection import METHODS
 from cropi_verl.influence.scoring import METRICS
 from cropi_verl.utils.config_rules import (
@@ -29,6 +29,8 @@ from cropi_verl.utils.config_rules import (
     Positive,
     config_problems,
     one_of,
+    shipped_keys,
+    unknown_keys,
 )
 from cropi_verl.workers.group import WORKER_DTYPES, resolve_worker_precision
 
@@ -37,6 +39,7 @@ AutoFlag = Annotated[Literal["auto"] | Flag, Field(description="auto, true or fa
 CROPI_RULES = {
     "num_stages": Count, "steps_per_stage": Count, "fraction": Fraction, "strategy": one_of(STRATEGIES),
     "rescore": Flag, "seed": NonNegativeInt, "metric": one_of(METRICS), "max_val_prompts": Count, "shard_size": Count,
+    "gpu_memory_gb": Positive,
     "projection.method": one_of(METHODS), "projection.k": Count, "projection.seed": NonNegativeInt,
     "projection.subset_ratio": Fraction, "projection.native": Flag,
     "popi.micro_batch_tokens": Count, "popi.logit_chunk_tokens": Count, "popi.clip_ratio": OptionalPositive,
@@ -46,11 +49,22 @@ CROPI_RULES = {
 }
 
 
+CROPI_KEYS = shipped_keys("cropi_trainer")["cropi"]  # the group as shipped: every key a run may set
+
+
+def _raise_if(problems: list[str]) -> None:
+    if problems:
+        raise ValueError("bad CROPI config: " + "; ".join(problems))
+
+
+def check_cropi_keys(cropi: Mapping[str, Any]) -> None:
+    """Raise one ``ValueError`` naming every key of the ``cropi`` group (and of its sub-groups ``projection``,
+    ``popi``, ``workers``) that ``configs/cropi_trainer.yaml`` does not define, with the keys it does."""
+    _raise_if(unknown_keys(cropi, CROPI_KEYS, "cropi."))
+
+
 def _problems(cropi: Mapping[str, Any], trainer: Mapping[str, Any], save_contents: Sequence[str] | None) -> list[str]:
-    out = config_problems(cropi, CROPI_RULES, prefix="cropi.")
-    unknown = sorted(set(cropi.get("popi") or {}) - {f.name for f in fields(PopiConfig)})
-    if unknown:
-        out.append(f"cropi.popi has unknown keys {unknown}: expected {[f.name for f in fields(PopiConfig)]}")
+    out = unknown_keys(cropi, CROPI_KEYS, "cropi.") + config_problems(cropi, CROPI_RULES, prefix="cropi.")
     out += _checkpointing_problems(cropi)
     influence = cropi.get("strategy") in ("cropi", "influence_max", "influence_oneshot")
     train = cropi.get("train_rollouts")
@@ -118,9 +132,7 @@ def check_cropi_config(cropi: Mapping[str, Any], trainer: Mapping[str, Any],
                        save_contents: Sequence[str] | None = None) -> StageSchedule:
     """Validate the ``cropi`` group and the verl keys it depends on (``trainer``, and the actor's checkpoint
     ``save_contents`` when given); returns the stage schedule."""
-    problems = _problems(cropi, trainer, save_contents)
-    if problems:
-        raise ValueError("bad CROPI config: " + "; ".join(problems))
+    _raise_if(_problems(cropi, trainer, save_contents))
     return StageSchedule(cropi["num_stages"], cropi["steps_per_stage"],
                          1.0 if cropi["strategy"] == "full" else cropi["fraction"], cropi["strategy"], cropi["rescore"])
 

@@ -1,6 +1,7 @@
 """Hydra entry point of the verl recipe: ``python -m cropi_verl.trainer.main [overrides]`` (configs/cropi_trainer.yaml).
 
-Validates verl's config and the ``cropi:`` group (one clear error before any GPU work), then runs
+Validates verl's config, the ``cropi:`` group and its rollouts files (``read_rollouts``; one clear error before any
+GPU work), then runs
 ``CROPITaskRunner`` through verl's ``run_ppo`` (Ray init, runtime env). ``CROPI_DRY_RUN=1`` prints the composed
 config and exits after the checks.
 """
@@ -13,6 +14,7 @@ import hydra
 import ray
 from omegaconf import DictConfig, OmegaConf
 
+from cropi_verl.rollout.records import read_rollouts
 from cropi_verl.trainer.curriculum_config import check_composed_config
 from cropi_verl.utils.cli import one_line_errors
 
@@ -52,7 +54,8 @@ class CROPITaskRunner:
 
 
 def check(config: DictConfig) -> None:
-    """Our ``cropi:`` checks, then verl's own config validation (its assertion errors become one-line errors)."""
+    """Our ``cropi:`` checks, verl's own config validation (its assertion errors become one-line errors), then the
+    rollouts files as the trainer reads them (``read_rollouts``)."""
     from hydra.errors import InstantiationException
     from verl.trainer.ppo.utils import need_critic, need_reference_policy
     from verl.utils.config import validate_config
@@ -63,6 +66,9 @@ def check(config: DictConfig) -> None:
                         use_critic=need_critic(config))
     except (AssertionError, InstantiationException) as e:
         raise ValueError(f"verl config: {' '.join(str(e).split())}") from None
+    for path in [config.cropi.train_rollouts, *(config.cropi.val_rollouts or {}).values()]:
+        if path:
+            read_rollouts(path)
 
 
 @hydra.main(config_path="../../configs", config_name="cropi_trainer", version_base=None)

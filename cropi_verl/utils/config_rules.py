@@ -4,14 +4,20 @@ A rule is a pydantic-annotated type whose ``description`` says what is expected.
 dotted key of a nested mapping against its rule (``pydantic.TypeAdapter``, strict: a bool is not a number, a string
 is not an integer) and turns every failure into one problem ``<key>=<value>: expected <description>``.
 ``arg_type`` makes the same rule an argparse ``type=``, so a script refuses ``--k 0`` as its own usage error.
+``unknown_keys`` refuses keys the shipped config (``configs/<name>.yaml``, ``shipped_keys``) does not define, such
+as a mistyped ``+grpo.lrr=1e-4`` override that would otherwise be carried along and never read.
 """
 
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 from typing import Annotated, Any, Callable, Literal, Mapping, Sequence
 
+from omegaconf import OmegaConf
 from pydantic import Field, TypeAdapter, ValidationError
+
+CONFIG_DIR = Path(__file__).resolve().parents[2] / "configs"
 
 Count = Annotated[int, Field(strict=True, ge=1, description="an integer >= 1")]
 GroupSize = Annotated[int, Field(strict=True, ge=2, description="an integer >= 2 (a group advantage needs 2 or more "
@@ -54,6 +60,26 @@ def config_problems(values: Mapping[str, Any], rules: Mapping[str, Any], prefix:
             adapter.validate_python(value)
         except ValidationError:
             out.append(f"{prefix}{key}={value!r}: expected {adapter.json_schema()['description']}")
+    return out
+
+
+def shipped_keys(name: str) -> dict[str, Any]:
+    """``configs/<name>.yaml`` as a nested dict, unresolved, without hydra's ``defaults`` and ``hydra`` keys."""
+    tree = OmegaConf.to_container(OmegaConf.load(CONFIG_DIR / f"{name}.yaml"))
+    return {k: v for k, v in tree.items() if k not in ("defaults", "hydra")}
+
+
+def unknown_keys(values: Mapping[str, Any], known: Mapping[str, Any], prefix: str = "") -> list[str]:
+    """``<group> has unknown keys [...]: expected [...]`` for each group of ``values`` (nested mappings) holding keys
+    that ``known`` lacks. A key whose ``known`` value is not a mapping (a number, null, ...) is a leaf: whatever it
+    holds (e.g. a ``NAME: PATH`` map) is not checked here."""
+    out = []
+    unknown = sorted(set(values) - set(known))
+    if unknown:
+        out.append(f"{prefix.rstrip('.') or 'the config'} has unknown keys {unknown}: expected {list(known)}")
+    for key, value in values.items():
+        if isinstance(value, Mapping) and isinstance(known.get(key), Mapping):
+            out += unknown_keys(value, known[key], f"{prefix}{key}.")
     return out
 
 

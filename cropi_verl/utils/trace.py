@@ -16,6 +16,7 @@ def trace(event: str, **fields) -> None:
     """Append ``event`` to ``$CROPI_TRACE`` (nothing when it is unset)."""
     path = os.environ.get("CROPI_TRACE")
     if path:
+        os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
         with open(path, "a") as f:
             f.write(json.dumps({"time": time.time(), "pid": os.getpid(), "event": event, **fields}) + "\n")
 

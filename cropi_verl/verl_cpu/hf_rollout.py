@@ -257,7 +257,7 @@ class HFServer:
         self.raw_logprobs = logprobs_mode == "raw_logprobs"
         self.max_batch_size, self.batch_window_s, self.max_wait_s = max_batch_size, batch_window_s, max_wait_s
         self.global_steps: Optional[int] = None
-        self._copies: Counter[tuple[int, ...]] = Counter()
+        self._copies: Counter[tuple] = Counter()
         self._pending: list[tuple[SamplingRequest, asyncio.Future]] = []
         self._arrived: Optional[asyncio.Event] = None
         self._batcher: Optional[asyncio.Task] = None
@@ -298,14 +298,20 @@ class HFServer:
         if _param(params, "repetition_penalty", 1.0) != 1.0:
             raise NotImplementedError("the hf rollout has no repetition penalty")
         greedy = _param(params, "temperature", 1.0) == 0 or params.get("do_sample") is False
-        copy = self._copies[tuple(prompt)]
-        self._copies[tuple(prompt)] += 1
+        temperature = 0.0 if greedy else float(_param(params, "temperature", 1.0))
+        top_k, top_p = int(_param(params, "top_k", -1)), float(_param(params, "top_p", 1.0))
+        # copies are counted per prompt and sampling setting, and not for greedy requests, so that validation
+        # (greedy, or its own val_kwargs) between two training steps does not move the training samples' seeds
+        key = (tuple(prompt), temperature, top_k, top_p)
+        copy = 0 if greedy else self._copies[key]
+        if not greedy:
+            self._copies[key] += 1
         return SamplingRequest(
             prompt_ids=prompt,
             max_tokens=self._max_tokens(prompt, params),
-            temperature=0.0 if greedy else float(_param(params, "temperature", 1.0)),
-            top_k=int(_param(params, "top_k", -1)),
-            top_p=float(_param(params, "top_p", 1.0)),
+            temperature=temperature,
+            top_k=top_k,
+            top_p=top_p,
             seed=request_seed(self.seed, self.replica_rank, self.global_steps, prompt, copy),
             stop_token_ids=frozenset(_param(params, "stop_token_ids", [])),
         )
