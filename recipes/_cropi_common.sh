@@ -5,7 +5,8 @@
 # The caller sets MODEL, NAME and MAX_RESPONSE. Optional environment:
 #   DATA_DIR (data/math), ROLLOUT_DIR (rollouts/$NAME), NNODES (1), TP (2), PYTHON (python),
 #   NGPUS (8): GPUs per node, for training (trainer.n_gpus_per_node) and for collection (NGPUS / TP vLLM engines
-#     of TP GPUs each); set it rather than a trainer.n_gpus_per_node override,
+#     of TP GPUs each); a trainer.n_gpus_per_node=N override sets it too (and trainer.nnodes=N sets NNODES): a
+#     different NGPUS / NNODES in the environment is refused,
 #   TOKENS_PER_GPU (3 x (1024 + MAX_RESPONSE)),
 #   STRATEGY (cropi; or a baseline: random pass_rate learnability influence_oneshot influence_max full),
 #   TARGETED (heldout): the validation sets scored against for selection. heldout: gsm8k_heldout (GSM8K train
@@ -17,7 +18,8 @@
 #   KEEP_CKPTS (2): trainer.max_actor_ckpt_to_keep (a 1.5B checkpoint is ~20 GiB; preflight prints the disk plan),
 #   ROLLOUT_BACKEND (vllm; or hf: transformers generate, for CPU tests), RAW_DIR (read the raw datasets from local
 #     files, prepare_data.py --raw-dir, instead of the HF hub),
-#   DRY_RUN=1 prints every command instead of running it,
+#   DRY_RUN=1 checks the settings and prints each step's command, labelled, instead of running it (steps whose
+#     output exists are marked skipped); preflight runs for real when every input it reads exists,
 #   CROPI_STOP_BEFORE_TRAIN=1 runs every step before the trainer launch, then prints the launch instead.
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -25,10 +27,9 @@ cd "$ROOT"
 PYTHON="${PYTHON:-python}"
 DATA_DIR="${DATA_DIR:-data/math}"
 ROLLOUT_DIR="${ROLLOUT_DIR:-rollouts/$NAME}"
-NGPUS="${NGPUS:-8}"
-NNODES="${NNODES:-1}"
 TP="${TP:-2}"
 STRATEGY="${STRATEGY:-cropi}"
+STRATEGIES=(cropi random pass_rate learnability influence_oneshot influence_max full)  # cropi.strategy's choices
 TARGETED="${TARGETED:-heldout}"
 VAL_PROMPTS="${VAL_PROMPTS:-400}"
 KEEP_CKPTS="${KEEP_CKPTS:-2}"
@@ -38,6 +39,25 @@ EVAL=(gsm8k:test math500 aime24 amc23 gaokao2023en olympiadbench)      # accurac
 EVAL_SETS=("${EVAL[@]/:/_}")                                           # prepare_data writes <name>[_<split>].parquet
 HELDOUT=("gsm8k:train=$VAL_PROMPTS" "math:test=$VAL_PROMPTS")          # prepare_data --heldout, written as:
 HELDOUT_SETS=(gsm8k_heldout math_heldout)
+
+gpu_count() {  # VAR KEY DEFAULT OVERRIDES...: VAR from the override KEY=N if given (VAR set to another value as well is
+               # refused), else VAR as set, else DEFAULT; a positive integer
+  local var="$1" key="$2" default="$3" arg given=""
+  shift 3
+  for arg in "$@"; do
+    if [[ "$arg" == "$key="* || "$arg" == "++$key="* ]]; then given="${arg#*=}"; fi
+  done
+  if [[ -n "$given" && -n "${!var:-}" && "${!var}" != "$given" ]]; then
+    echo "error: $var=${!var} conflicts with the override $key=$given: give the count once" >&2; exit 2
+  fi
+  printf -v "$var" '%s' "${given:-${!var:-$default}}"
+  if [[ ! "${!var}" =~ ^[1-9][0-9]*$ ]]; then echo "error: $var=${!var}: expected a positive integer" >&2; exit 2; fi
+}
+gpu_count NGPUS trainer.n_gpus_per_node 8 "$@"
+gpu_count NNODES trainer.nnodes 1 "$@"
+if [[ " ${STRATEGIES[*]} " != *" $STRATEGY "* ]]; then
+  echo "error: STRATEGY=$STRATEGY: expected one of ${STRATEGIES[*]}" >&2; exit 2
+fi
 case "$TARGETED" in
   heldout) TARGETED_SETS=("${HELDOUT_SETS[@]}") ;;
   paper) TARGETED_SETS=(gsm8k_test math500) ;;
@@ -51,25 +71,36 @@ case "$ROLLOUT_BACKEND" in
   *) echo "error: ROLLOUT_BACKEND=$ROLLOUT_BACKEND: expected vllm or hf" >&2; exit 2 ;;
 esac
 
-run() {
-  if [[ -n "${DRY_RUN:-}" ]]; then printf '%q ' "$@"; echo; else "$@"; fi
+show() { printf '%q ' "$@"; echo; }
+run() {  # LABEL COMMAND...: the label as a comment, then the command: run, or printed in a dry run
+  echo "# $1"
+  shift
+  if [[ -n "${DRY_RUN:-}" ]]; then show "$@"; else "$@"; fi
 }
+PENDING=()  # the steps that will write an input of preflight
 
+MISSING=()
 for f in train "${EVAL_SETS[@]}" "${HELDOUT_SETS[@]}"; do
-  if [[ ! -f "$DATA_DIR/$f.parquet" ]]; then
-    run "$PYTHON" scripts/prepare_data.py --out "$DATA_DIR" --train gsm8k math deepscaler --eval "${EVAL[@]}" \
-      --heldout "${HELDOUT[@]}" ${RAW_DIR:+--raw-dir "$RAW_DIR"}
-    break
-  fi
+  if [[ ! -f "$DATA_DIR/$f.parquet" ]]; then MISSING+=("$f.parquet"); fi
 done
+if (( ${#MISSING[@]} )); then
+  PENDING+=("data")
+  run "step 1/4 prepare the data ($DATA_DIR lacks ${MISSING[*]})" "$PYTHON" scripts/prepare_data.py --out "$DATA_DIR" \
+    --train gsm8k math deepscaler --eval "${EVAL[@]}" --heldout "${HELDOUT[@]}" ${RAW_DIR:+--raw-dir "$RAW_DIR"}
+else
+  echo "# step 1/4 prepare the data: skipped, every file exists under $DATA_DIR"
+fi
 
 # --logprob-dtype must match cropi.workers.dtype (auto = bfloat16 on GPU): rho = 1 at beta's weights (preflight checks)
 collect() {  # set name, responses per prompt, extra collect_rollouts.py arguments
-  if [[ ! -f "$ROLLOUT_DIR/$1/rollouts.parquet" ]]; then
-    run "$PYTHON" scripts/collect_rollouts.py --backend "$ROLLOUT_BACKEND" --model "$MODEL" \
-      --input "$DATA_DIR/$1.parquet" --out "$ROLLOUT_DIR/$1" --n "$2" --temperature 0.5 \
-      --max-new-tokens "$MAX_RESPONSE" --logprob-dtype bfloat16 "${BACKEND_ARGS[@]}" "${@:3}"
+  if [[ -f "$ROLLOUT_DIR/$1/rollouts.parquet" ]]; then
+    echo "# step 2/4 collect the rollouts of $1: skipped, $ROLLOUT_DIR/$1/rollouts.parquet exists"
+    return
   fi
+  PENDING+=("rollouts of $1")
+  run "step 2/4 collect the rollouts of $1" "$PYTHON" scripts/collect_rollouts.py --backend "$ROLLOUT_BACKEND" \
+    --model "$MODEL" --input "$DATA_DIR/$1.parquet" --out "$ROLLOUT_DIR/$1" --n "$2" --temperature 0.5 \
+    --max-new-tokens "$MAX_RESPONSE" --logprob-dtype bfloat16 "${BACKEND_ARGS[@]}" "${@:3}"
 }
 collect train 8
 for v in "${TARGETED_SETS[@]}"; do collect "$v" 32 --max-prompts "$VAL_PROMPTS"; done
@@ -116,10 +147,22 @@ OVERRIDES=(
   cropi.train_rollouts="$ROLLOUT_DIR/train/rollouts.parquet"
   "cropi.val_rollouts={${VAL_ROLLOUTS%,}}"
 )
-run "$PYTHON" scripts/preflight.py "${OVERRIDES[@]}" "$@"
-if [[ -n "${CROPI_STOP_BEFORE_TRAIN:-}" ]]; then
-  echo "CROPI_STOP_BEFORE_TRAIN is set: not launching the trainer:"
-  DRY_RUN=1 run "$PYTHON" -m cropi_verl.trainer.main "${OVERRIDES[@]}" "$@"
+PREFLIGHT=("$PYTHON" scripts/preflight.py "${OVERRIDES[@]}" "$@")
+if [[ -z "${DRY_RUN:-}" ]]; then
+  run "step 3/4 preflight" "${PREFLIGHT[@]}"
+elif (( ${#PENDING[@]} )); then
+  PENDING_TEXT="$(printf '%s, ' "${PENDING[@]}")"
+  run "step 3/4 preflight: not run in a dry run, the steps above write its inputs (${PENDING_TEXT%, })" \
+    "${PREFLIGHT[@]}"
 else
-  run "$PYTHON" -m cropi_verl.trainer.main "${OVERRIDES[@]}" "$@"
+  run "step 3/4 preflight: run in the dry run too, every input exists" "${PREFLIGHT[@]}"
+  "${PREFLIGHT[@]}"
+fi
+TRAIN=("$PYTHON" -m cropi_verl.trainer.main "${OVERRIDES[@]}" "$@")
+if [[ -n "${CROPI_STOP_BEFORE_TRAIN:-}" ]]; then
+  echo "# step 4/4 train"
+  echo "CROPI_STOP_BEFORE_TRAIN is set: not launching the trainer:"
+  show "${TRAIN[@]}"
+else
+  run "step 4/4 train (the same command resumes)" "${TRAIN[@]}"
 fi

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # CROPI on Qwen2.5-1.5B-Instruct with the paper's settings (8 GPUs, 10 stages x 100 GRPO steps, 10% per stage).
-#   bash recipes/run_cropi_qwen1.5b.sh [hydra overrides]      e.g. trainer.n_gpus_per_node=8
-# The same command resumes (trainer.resume_mode=auto). DRY_RUN=1 prints the commands. See _cropi_common.sh.
+#   bash recipes/run_cropi_qwen1.5b.sh [hydra overrides]      e.g. trainer.n_gpus_per_node=4 (collection too)
+# The same command resumes (trainer.resume_mode=auto). DRY_RUN=1 checks and prints each step. See _cropi_common.sh.
 MODEL="${MODEL:-Qwen/Qwen2.5-1.5B-Instruct}"
 NAME="${NAME:-qwen1.5b}"
 MAX_RESPONSE="${MAX_RESPONSE:-2048}"

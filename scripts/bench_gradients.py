@@ -35,6 +35,7 @@ import time
 import torch
 
 from cropi_verl.influence.gradients import PopiConfig
+from cropi_verl.utils.cli import HelpFormatter, one_line_errors
 
 MODELS = {
     "tiny": dict(hidden_size=128, intermediate_size=384, num_hidden_layers=2, num_attention_heads=4,
@@ -191,8 +192,12 @@ def run_mode(args) -> dict:
     return out
 
 
+@one_line_errors(resumes=False)
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter, epilog=(
+        "examples:\n  python scripts/bench_gradients.py --prompts 16\n"
+        "  OMP_NUM_THREADS=1 python scripts/bench_gradients.py --modes streamed_compiled --prompts 64 --distinct 4\n"
+        "  python scripts/bench_gradients.py --model qwen2.5-1.5b --device cuda"))
     ap.add_argument("--model", choices=sorted(MODELS), default="tiny")
     ap.add_argument("--prompts", type=int, default=32)
     ap.add_argument("--k-resp", type=int, default=8, help="responses per prompt")

@@ -25,6 +25,7 @@ import torch
 
 from cropi_verl.influence import cuda_kernel, native
 from cropi_verl.influence.projection import make_projector
+from cropi_verl.utils.cli import HelpFormatter, one_line_errors
 
 
 def timed(fn, device: str, repeat: int) -> float:
@@ -42,8 +43,9 @@ def timed(fn, device: str, repeat: int) -> float:
     return best
 
 
+@one_line_errors(resumes=False)
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
     ap.add_argument("--quick", action="store_true", help="10M dims, one repeat of the slow methods (<= 60 s)")
     ap.add_argument("--dim", type=int, default=None, help="default 50M (CPU) / 1.5B (GPU); quick 10M")
     ap.add_argument("--k", type=int, default=8192)

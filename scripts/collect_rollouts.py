@@ -1,5 +1,5 @@
 #!/usr/bin/env python
-"""Collect offline rollouts from the initial policy (beta) into the record format (see cropi_verl/rollout/records.py).
+r"""Collect offline rollouts from the initial policy (beta) into the record format (see cropi_verl/rollout/records.py).
 
     python scripts/collect_rollouts.py --backend hf --model PATH --input data/toy/train.parquet \
         --out rollouts/train --n 8 --temperature 0.5 --max-new-tokens 32
@@ -20,13 +20,13 @@ import sys
 import torch
 
 from cropi_verl.rollout.collect import LOGPROB_TOKENS, CollectConfig, collect_rollouts, hf_backend
-from cropi_verl.utils.cli import one_line_errors
+from cropi_verl.utils.cli import HelpFormatter, check_writable, one_line_errors, step
 from cropi_verl.utils.config_rules import Count, Fraction, GroupSize, NonNegativeInt, Positive, arg_type
 
 
 @one_line_errors
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
     d = CollectConfig(model="", input="")
     ap.add_argument("--backend", choices=["hf", "vllm"], default="hf")
     ap.add_argument("--model", required=True, help="HF checkpoint directory or hub id")
@@ -56,6 +56,7 @@ def main(argv: list[str] | None = None) -> int:
                     help="vllm: share of each GPU for vLLM; the rest holds the HF model for the log-probs")
     ap.add_argument("--threads", type=arg_type(NonNegativeInt), default=0, help="torch CPU threads (0: default)")
     args = ap.parse_args(argv)
+    check_writable(args.out, "--out")
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -68,6 +69,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    step(f"loading {args.model}")
     tokenizer = AutoTokenizer.from_pretrained(args.model)
     if args.backend == "hf":
         model = AutoModelForCausalLM.from_pretrained(args.model, dtype=torch.float32).eval()  # samples in fp32
@@ -77,6 +79,7 @@ def main(argv: list[str] | None = None) -> int:
 
         backend = vllm_backend(cfg, tokenizer.pad_token_id, args.data_parallel_size, args.logprob_tokens,
                                args.gpu_memory_utilization)
+    step(f"collecting into {args.out} (finished shards are kept)")
     path = collect_rollouts(cfg, args.out, backend, tokenizer)
     print(f"wrote {path}")
     return 0

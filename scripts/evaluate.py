@@ -1,5 +1,5 @@
 #!/usr/bin/env python
-"""avg@k accuracy of an HF checkpoint on verl-format evaluation sets, with targeted / untargeted means.
+r"""avg@k accuracy of an HF checkpoint on verl-format evaluation sets, with targeted / untargeted means.
 
     python scripts/evaluate.py --model CKPT --set gsm8k=data/gsm8k_test.parquet --set math=data/math500.parquet \
         --set amc23=data/amc23.parquet --targeted gsm8k math [--k 4 --temperature 1.0 --max-new-tokens 2048]
@@ -19,12 +19,13 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from cropi_verl.data.verl_format import read_verl_parquet
 from cropi_verl.eval.accuracy import avg_at_k
-from cropi_verl.utils.cli import named_paths
+from cropi_verl.utils.cli import HelpFormatter, named_paths, one_line_errors, step
 from cropi_verl.utils.config_rules import Count, NonNegativeInt, Positive, arg_type
 
 
+@one_line_errors(resumes=False)
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
     ap.add_argument("--model", required=True, help="HF checkpoint directory (or hub id)")
     ap.add_argument("--set", action="append", required=True, metavar="NAME=PARQUET", help="an evaluation set (repeat)")
     ap.add_argument("--targeted", nargs="*", default=[], help="set names averaged as 'targeted'; the rest 'untargeted'")
@@ -38,12 +39,15 @@ def main(argv: list[str] | None = None) -> int:
     unknown = [t for t in args.targeted if t not in sets]
     if unknown:
         ap.error(f"--targeted names {unknown} are not among the --set names {list(sets)}")
+    step(f"loading {args.model}")
     tok = AutoTokenizer.from_pretrained(args.model)
     device = "cuda" if torch.cuda.is_available() else "cpu"
     model = AutoModelForCausalLM.from_pretrained(args.model, dtype=torch.float32).to(device)
-    val = {name: float(np.mean(avg_at_k(model, tok, frame, args.k, args.temperature, args.max_new_tokens, args.seed,
-                                        args.batch_size, progress=True)))
-           for name, frame in sets.items()}
+    val = {}
+    for name, frame in sets.items():
+        step(f"evaluating {name}")
+        val[name] = float(np.mean(avg_at_k(model, tok, frame, args.k, args.temperature, args.max_new_tokens, args.seed,
+                                           args.batch_size, progress=True)))
     rest = [n for n in val if n not in args.targeted]
     out = {"val": val,
            "targeted": float(np.mean([val[n] for n in args.targeted])) if args.targeted else None,

@@ -245,7 +245,9 @@ def write(report: dict, path: Path) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+                                 epilog="example: python scripts/gpu_pass_check.py --tiny --out /tmp/gpu_check.json "
+                                        "(the logic on a tiny model; bash scripts/gpu_check.sh runs it on a GPU)")
     ap.add_argument("--tiny", action="store_true", help="a tiny fp32 Qwen2 with few tokens (CPU without a GPU)")
     ap.add_argument("--pytest", action="store_true", help="first run the tests marked gpu")
     ap.add_argument("--total-budget-s", type=float, default=420, help="seconds for all parts together")

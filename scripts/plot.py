@@ -18,10 +18,12 @@ from cropi_verl.data.verl_format import read_verl_parquet
 from cropi_verl.eval.plots import plot_run
 from cropi_verl.local.main import pool_summary
 from cropi_verl.rollout.records import read_rollouts
+from cropi_verl.utils.cli import HelpFormatter, one_line_errors
 
 
+@one_line_errors(resumes=False)
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
     ap.add_argument("run", type=Path, help="the demo's output_dir")
     args = ap.parse_args(argv)
     summary_path = args.run / "summary.json"
@@ -31,7 +33,7 @@ def main(argv: list[str] | None = None) -> int:
     results = {m: json.loads((args.run / m / "result.json").read_text()) for m in summary["methods"]}
     _, pool = pool_summary(read_rollouts(args.run / "rollouts" / "train" / "rollouts.parquet"),
                            read_verl_parquet(args.run / "data" / "train.parquet"))
-    for path in plot_run(args.run, results, summary.get("speedup", {}).get("cropi"), pool):
+    for path in plot_run(args.run, results, summary, pool):
         print(f"wrote {path}")
     return 0
 

@@ -33,6 +33,7 @@ import numpy as np
 import pandas as pd
 import torch
 from hydra import compose, initialize_config_dir
+from hydra.errors import HydraException
 from omegaconf import OmegaConf
 
 from cropi_verl.data.verl_format import read_verl_parquet, row_ids
@@ -40,7 +41,7 @@ from cropi_verl.influence.gradients import is_zero_advantage
 from cropi_verl.plan import GIB, GpuSpec, RecipeShape, WorkerSettings, format_plan, meta_counts, model_shape, plan
 from cropi_verl.rollout.records import excluded_responses, read_rollouts, usable_responses
 from cropi_verl.trainer.curriculum_config import CROPI_RULES, check_composed_config, check_cropi_keys
-from cropi_verl.utils.cli import one_line_errors
+from cropi_verl.utils.cli import one_line, one_line_errors
 from cropi_verl.utils.config_rules import config_problems
 from cropi_verl.workers.group import resolve_worker_precision
 
@@ -110,8 +111,8 @@ def preflight(cfg) -> tuple[list[str], list[str]]:
         for path in _files(cfg.data[key]):
             try:
                 frame = read_verl_parquet(path)
-            except Exception as e:
-                problems.append(f"data.{key}: {e}")
+            except (ValueError, OSError) as e:  # missing, unreadable (read_parquet) or bad rows: one problem each
+                problems.append(f"data.{key}: {one_line(str(e))}")
                 continue
             lines.append(f"data.{key}: {path}: {len(frame)} prompts")
             if key == "train_files":
@@ -256,10 +257,19 @@ def memory_plan(cfg, worker: WorkerSettings) -> tuple[list[str], list[str]]:
     return problems, format_plan(p)
 
 
-@one_line_errors
+@one_line_errors(resumes=False)
 def main(argv: list[str] | None = None) -> int:
-    with initialize_config_dir(config_dir=str(ROOT / "configs"), version_base=None):
-        cfg = compose(config_name="cropi_trainer", overrides=list(sys.argv[1:] if argv is None else argv))
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if {"-h", "--help"} & set(argv):
+        print(__doc__.strip() + "\n\nexample: python scripts/preflight.py cropi.train_rollouts=R/train/rollouts.parquet "
+              "\"cropi.val_rollouts={gsm8k_heldout:R/gsm8k_heldout/rollouts.parquet}\" (DRY_RUN=1 bash "
+              "recipes/run_cropi_qwen1.5b.sh prints the recipe's full line)")
+        return 0
+    try:
+        with initialize_config_dir(config_dir=str(ROOT / "configs"), version_base=None):
+            cfg = compose(config_name="cropi_trainer", overrides=argv)
+    except HydraException as e:  # a mistyped key or a malformed override: bad input, one line
+        raise ValueError(f"bad override: {e}") from None
     check_cropi_keys(OmegaConf.to_container(cfg.cropi))
     problems, lines = preflight(cfg)
     for line in lines:

@@ -1,5 +1,5 @@
 #!/usr/bin/env python
-"""Prepare verl-format parquet files.
+r"""Prepare verl-format parquet files.
 
 Real data (the paper's pool and benchmarks), from the HF hub or local files:
 
@@ -34,7 +34,7 @@ import pandas as pd
 from cropi_verl.data.preprocess import SPECS, convert, frame_questions, load_raw, raw_file, without_questions
 from cropi_verl.data.toy_task import ToyTaskConfig, build_toy_task
 from cropi_verl.data.verl_format import validate_verl_frame, write_verl_parquet
-from cropi_verl.utils.cli import one_line_errors
+from cropi_verl.utils.cli import HelpFormatter, one_line_errors
 
 
 def _parse_item(item: str) -> tuple[str, str | None]:
@@ -69,7 +69,7 @@ def _write(frame: pd.DataFrame, path: Path) -> None:
 
 @one_line_errors
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
     ap.add_argument("--out", required=True, type=Path, help="output directory")
     ap.add_argument("--toy", action="store_true", help="write the embedded task instead of real data")
     ap.add_argument("--seed", type=int, default=0, help="embedded task seed; held-out draws")

@@ -34,6 +34,7 @@ from cropi_verl.influence.scoring import influence_scores
 from cropi_verl.models.tiny_policy import TinyPolicyConfig, build_tiny_policy
 from cropi_verl.rollout.collect import CollectConfig, collect_rollouts, hf_backend
 from cropi_verl.rollout.records import read_rollouts, to_prompt_rollouts
+from cropi_verl.utils.cli import HelpFormatter, one_line_errors
 
 
 def precision_at(exact: np.ndarray, approx: np.ndarray, frac: float = 0.1) -> float:
@@ -54,8 +55,9 @@ def exact_features(model, tok, frame, n: int, seed: int, workdir: Path) -> torch
     return res.features
 
 
+@one_line_errors(resumes=False)
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
     ap.add_argument("--quick", action="store_true", help="small pool and sweep (<= 60 s with a cached policy)")
     ap.add_argument("--policy", type=Path, default=None, help="HF checkpoint (default: the tiny policy, cached)")
     ap.add_argument("--pool", type=int, default=None, help="pool prompts to rollout (default 600, quick 200)")

@@ -1,5 +1,5 @@
 #!/usr/bin/env python
-"""Score a training pool by off-policy influence (POPI) at a given model, and select from it.
+r"""Score a training pool by off-policy influence (POPI) at a given model, and select from it.
 
     python scripts/score_influence.py --model CKPT --train-rollouts R/train/rollouts.parquet \
         --val gsm8k=R/gsm8k/rollouts.parquet --val math=R/math/rollouts.parquet --out scores/step0 \
@@ -28,13 +28,13 @@ from cropi_verl.influence.scoring import METRICS
 from cropi_verl.influence.selection import STRATEGIES
 from cropi_verl.rollout.records import read_rollouts
 from cropi_verl.utils.atomic import atomic_write_json, atomic_write_parquet
-from cropi_verl.utils.cli import named_paths, one_line_errors
+from cropi_verl.utils.cli import HelpFormatter, check_writable, named_paths, one_line_errors, step
 from cropi_verl.utils.config_rules import Count, Fraction, NonNegativeInt, Positive, arg_type
 
 
 @one_line_errors
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
     ap.add_argument("--model", required=True, help="HF checkpoint of the current policy")
     ap.add_argument("--train-rollouts", required=True)
     ap.add_argument("--val", action="append", required=True, metavar="NAME=ROLLOUTS", help="a validation set (repeat)")
@@ -65,10 +65,12 @@ def main(argv: list[str] | None = None) -> int:
                     help="selection tie-breaks and validation subsampling")
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     args = ap.parse_args(argv)
+    check_writable(args.out, "--out")
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
 
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    step(f"loading {args.model} and the rollouts")
     tok = AutoTokenizer.from_pretrained(args.model)
     val = {name: read_rollouts(path, tok.eos_token_id) for name, path in named_paths(ap, args.val, "--val").items()}
     train = read_rollouts(args.train_rollouts, tok.eos_token_id)
@@ -78,6 +80,7 @@ def main(argv: list[str] | None = None) -> int:
     popi = PopiConfig(clip_ratio=args.clip_ratio, micro_batch_tokens=args.micro_batch_tokens,
                       logit_chunk_tokens=args.logit_chunk_tokens, share_prompt=args.share_prompt,
                       merge_duplicates=args.merge_duplicates)
+    step(f"the influence pass (finished feature-store shards under {args.out / 'features'} are kept)")
     res = influence_pass(
         local_featurizer(model, proj, tok.pad_token_id, popi), train, val, args.out / "features",
         store_manifest(proj, popi, model=str(args.model), model_step=args.model_step),

@@ -13,9 +13,10 @@ from __future__ import annotations
 
 import math
 import os
+import shutil
 import subprocess
 import sys
-from dataclasses import replace
+from dataclasses import asdict, replace
 
 import pandas as pd
 import pytest
@@ -170,3 +171,151 @@ def test_a_prompts_file_given_as_rollouts_is_one_line_naming_the_file_and_the_mi
                              env=dict(os.environ, CROPI_DRY_RUN="1"))
     for proc in (score, trainer):
         assert _error_line(proc).startswith(f"error: {prompts}: file: columns: missing prompt_id, ")
+
+
+# ----- issue 21: bad input ends every entry point with one line `error: ...` and exit status 2 ------------------------
+@pytest.fixture(scope="module")
+def read_only_dir(tmp_path_factory):
+    """A directory no one can write in (as root, ``chmod`` stops no one: the immutable flag, ``chattr +i``)."""
+    path = tmp_path_factory.mktemp("read_only")
+    path.chmod(0o555)
+    root = os.geteuid() == 0
+    if root and (not shutil.which("chattr") or subprocess.run(["chattr", "+i", str(path)]).returncode):
+        pytest.skip("root without chattr +i: no read-only directory")
+    yield path
+    if root:
+        subprocess.run(["chattr", "-i", str(path)], check=True)
+    path.chmod(0o755)
+
+
+@pytest.fixture(scope="module")
+def files(tmp_path_factory, policy) -> dict[str, str]:
+    """Inputs good and bad: prompts, the same file truncated, prompts without the ``ability`` column, rollouts,
+    a plain file, and where outputs go (``out``, and the demo's ``demo``: a refused command writes nothing there)."""
+    root = tmp_path_factory.mktemp("inputs")
+    prompts = toy_prompts(root / "prompts.parquet")
+    (root / "truncated.parquet").write_bytes(prompts.read_bytes()[:3000])
+    pd.read_parquet(prompts).drop(columns=["ability"]).to_parquet(root / "bad_rows.parquet")
+    rollout_table(make_prompts(5, seed=2)).to_parquet(root / "rollouts.parquet")
+    (root / "plain_file").write_text("")
+    paths = {n: root / f"{n}.parquet" for n in ("prompts", "truncated", "bad_rows", "rollouts", "missing")}
+    paths |= {"out": root / "out", "demo": root / "demo", "file": root / "plain_file", "policy": policy}
+    return {k: str(v) for k, v in paths.items()}
+
+
+def _script(name: str, f: dict, **flags: str) -> list[str]:
+    """``scripts/<name>.py --model <policy> --<flag> <value> ...`` (underscores in flags become dashes)."""
+    args = {"model": f["policy"]} | flags
+    return [f"scripts/{name}.py", *(x for k, v in args.items() for x in (f"--{k.replace('_', '-')}", v))]
+
+
+def _collect_args(f, **flags):
+    return _script("collect_rollouts", f, **({"input": f["prompts"], "out": f["out"]} | flags))
+
+
+def _score_args(f, **flags):
+    return _script("score_influence", f, **({"train_rollouts": f["rollouts"], "val": f"v={f['rollouts']}",
+                                             "out": f["out"]} | flags))
+
+
+def _demo(output_dir: str) -> list[str]:
+    return ["-m", "cropi_verl.local.main", "preset=quick", f"output_dir={output_dir}"]
+
+
+UNREADABLE = "not a readable parquet file (truncated or corrupt?): Parquet magic bytes not found in footer."
+MISSING_COLUMN = "error: 1 problem(s) in {bad_rows}: {bad_rows}: file: ability: missing column"
+# (case, argv after the interpreter from the ``files`` (and ``ro``: ``read_only_dir``), the one line printed)
+ONE_LINE = [
+    ("collect: missing --input", lambda f: _collect_args(f, input=f["missing"]),
+     "error: {missing}: no such prompts parquet"),
+    ("collect: rows without a column", lambda f: _collect_args(f, input=f["bad_rows"]), MISSING_COLUMN),
+    ("collect: truncated --input", lambda f: _collect_args(f, input=f["truncated"]),
+     "error: {truncated}: " + UNREADABLE),
+    ("collect: read-only --out", lambda f: _collect_args(f, out=f"{f['ro']}/out"),
+     "error: --out {ro}/out: cannot write in {ro} ("),
+    ("evaluate: missing --set", lambda f: _script("evaluate", f, set=f"a={f['missing']}"),
+     "error: {missing}: no such prompts parquet"),
+    ("evaluate: rows without a column", lambda f: _script("evaluate", f, set=f"a={f['bad_rows']}"), MISSING_COLUMN),
+    ("evaluate: truncated --set", lambda f: _script("evaluate", f, set=f"a={f['truncated']}"),
+     "error: {truncated}: " + UNREADABLE),
+    ("score: truncated --train-rollouts", lambda f: _score_args(f, train_rollouts=f["truncated"]),
+     "error: {truncated}: " + UNREADABLE),
+    ("score: read-only --out", lambda f: _score_args(f, out=f"{f['ro']}/out"),
+     "error: --out {ro}/out: cannot write in {ro} ("),
+    ("preflight: truncated cropi.train_rollouts",
+     lambda f: ["scripts/preflight.py", f"cropi.train_rollouts={f['truncated']}",
+                f"cropi.val_rollouts={{v:{f['rollouts']}}}"],
+     "error: {truncated}: " + UNREADABLE),
+    ("demo: read-only output_dir", lambda f: _demo(f"{f['ro']}/run"),
+     "error: hydra.run.dir (under output_dir) {ro}/run/hydra: cannot write in {ro} ("),
+    ("demo: CROPI_CACHE_DIR is a file", lambda f: _demo(f["demo"]),
+     "error: the policy cache (policy.cache_dir, else $CROPI_CACHE_DIR) {file}/tiny_policy: {file} is not a "
+     "directory"),
+]
+
+
+@pytest.mark.parametrize("case,argv,line", ONE_LINE, ids=[c[0] for c in ONE_LINE])
+def test_bad_input_is_one_line_and_exit_2_before_any_output(case, argv, line, files, request):
+    f = files | ({"ro": str(request.getfixturevalue("read_only_dir"))} if "read-only" in case else {})
+    env = {"CROPI_CACHE_DIR": f["file"]} if "CROPI_CACHE_DIR" in case else {}
+    proc = subprocess.run([sys.executable, *argv(f)], cwd=ROOT, capture_output=True, text=True, timeout=300,
+                          env=dict(os.environ, **env))
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr[-3000:]
+    assert proc.stderr.strip().splitlines()[-1] == _error_line(proc)  # the last line, and the only error line
+    assert _error_line(proc).startswith(line.format(**f)), _error_line(proc)
+    assert not os.path.exists(f["out"]) and not os.path.exists(f"{f['demo']}/data")  # nothing written
+
+
+def test_the_wrapper_turns_known_errors_into_one_line_and_keeps_a_bugs_traceback(capsys, monkeypatch):
+    import signal
+
+    from cropi_verl.utils import cli
+
+    def raising(error: Exception):
+        def command():
+            raise error
+        return cli.one_line_errors(command)
+
+    handler = signal.getsignal(signal.SIGTERM)
+    monkeypatch.setattr(cli, "_handling_sigterm", False)  # back after the test, as the handler below
+    try:
+        with pytest.raises(TypeError, match="a bug"):
+            raising(TypeError("a bug"))()
+        for error, line in [(PermissionError(13, "Permission denied", "/x/y"), "[Errno 13] Permission denied: '/x/y'"),
+                            (ValueError("3 problems:\n  a\n  b"), "3 problems: a; b")]:
+            with pytest.raises(SystemExit) as end:
+                raising(error)()
+            assert end.value.code == 2
+            assert capsys.readouterr().err == f"error: {line}  (CROPI_DEBUG=1 shows the traceback)\n"
+    finally:
+        signal.signal(signal.SIGTERM, handler)
+
+
+def test_a_demo_rerun_with_other_settings_names_every_directory_before_writing_anything(tmp_path):
+    """Two method directories and a rollouts directory hold results of other settings (task.n_train, grpo.lr): one
+    error names all three, before the data is written or the policy built."""
+    from cropi_verl.local.main import collect_config, method_dir, policy_config
+    from cropi_verl.local.run_config import run_config, write_run_config
+    from cropi_verl.models.tiny_policy import tiny_policy_dir
+    from cropi_verl.rollout.records import RECORD_COLUMNS
+    from cropi_verl.utils.atomic import atomic_write_json
+    from demo_helpers import compose_config, run_demo
+
+    out, cache = tmp_path / "run", f"policy.cache_dir={tmp_path / 'cache'}"
+    old = compose_config("tiny_cpu", "preset=quick", f"output_dir={out}", cache)
+    for method in ("full", "random"):
+        write_run_config(method_dir(old, method, 0), run_config(old, method, 0))
+        (method_dir(old, method, 0) / "result.json").write_text("{}")
+    collected = collect_config(old, tiny_policy_dir(*policy_config(old)), "train")
+    atomic_write_json({"config": asdict(collected), "format": list(RECORD_COLUMNS)},
+                      out / "rollouts" / "train" / "manifest.json")
+    proc = run_demo(out, "methods=[full,random]", "task.n_train=90", "grpo.lr=0.001", cache)
+    changed = ("its results were made with grpo.lr=0.0002, task.n_train=150; this command has grpo.lr=0.001, "
+               "task.n_train=90")
+    assert _error_line(proc) == (
+        f"error: 3 directories hold results made with other settings: (1) {out / 'full'}: {changed}; (2) "
+        f"{out / 'random'}: {changed}; (3) {out / 'rollouts' / 'train' / 'manifest.json'}: rollouts were collected "
+        "with a different config (model). Choose another run_name, or delete them to redo them  (CROPI_DEBUG=1 shows "
+        "the traceback)")
+    assert sorted(p.name for p in out.iterdir()) == ["full", "hydra", "random", "rollouts"]  # hydra: Hydra's own
+    assert not (tmp_path / "cache").exists()

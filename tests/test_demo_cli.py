@@ -4,11 +4,12 @@ followed by a resume with the same command, which must reproduce the uninterrupt
 from __future__ import annotations
 
 import json
+import re
 from functools import partial
 from pathlib import Path
 
 import pytest
-from demo_helpers import assert_same_run, compose_config, half_written, run_demo
+from demo_helpers import assert_same_run, compose_config, final_checkpoint, half_written, run_demo
 
 METHODS = {"cropi", "full", "random", "pass_rate", "learnability"}
 _compose = partial(compose_config, "tiny_cpu")
@@ -48,6 +49,34 @@ def test_quick_demo_writes_summary_with_all_methods(quick_run):
         assert (quick_run / name).stat().st_size > 10_000
     stages = json.loads((quick_run / "cropi" / "result.json").read_text())["stages"]
     assert [len(s["selected_ids"]) for s in stages] == [15, 15]  # 10% of 150, at each of the 2 stages
+    assert_wallclock(summary, json.loads((quick_run / "rollouts" / "collect_seconds.json").read_text()), stages)
+
+
+def assert_wallclock(summary: dict, collect: dict, cropi_stages: list[dict]) -> None:
+    """Every method's seconds: its training and boundaries so far plus the collection it selects from."""
+    assert set(collect) == {"train", "val_add", "val_sub"} and all(v > 0 for v in collect.values())
+    charge = {"full": 0.0, "random": 0.0, "pass_rate": collect["train"], "learnability": collect["train"],
+              "cropi": sum(collect.values())}
+    assert summary["selection_cost"]["offline_collection_seconds"] == collect
+    # the cropi boundaries (steps 0 and 3) are counted from the step after them: evals at steps 0, 3, 6
+    boundary = [s["stats"]["seconds"] for s in cropi_stages]
+    assert [r["select_seconds"] for r in summary["curves"]["cropi"]] == pytest.approx([0, boundary[0], sum(boundary)],
+                                                                                      abs=1e-3)
+    for name, curve in summary["curves"].items():
+        assert curve[0]["train_seconds"] == 0 and curve[-1]["train_seconds"] > 0
+        assert summary["elapsed_seconds"][name] == pytest.approx(
+            [charge[name] + r["train_seconds"] + r["select_seconds"] for r in curve], abs=0.02)
+    assert set(summary["wallclock_speedup"]) == METHODS - {"full"}
+    best = summary["methods"]["full"]["best_step"]
+    for name, w in summary["wallclock_speedup"].items():
+        assert w["collect_seconds"] == pytest.approx(charge[name], abs=0.01)
+        steps = [r["step"] for r in summary["curves"][name]]
+        if w["steps_to_reach"] is not None:
+            assert w["seconds_to_reach"] == summary["elapsed_seconds"][name][steps.index(w["steps_to_reach"])]
+        if best == 0:  # the quick preset's usual case: full data is at its best before any training
+            assert w["speedup"] is None and w["speedup_note"] == summary["speedup"][name]["speedup_note"]
+        elif w["seconds_to_reach"] is not None:
+            assert w["speedup"] == pytest.approx(w["baseline_seconds"] / w["seconds_to_reach"])
 
 
 def test_kill_mid_stage_then_resume_matches_uninterrupted_run(quick_run, tmp_path):
@@ -57,9 +86,15 @@ def test_kill_mid_stage_then_resume_matches_uninterrupted_run(quick_run, tmp_pat
     assert proc.returncode == -9, proc.stderr[-2000:]
     assert json.loads((out / "cropi" / "ckpt" / "latest.json").read_text())["step"] == 4
     assert not half_written(out)
+    saved = final_checkpoint(out)
     proc = run_demo(out, "methods=[cropi]")
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert_same_run(quick_run, out)
+    # the seconds spent before the kill are the checkpoint's, not re-measured; the resume adds steps 4 and 5
+    result = json.loads((out / "cropi" / "result.json").read_text())
+    assert result["history"][:2] == saved["history"] and [r["step"] for r in saved["history"]] == [0, 3]
+    assert result["train_seconds"] > saved["seconds"]["train"] > saved["history"][-1]["train_seconds"]
+    assert result["select_seconds"] == pytest.approx(sum(s["stats"]["seconds"] for s in result["stages"]), abs=0.01)
 
 
 def test_each_method_records_its_settings_and_a_rerun_with_others_is_refused(quick_run):
@@ -74,7 +109,7 @@ def test_each_method_records_its_settings_and_a_rerun_with_others_is_refused(qui
 
 
 def test_run_config_check_on_hand_built_directories(tmp_path):
-    from cropi_verl.local.run_config import check_run_dir, run_config, write_run_config
+    from cropi_verl.local.run_config import run_config, run_dir_problem, write_run_config
 
     cfg = _compose("influence.workers=7", "train.loggers=[file]")
     want = run_config(cfg, "random", 3)
@@ -82,15 +117,14 @@ def test_run_config_check_on_hand_built_directories(tmp_path):
     assert not any(k.startswith("influence.") for k in want)
     assert run_config(cfg, "cropi", 3)["influence.method"] == "sparse_jl"
     run = tmp_path / "random.seed3"
-    check_run_dir(run, want)  # nothing there yet
+    assert run_dir_problem(run, want) is None  # nothing there yet
     (run / "ckpt").mkdir(parents=True)
-    with pytest.raises(ValueError, match="no run_config.json"):
-        check_run_dir(run, want)
+    assert "no run_config.json" in run_dir_problem(run, want)
     write_run_config(run, want)
-    check_run_dir(run, want)
-    check_run_dir(run, run_config(_compose("threads=1", "repeats=3"), "random", 3))  # execution-only keys
-    with pytest.raises(ValueError, match=r"curriculum.steps_per_stage=10.*curriculum.steps_per_stage=20"):
-        check_run_dir(run, run_config(_compose("curriculum.steps_per_stage=20"), "random", 3))
+    assert run_dir_problem(run, want) is None
+    assert run_dir_problem(run, run_config(_compose("threads=1", "repeats=3"), "random", 3)) is None  # execution-only
+    problem = run_dir_problem(run, run_config(_compose("curriculum.steps_per_stage=20"), "random", 3))
+    assert re.search(r"curriculum.steps_per_stage=10.*curriculum.steps_per_stage=20", problem), problem
 
 
 def test_plot_script_redraws_a_run(quick_run):
@@ -125,6 +159,47 @@ def test_repeats_average_curves_and_keep_each_seed():
     assert ps["cropi_speedup_at_gain"] == [1.0, 0.5]
     assert ps["cropi_minus_random_final"] == pytest.approx([0.1, -0.05])
     assert ps["methods"]["full"]["best_targeted"] == [0.3, 0.3]
+
+
+def _timed(targeted: list[float], train: list[float], select: list[float]) -> dict:
+    """A result with evals at steps 0, 5, 10 and the cumulative seconds at each; one stage, no influence scores."""
+    return {"history": [{"step": 5 * i, "targeted": t, "untargeted": 0.5, "val": {}, "train_seconds": tr,
+                         "select_seconds": se} for i, (t, tr, se) in enumerate(zip(targeted, train, select))],
+            "stages": [{"selected_ids": [], "stats": {"seconds": select[-1]}}], "train_seconds": train[-1]}
+
+
+def test_summary_wallclock_speedup_charges_each_method_its_costs(capsys):
+    from omegaconf import OmegaConf
+
+    from cropi_verl.eval.speedup import UNDEFINED
+    from cropi_verl.local.main import print_table, summarize
+
+    cfg = OmegaConf.create({"eval": {"speedup_gain_fraction": 0.9}, "curriculum": {"num_stages": 1}})
+    collect = {"train": 3.0, "val_add": 1.0, "val_sub": 1.0}
+    # full: 2 s per step -> its best 0.3 at step 10, 20 s. All others reach 0.3 at step 5 (2x in steps), each at
+    # 1 s per step: cropi 5 (collection, all splits) + 5 + 2 (its boundary) = 12 s; pass_rate 3 (the pool's) + 5 = 8 s;
+    # random 5 s (no collection)
+    results = {"full": _timed([0.1, 0.2, 0.3], [0, 10, 20], [0, 0, 0]),
+               "cropi": _timed([0.1, 0.3, 0.3], [0, 5, 10], [0, 2, 2]),
+               "pass_rate": _timed([0.1, 0.3, 0.3], [0, 5, 10], [0, 0, 0]),
+               "random": _timed([0.1, 0.3, 0.3], [0, 5, 10], [0, 0, 0])}
+    summary = summarize(cfg, results, collect)
+    wall = summary["wallclock_speedup"]
+    assert {m: (w["seconds_to_reach"], w["collect_seconds"]) for m, w in wall.items()} == {
+        "cropi": (12.0, 5.0), "pass_rate": (8.0, 3.0), "random": (5.0, 0.0)}
+    assert {m: w["speedup"] for m, w in wall.items()} == pytest.approx({"cropi": 20 / 12, "pass_rate": 2.5,
+                                                                         "random": 4.0})
+    assert summary["speedup"]["cropi"]["speedup"] == 2.0 and summary["elapsed_seconds"]["cropi"] == [5.0, 12.0, 17.0]
+    # full's best at step 0: no speed-up (0/0), not 1.00x, in summary.json and in the table
+    results["full"] = _timed([0.3, 0.2, 0.25], [0, 10, 20], [0, 0, 0])
+    summary = summarize(cfg, results, collect)
+    for key in ("speedup", "speedup_at_gain", "wallclock_speedup"):
+        assert all(e["speedup"] is None and e["speedup_note"] == UNDEFINED for e in summary[key].values())
+    print_table({"mean": 0.5, "by_family": {}, "zero_advantage_fraction": 0.0}, summary)
+    lines = capsys.readouterr().out.splitlines()
+    cropi = next(line for line in lines if line.startswith("cropi "))
+    assert cropi.split()[-3:] == ["-", "-", "-"] and "x" not in cropi
+    assert f"  -: {UNDEFINED}" in lines
 
 
 def test_bad_demo_keys_fail_in_one_line_before_any_work(tmp_path):

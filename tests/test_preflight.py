@@ -178,3 +178,29 @@ def test_rollouts_with_log_probs_of_another_dtype_are_refused(tmp_path):
     assert "preflight: ok" in ok.stdout
     (tmp_path / "manifest.json").write_text(json.dumps({"config": {"logprob_dtype": "bfloat16"}}))
     assert "preflight: ok" in run_script("preflight.py", *_args(tmp_path, train)).stdout
+
+
+def test_an_unknown_strategy_is_listed_with_the_other_problems(tmp_path):
+    """A mistyped strategy is checked as cropi (the default), so a missing rollouts file shows too; a truncated
+    data file is one problem naming it."""
+    train = _setup(tmp_path)
+    truncated = tmp_path / "truncated.parquet"
+    truncated.write_bytes(train.read_bytes()[:3000])
+    out = run_script("preflight.py", *_args(tmp_path, train, "cropi.strategy=cropy",
+                                            f"cropi.train_rollouts={tmp_path / 'none.parquet'}",
+                                            f"data.val_files={truncated}"), check=False)
+    assert out.returncode == 1 and "Traceback" not in out.stderr
+    problems = [line for line in out.stderr.splitlines() if line.startswith("  - ")]
+    assert problems[0].startswith("  - cropi.strategy='cropy': expected one of cropi, ")
+    assert f"  - cropi.train_rollouts={tmp_path / 'none.parquet'}: no such file" in problems
+    assert (f"  - data.val_files: {truncated}: not a readable parquet file (truncated or corrupt?): Parquet magic "
+            "bytes not found in footer. Either the file is corrupted or this is not a parquet file.") in problems
+    assert len(problems) == 3
+
+
+def test_a_mistyped_override_is_one_line():
+    out = run_script("preflight.py", "cropi.fractoin=0.2", check=False)
+    assert out.returncode == 2 and "Traceback" not in out.stderr
+    assert out.stderr.strip().splitlines() == ["error: bad override: Could not override 'cropi.fractoin'. To append "
+                                               "to your config use +cropi.fractoin=0.2  (CROPI_DEBUG=1 shows the "
+                                               "traceback)"]

@@ -295,11 +295,26 @@ def test_recipes_pass_shellcheck():
     assert out.returncode == 0, out.stdout
 
 
+def _recipe(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
+    """A recipe with DRY_RUN=1 (and no NGPUS / NNODES but those of ``env``)."""
+    base = {k: v for k, v in os.environ.items() if k not in ("NGPUS", "NNODES")}
+    return subprocess.run(["bash", *args], cwd=ROOT, capture_output=True, text=True, timeout=120,
+                          env=dict(base, DRY_RUN="1", **(env or {})))
+
+
 def _dry_run(*args: str, env: dict | None = None) -> list[str]:
-    out = subprocess.run(["bash", *args], cwd=ROOT, capture_output=True, text=True, timeout=60,
-                         env=dict(os.environ, DRY_RUN="1", **(env or {})))
+    """The commands a dry run prints (the step labels, ``# ...`` lines, left out)."""
+    out = _recipe(*args, env=env)
     assert out.returncode == 0, out.stderr
-    return out.stdout.strip().splitlines()
+    return [line for line in out.stdout.strip().splitlines() if not line.startswith("#")]
+
+
+def _recipe_error(*args: str, env: dict | None = None) -> str:
+    """The one line a refused recipe prints (exit status 2)."""
+    out = _recipe(*args, env=env)
+    assert out.returncode == 2 and out.stdout == "", out.stdout + out.stderr
+    (line,) = out.stderr.strip().splitlines()
+    return line
 
 
 def test_recipe_dry_run_prints_every_step_and_its_config_passes_all_checks(tmp_path):
@@ -329,12 +344,66 @@ def test_recipe_dry_run_prints_every_step_and_its_config_passes_all_checks(tmp_p
     assert "hf_model" in cfg.actor_rollout_ref.actor.checkpoint.save_contents
 
 
-def test_baseline_recipe_sets_the_strategy_and_refuses_a_bad_recipe():
+def test_baseline_recipe_sets_the_strategy_and_refuses_a_bad_recipe_or_strategy():
+    from cropi_verl.curriculum.schedule import STRATEGIES
+
     last = _dry_run("recipes/run_baseline.sh", "learnability", "qwen7b")[-1]
     assert "cropi.strategy=learnability" in last and "trainer.experiment_name=qwen7b_learnability" in last
-    out = subprocess.run(["bash", "recipes/run_baseline.sh", "random", "qwen3b"], cwd=ROOT, capture_output=True,
-                         text=True, env=dict(os.environ, DRY_RUN="1"))
-    assert out.returncode == 2 and "no recipe" in out.stderr
+    assert "no recipe" in _recipe_error("recipes/run_baseline.sh", "random", "qwen3b")
+    line = _recipe_error("recipes/run_baseline.sh", "randm", "qwen1.5b")
+    assert line.startswith("error: STRATEGY=randm: expected one of ")
+    assert set(line.split("expected one of ")[1].split()) == set(STRATEGIES)
+
+
+def test_one_gpu_count_drives_collection_and_training(tmp_path):
+    env = {"DATA_DIR": str(tmp_path / "data"), "ROLLOUT_DIR": str(tmp_path / "roll")}
+    lines = _dry_run("recipes/run_cropi_qwen1.5b.sh", "trainer.n_gpus_per_node=4", "trainer.nnodes=2", env=env)
+    collect = [line for line in lines if "collect_rollouts.py" in line]
+    assert len(collect) == 3 and all("--tensor-parallel-size 2 --data-parallel-size 2 " in line for line in collect)
+    train = lines[-1].split()
+    assert train.count("trainer.n_gpus_per_node=4") == 2 and train.count("trainer.nnodes=2") == 2  # recipe's, yours
+    assert _recipe_error("recipes/run_cropi_qwen1.5b.sh", "trainer.n_gpus_per_node=4", env=env | {"NGPUS": "8"}) == (
+        "error: NGPUS=8 conflicts with the override trainer.n_gpus_per_node=4: give the count once")
+    assert _recipe_error("recipes/run_cropi_qwen1.5b.sh", "trainer.nnodes=2", env=env | {"NNODES": "1"}) == (
+        "error: NNODES=1 conflicts with the override trainer.nnodes=2: give the count once")
+
+
+def _recipe_inputs(data: Path, roll: Path) -> None:
+    """Every file the GPU recipe's steps 1-2 write: the prepared data files and the rollouts of the pool and of the
+    held-out sets (prompt ids of the training file, half of the pool zero-advantage)."""
+    for name in ("train", "gsm8k_test", "math500", "aime24", "amc23", "gaokao2023en", "olympiadbench", "gsm8k_heldout",
+                 "math_heldout"):
+        toy_prompts(data / f"{name}.parquet")
+    ids = row_ids(build_toy_task(TASK)["train"])
+    pool = [replace(p, prompt_id=i) for p, i in zip(make_prompts(len(ids), zero_every=2), ids)]
+    for name, table in (("train", rollout_table(pool)), ("gsm8k_heldout", rollout_table(make_prompts(5, seed=3))),
+                        ("math_heldout", rollout_table(make_prompts(5, seed=4)))):
+        (roll / name).mkdir(parents=True)
+        table.to_parquet(roll / name / "rollouts.parquet")
+
+
+def test_dry_run_labels_each_step_skips_existing_outputs_and_runs_preflight(tmp_path):
+    data, roll = tmp_path / "data", tmp_path / "roll"
+    env = {"DATA_DIR": str(data), "ROLLOUT_DIR": str(roll), "PYTHON": sys.executable}
+    _recipe_inputs(data, roll)
+    out = _recipe("recipes/run_cropi_qwen1.5b.sh", f"trainer.default_local_dir={tmp_path / 'ckpt'}", env=env)
+    assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-2000:]
+    labels = [line for line in out.stdout.splitlines() if line.startswith("# step")]
+    assert labels == [f"# step 1/4 prepare the data: skipped, every file exists under {data}",
+                      *(f"# step 2/4 collect the rollouts of {s}: skipped, {roll / s / 'rollouts.parquet'} exists"
+                        for s in ("train", "gsm8k_heldout", "math_heldout")),
+                      "# step 3/4 preflight: run in the dry run too, every input exists",
+                      "# step 4/4 train (the same command resumes)"]
+    assert "preflight: ok" in out.stdout and "cropi.train_rollouts: 60 prompts, covering 60/60" in out.stdout
+    (roll / "train" / "rollouts.parquet").unlink()
+    pending = _recipe("recipes/run_cropi_qwen1.5b.sh", env=env)  # a step to run: preflight is only printed
+    assert pending.returncode == 0 and "preflight: ok" not in pending.stdout
+    assert ("# step 3/4 preflight: not run in a dry run, the steps above write its inputs (rollouts of train)"
+            in pending.stdout.splitlines())
+    rollout_table(make_prompts(4)).to_parquet(roll / "train" / "rollouts.parquet")  # ids not in the training file
+    bad = _recipe("recipes/run_cropi_qwen1.5b.sh", f"trainer.default_local_dir={tmp_path / 'ckpt'}", env=env)
+    assert bad.returncode == 1 and "4 prompt ids are not in data.train_files" in bad.stderr
+    assert "step 4/4" not in bad.stdout  # the dry run stops where preflight fails
 
 
 def test_trainer_main_reports_bad_cropi_config_in_one_line(tmp_path):

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any, Iterable
 
 import pandas as pd
+import pyarrow as pa
 
 from cropi_verl.utils.atomic import atomic_write_parquet
 
@@ -115,12 +116,23 @@ def _as_list(x: Any) -> list:
     return [] if x is None else list(x)
 
 
-def read_verl_parquet(path: str | Path, validate: bool = True) -> pd.DataFrame:
-    """Read a verl-format parquet; with ``validate`` raise ``DataValidationError`` listing every bad row."""
-    path = Path(path)
+def read_parquet(path: Path, missing: str) -> pd.DataFrame:
+    """The parquet file ``path``; ``FileNotFoundError`` ``<path>: <missing>`` when there is none, and one
+    ``DataValidationError`` naming it when pyarrow cannot read it (truncated, corrupt, not parquet)."""
     if not path.is_file():
-        raise FileNotFoundError(f"{path}: no such prompts parquet")
-    df = pd.read_parquet(path)
+        raise FileNotFoundError(f"{path}: {missing}")
+    try:
+        return pd.read_parquet(path)
+    except (pa.ArrowException, OSError) as e:  # ArrowInvalid for a bad footer, OSError for bad metadata
+        reason = str(e).removeprefix(f"Could not open Parquet input source '{path}': ")
+        raise DataValidationError(f"{path}: not a readable parquet file (truncated or corrupt?): {reason}") from None
+
+
+def read_verl_parquet(path: str | Path, validate: bool = True) -> pd.DataFrame:
+    """Read a verl-format parquet (``read_parquet``); with ``validate`` raise ``DataValidationError`` listing every
+    bad row."""
+    path = Path(path)
+    df = read_parquet(path, "no such prompts parquet")
     if validate:
         problems = validate_verl_frame(df, str(path))
         if problems:

@@ -1,7 +1,8 @@
 """Plots (matplotlib, Agg): accuracy curves per method, and what each stage selected.
 
-- ``plot_curves``: targeted and untargeted validation accuracy vs step, one line per method; the step at which
-  full-data GRPO reaches its best and the step at which CROPI reaches it are marked.
+- ``plot_curves``: targeted and untargeted validation accuracy vs step, one line per method, and targeted accuracy
+  vs wall-clock seconds (training, stage boundaries and the offline collection a method selects from); the step
+  (second) at which full-data GRPO reaches its best and the step (second) at which CROPI reaches it are marked.
 - ``plot_selection``: per stage of one run, the offline pass-rate histogram of the selected prompts, the influence
   score distribution (pool vs selected), the overlap |S_s ∩ S_{s-1}| / |S_s| with the previous stage, and the
   skill-family mix.
@@ -21,26 +22,44 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
 
-def plot_curves(methods: Mapping[str, dict], speedup: dict | None, path: str | Path) -> Path:
-    """``methods[name]["history"]`` = [{"step", "targeted", "untargeted"}, ...]; ``speedup`` from ``step_speedup``."""
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4), sharex=True)
+def plot_curves(methods: Mapping[str, dict], summary: Mapping, path: str | Path) -> Path:
+    """``methods[name]["history"]`` = [{"step", "targeted", "untargeted"}, ...]; ``summary``: summary.json's
+    ``speedup``, ``wallclock_speedup`` and ``elapsed_seconds`` (each optional; the seconds panel needs the last)."""
+    elapsed = summary.get("elapsed_seconds")
+    fig, axes = plt.subplots(1, 3 if elapsed else 2, figsize=(16.5 if elapsed else 11, 4))
+    steps = {name: [r["step"] for r in res["history"]] for name, res in methods.items()}
     for ax, key in zip(axes, ("targeted", "untargeted")):
-        for name, res in methods.items():
-            h = res["history"]
-            ax.plot([r["step"] for r in h], [r[key] for r in h], marker="o", ms=3, label=name,
-                    lw=2.2 if name == "cropi" else 1.2)
+        _lines(ax, methods, steps, key)
         ax.set_title(f"{key} validation accuracy (avg@k)")
         ax.set_xlabel("GRPO step")
-        ax.grid(alpha=0.3)
-    if speedup:
-        ax = axes[0]
-        ax.axhline(speedup["baseline_best"], color="grey", ls=":", lw=1)
-        ax.axvline(speedup["baseline_best_step"], color="grey", ls="--", lw=1, label="full: best")
-        if speedup["steps_to_reach"] is not None:
-            ax.axvline(speedup["steps_to_reach"], color="C0", ls="--", lw=1,
-                       label=f"cropi reaches it ({speedup['speedup']:.2f}x)")
+    if sp := summary.get("speedup", {}).get("cropi"):
+        _mark_reach(axes[0], sp, sp["baseline_best_step"], sp["steps_to_reach"])
+    if elapsed:
+        _lines(axes[2], methods, elapsed, "targeted")
+        axes[2].set_title("targeted accuracy against wall-clock")
+        axes[2].set_xlabel("seconds (training + stage boundaries + offline collection)")
+        if wc := summary.get("wallclock_speedup", {}).get("cropi"):
+            _mark_reach(axes[2], wc, wc["baseline_seconds"], wc["seconds_to_reach"])
+        axes[2].legend(fontsize=8)
     axes[0].legend(fontsize=8)
     return _save(fig, path)
+
+
+def _lines(ax, methods: Mapping[str, dict], x: Mapping[str, list], key: str) -> None:
+    """One line per method: ``key`` accuracy against ``x[name]``."""
+    for name, res in methods.items():
+        ax.plot(x[name], [r[key] for r in res["history"]], marker="o", ms=3, label=name,
+                lw=2.2 if name == "cropi" else 1.2)
+    ax.grid(alpha=0.3)
+
+
+def _mark_reach(ax, entry: dict, base_x: float, reach_x: float | None) -> None:
+    """Full data's best (``entry["baseline_best"]`` at ``base_x``) and CROPI's first reach of it at ``reach_x``."""
+    ax.axhline(entry["baseline_best"], color="grey", ls=":", lw=1)
+    ax.axvline(base_x, color="grey", ls="--", lw=1, label="full: best")
+    if reach_x is not None:
+        ratio = "undefined, 0/0" if entry["speedup"] is None else f"{entry['speedup']:.2f}x"
+        ax.axvline(reach_x, color="C0", ls="--", lw=1, label=f"cropi reaches it ({ratio})")
 
 
 def plot_selection(stages: list[dict], pool: pd.DataFrame, scores: Mapping[int, pd.DataFrame], path: str | Path) -> Path:
@@ -79,10 +98,10 @@ def plot_selection(stages: list[dict], pool: pd.DataFrame, scores: Mapping[int, 
     return _save(fig, path)
 
 
-def plot_run(out_dir: str | Path, results: Mapping[str, dict], speedup: dict | None, pool: pd.DataFrame) -> list[Path]:
+def plot_run(out_dir: str | Path, results: Mapping[str, dict], summary: Mapping, pool: pd.DataFrame) -> list[Path]:
     """``curves.png`` and ``selection_<method>.png`` (every method but ``full``) of one demo run."""
     out = Path(out_dir)
-    paths = [plot_curves(results, speedup, out / "curves.png")]
+    paths = [plot_curves(results, summary, out / "curves.png")]
     for name, res in results.items():
         if name != "full":
             scores = {s["stage"]: pd.read_parquet(s["score_file"]) for s in res["stages"] if s.get("score_file")}

@@ -1,4 +1,4 @@
-"""The step-level speed-up: how much sooner a method reaches an accuracy level of the baseline's curve.
+"""The speed-up, in steps and in seconds: how much sooner a method reaches an accuracy level of the baseline's curve.
 
 For a curve of (step, accuracy) points: ``best(baseline)`` = its highest accuracy and the first step it is reached;
 ``steps_to_reach(curve, a)`` = the first step whose accuracy is >= a (None if never).
@@ -8,6 +8,13 @@ For a curve of (step, accuracy) points: ``best(baseline)`` = its highest accurac
 - At a fraction f of the baseline's gain: the level a_f = a_0 + f (best - a_0), a_0 = the baseline's first point,
   and speed-up_f = steps_to_reach(baseline, a_f) / steps_to_reach(method, a_f). With f < 1 it does not hinge on the
   single highest, noisiest point of the baseline's curve; f = 1 is the speed-up above.
+- Wall-clock: with ``seconds[i]`` the cumulative seconds a run has spent by ``steps[i]`` (training, selection and any
+  fixed cost paid before step 0), speed-up = baseline's seconds at its best / the method's seconds when it first
+  reaches that accuracy.
+
+A speed-up over a baseline that needed nothing (its best at step 0, i.e. at 0 seconds) is 0/0: None, with
+``speedup_note`` = ``UNDEFINED`` in the result. A level the method reaches at step 0 (0 seconds) but the baseline
+only later is an unbounded speed-up.
 """
 
 from __future__ import annotations
@@ -15,6 +22,8 @@ from __future__ import annotations
 from typing import Sequence
 
 from cropi_verl.utils.config_rules import Fraction, config_problems
+
+UNDEFINED = "full data's best is at step 0, before any training: a speed-up over it is 0/0"
 
 
 def best_point(steps: Sequence[int], acc: Sequence[float]) -> tuple[int, float]:
@@ -30,20 +39,35 @@ def steps_to_reach(steps: Sequence[int], acc: Sequence[float], target: float) ->
     return None
 
 
-def _ratio(base_step: int, reach: int | None) -> float | None:
-    """base_step / reach; None if never reached; reached at step 0: 1 if the baseline was too, else unbounded."""
-    if reach is None:
+def _ratio(base: float, reach: float | None) -> float | None:
+    """base / reach; None if never reached or if ``base`` is 0 (0/0, see the module docstring); reach 0: unbounded."""
+    if reach is None or base == 0:
         return None
-    if reach == 0:
-        return 1.0 if base_step == 0 else float("inf")
-    return base_step / reach
+    return base / reach if reach else float("inf")
+
+
+def _note(base: float) -> dict:
+    """``{"speedup_note": UNDEFINED}`` when the baseline needed nothing to reach its level, else empty."""
+    return {"speedup_note": UNDEFINED} if base == 0 else {}
 
 
 def step_speedup(base_steps: Sequence[int], base_acc: Sequence[float], steps: Sequence[int], acc: Sequence[float]) -> dict:
     """Speed-up of (steps, acc) over the baseline curve, with the points it is computed from."""
     b_step, b_acc = best_point(base_steps, base_acc)
     reach = steps_to_reach(steps, acc, b_acc)
-    return {"baseline_best_step": b_step, "baseline_best": b_acc, "steps_to_reach": reach, "speedup": _ratio(b_step, reach)}
+    return {"baseline_best_step": b_step, "baseline_best": b_acc, "steps_to_reach": reach,
+            "speedup": _ratio(b_step, reach)} | _note(b_step)
+
+
+def wallclock_speedup(base_steps: Sequence[int], base_acc: Sequence[float], base_seconds: Sequence[float],
+                      steps: Sequence[int], acc: Sequence[float], seconds: Sequence[float]) -> dict:
+    """Speed-up in seconds of (steps, acc, seconds) over the baseline; ``seconds[i]``: cumulative by ``steps[i]``."""
+    b_step, b_acc = best_point(base_steps, base_acc)
+    b_sec = float(base_seconds[list(base_steps).index(b_step)])
+    reach = steps_to_reach(steps, acc, b_acc)
+    sec = None if reach is None else float(seconds[list(steps).index(reach)])
+    return {"baseline_best_step": b_step, "baseline_best": b_acc, "baseline_seconds": b_sec, "steps_to_reach": reach,
+            "seconds_to_reach": sec, "speedup": _ratio(b_sec, sec)} | _note(b_sec)
 
 
 def gain_speedup(base_steps: Sequence[int], base_acc: Sequence[float], steps: Sequence[int], acc: Sequence[float],
@@ -56,4 +80,4 @@ def gain_speedup(base_steps: Sequence[int], base_acc: Sequence[float], steps: Se
     b_step = b_best_step if fraction == 1 else steps_to_reach(base_steps, base_acc, level)
     reach = steps_to_reach(steps, acc, level)
     return {"fraction": fraction, "level": float(level), "baseline_steps": b_step, "steps_to_reach": reach,
-            "speedup": _ratio(b_step, reach)}
+            "speedup": _ratio(b_step, reach)} | _note(b_step)

@@ -13,6 +13,7 @@ from __future__ import annotations
 from dataclasses import fields
 from typing import Any, TypeVar
 
+from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 from verl.utils.tracking import Tracking
 
@@ -20,6 +21,7 @@ from cropi_verl.curriculum.schedule import STRATEGIES
 from cropi_verl.influence.projection import METHODS
 from cropi_verl.influence.scoring import METRICS
 from cropi_verl.local.grpo import GRPOConfig
+from cropi_verl.utils.cli import check_writable, one_line_errors
 from cropi_verl.utils.config_rules import (
     Count,
     Flag,
@@ -95,3 +97,11 @@ def check_demo_config(cfg: DictConfig) -> None:
             problems.append(f"grpo: {e}")
     if problems:
         raise ValueError("bad demo config: " + "; ".join(problems))
+
+
+class WritableRunDir(Callback):
+    """Hydra callback (``hydra.callbacks`` of configs/tiny_cpu.yaml): Hydra creates its run directory under
+    ``output_dir`` before the job starts, so an unwritable ``output_dir`` is checked here, in one line."""
+
+    def on_run_start(self, config: DictConfig, **kwargs: Any) -> None:
+        one_line_errors(check_writable)(config.hydra.run.dir, "hydra.run.dir (under output_dir)")

@@ -1,15 +1,20 @@
 """The main job on its embedded default: the tiny CPU CROPI demo (``python -m cropi_verl.local.main [overrides]``).
 
 1. Write the embedded task's parquet files; build (or load from cache) the warmed-up tiny policy (= beta).
-2. Collect offline rollouts of the pool and of each validation set from it (resumable).
+2. Collect offline rollouts of the pool and of each validation set from it (resumable); each split's collection
+   seconds are recorded once in ``<out>/rollouts/collect_seconds.json``.
 3. Start the influence worker group (Ray, verl single_controller, CPU).
 4. For each method in ``methods`` (CROPI and the baselines): a curriculum GRPO run of ``num_stages *
    steps_per_stage`` steps on the local backend, evaluating the validation sets every ``eval.every`` steps.
    A finished method (``<out>/<method>/result.json``) is skipped on a rerun; an interrupted one resumes; either is
-   refused, before any work, if the rerun's settings differ (``cropi_verl/local/run_config.py``).
+   refused, before any work, if the rerun's settings differ (``cropi_verl/local/run_config.py``), as are beta's
+   rollouts whose manifest records other collection settings: one error names every such directory
+   (``check_before_work``). Ctrl-C or SIGTERM ends it with one line saying where it stopped (``utils/cli.py``).
    With ``repeats`` > 1 each method also runs with seeds ``seed+1 ..`` (``<out>/<method>.seed<s>/``).
 5. Write ``summary.json`` and ``curves.png`` (plus ``selection_<method>.png``) and print the table; with repeats,
-   the curves are the mean over seeds and the selection plots show the first seed.
+   the curves are the mean over seeds and the selection plots show the first seed. Each method's speed-up over
+   full data is given in steps and in seconds (``wallclock_speedup``: its GRPO steps and stage boundaries up to the
+   step it reaches full data's best, plus the offline collection it selects from, ``collect_charge``).
 """
 
 from __future__ import annotations
@@ -20,6 +25,7 @@ import time
 import warnings
 from dataclasses import asdict
 from pathlib import Path
+from typing import Callable, Mapping
 
 import hydra
 import numpy as np
@@ -28,39 +34,76 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from cropi_verl.curriculum.schedule import StageSchedule
+from cropi_verl.curriculum.schedule import INFLUENCE_STRATEGIES, StageSchedule
 from cropi_verl.data.toy_task import TARGETED_SETS, UNTARGETED_SETS, ToyTaskConfig, build_toy_task
 from cropi_verl.data.verl_format import row_ids, write_verl_parquet
 from cropi_verl.eval.plots import plot_run
-from cropi_verl.eval.speedup import gain_speedup, step_speedup
+from cropi_verl.eval.speedup import gain_speedup, step_speedup, wallclock_speedup
 from cropi_verl.influence.gradients import PopiConfig
 from cropi_verl.local.config_checks import check_demo_config, dataclass_from
 from cropi_verl.local.grpo import GRPOConfig
-from cropi_verl.local.run_config import check_run_dir, run_config, write_run_config
+from cropi_verl.local.run_config import refuse_other_settings, run_config, run_dir_problem, write_run_config
 from cropi_verl.local.trainer import EvalConfig, LocalCurriculumTrainer, LocalRun
-from cropi_verl.models.tiny_policy import TinyPolicyConfig, build_tiny_policy
-from cropi_verl.rollout.collect import CollectConfig, collect_rollouts, hf_backend
+from cropi_verl.models.tiny_policy import TinyPolicyConfig, build_tiny_policy, tiny_policy_dir
+from cropi_verl.rollout.collect import CollectConfig, collect_rollouts, hf_backend, manifest_mismatch
 from cropi_verl.rollout.records import read_rollouts
 from cropi_verl.utils.atomic import atomic_write_json
-from cropi_verl.utils.cli import one_line_errors
+from cropi_verl.utils.cache import cache_root
+from cropi_verl.utils.cli import check_writable, one_line_errors, step
 from cropi_verl.workers.group import InfluenceWorkerGroup
 
 log = logging.getLogger("cropi_verl")
 VAL_SETS = TARGETED_SETS + UNTARGETED_SETS
+COLLECT_SECONDS = "collect_seconds.json"  # under ${output_dir}/rollouts: each split's offline collection seconds
+PASS_RATE_STRATEGIES = ("pass_rate", "learnability")  # select on the pool rollouts' pass rates, no gradients
 
 
 def prepare(cfg: DictConfig) -> tuple[dict, Path]:
     """Write the task's splits under ``${output_dir}/data`` and build the policy; returns (frames, policy dir)."""
-    task = dataclass_from(ToyTaskConfig, cfg.task)
-    frames = build_toy_task(task)
+    step("the task's data")
+    frames = build_toy_task(dataclass_from(ToyTaskConfig, cfg.task))
     data_dir = Path(cfg.output_dir) / "data"
     for split, frame in frames.items():
         write_verl_parquet(frame, data_dir / f"{split}.parquet")
-    cache = Path(cfg.policy.cache_dir) / "tiny_policy" if cfg.policy.cache_dir else None
+    step("the tiny policy's warm-up (unless cached)")
     t0 = time.time()
-    policy_dir = build_tiny_policy(dataclass_from(TinyPolicyConfig, cfg.policy, ("cache_dir",), task=task), cache)
+    policy_dir = build_tiny_policy(*policy_config(cfg))
     log.info("tiny policy: %s (%.1fs)", policy_dir, time.time() - t0)
     return frames, policy_dir
+
+
+def policy_config(cfg: DictConfig) -> tuple[TinyPolicyConfig, Path | None]:
+    """The tiny policy's config and cache directory (None: ``cache_root()/tiny_policy``)."""
+    policy = dataclass_from(TinyPolicyConfig, cfg.policy, ("cache_dir",), task=dataclass_from(ToyTaskConfig, cfg.task))
+    return policy, Path(cfg.policy.cache_dir) / "tiny_policy" if cfg.policy.cache_dir else None
+
+
+def collect_config(cfg: DictConfig, policy_dir: Path, split: str) -> CollectConfig:
+    """beta's offline collection of ``split``: ``offline.n`` responses per pool prompt, ``offline.val_n`` else."""
+    off = cfg.offline
+    return CollectConfig(model=str(policy_dir), input=str(Path(cfg.output_dir) / "data" / f"{split}.parquet"),
+                         backend="hf", n=off.n if split == "train" else off.val_n, temperature=off.temperature,
+                         max_new_tokens=off.max_new_tokens, seed=cfg.seed, batch_size=off.batch_size,
+                         shard_size=off.shard_size)
+
+
+def demo_seeds(cfg: DictConfig) -> list[int]:
+    """Each method's training seeds: ``seed`` .. ``seed + repeats - 1``."""
+    return [cfg.seed + r for r in range(cfg.repeats)]
+
+
+def check_before_work(cfg: DictConfig, methods: list[str]) -> None:
+    """Every check that needs no work, before anything is written: the config, the policy cache directory (the
+    output_dir is Hydra's: ``WritableRunDir``), and the results a rerun would reuse or resume against this command's
+    settings (each method directory of ``methods``, each split's rollouts manifest), all named in one error."""
+    check_demo_config(cfg)
+    policy, cache = policy_config(cfg)
+    check_writable(cache or cache_root() / "tiny_policy", "the policy cache (policy.cache_dir, else $CROPI_CACHE_DIR)")
+    runs = [run_dir_problem(method_dir(cfg, m, s), run_config(cfg, m, s)) for m in methods for s in demo_seeds(cfg)]
+    rollouts = [manifest_mismatch(Path(cfg.output_dir) / "rollouts" / split,
+                                  collect_config(cfg, tiny_policy_dir(policy, cache), split))
+                for split in ("train",) + TARGETED_SETS]
+    refuse_other_settings(runs + rollouts)
 
 
 def offline_rollouts(cfg: DictConfig, policy_dir: Path) -> tuple[pd.DataFrame, dict[str, pd.DataFrame]]:
@@ -70,14 +113,37 @@ def offline_rollouts(cfg: DictConfig, policy_dir: Path) -> tuple[pd.DataFrame, d
     tok = AutoTokenizer.from_pretrained(policy_dir)
     out = {}
     for split in ("train",) + TARGETED_SETS:
-        off = cfg.offline
-        cc = CollectConfig(model=str(policy_dir), input=str(Path(cfg.output_dir) / "data" / f"{split}.parquet"),
-                           backend="hf", n=off.n if split == "train" else off.val_n, temperature=off.temperature,
-                           max_new_tokens=off.max_new_tokens, seed=cfg.seed, batch_size=off.batch_size,
-                           shard_size=off.shard_size)
-        path = collect_rollouts(cc, Path(cfg.output_dir) / "rollouts" / split, hf_backend(model, tok, cc), tok)
+        step(f"beta's rollouts of {split}")
+        cc = collect_config(cfg, policy_dir, split)
+        split_dir = Path(cfg.output_dir) / "rollouts" / split
+        path = timed_collect(split_dir.parent / COLLECT_SECONDS, split,
+                             lambda: collect_rollouts(cc, split_dir, hf_backend(model, tok, cc), tok))
         out[split] = read_rollouts(path, tok.eos_token_id)
     return out.pop("train"), out
+
+
+def timed_collect(record: Path, split: str, collect: Callable[[], Path]) -> Path:
+    """``collect()``, its seconds written under ``split`` in the json ``record`` the first time only: a rerun keeps
+    the recorded seconds (its call only reads the finished shards back)."""
+    seconds = json.loads(record.read_text()) if record.is_file() else {}
+    t0 = time.time()
+    path = collect()
+    if split not in seconds:
+        atomic_write_json(seconds | {split: round(time.time() - t0, 2)}, record)
+    return path
+
+
+def collect_charge(strategy: str, seconds: Mapping[str, float]) -> float:
+    """The offline-collection seconds a method waits for: the pool's for pass-rate strategies, the pool's and the
+    targeted validation sets' for influence strategies, none for random and full."""
+    if strategy in INFLUENCE_STRATEGIES:
+        return round(sum(seconds[s] for s in ("train",) + TARGETED_SETS), 2)
+    return seconds["train"] if strategy in PASS_RATE_STRATEGIES else 0.0
+
+
+def elapsed_seconds(history: list[dict], fixed: float) -> list[float]:
+    """One run's seconds by each eval: ``fixed`` (its collection charge) + its training and stage boundaries so far."""
+    return [round(fixed + r["train_seconds"] + r["select_seconds"], 2) for r in history]
 
 
 def pool_summary(train_rollouts: pd.DataFrame, prompts: pd.DataFrame) -> tuple[dict, pd.DataFrame]:
@@ -104,6 +170,7 @@ def run_method(cfg: DictConfig, strategy: str, seed: int, frames: dict, policy_d
     if (out / "result.json").is_file():
         log.info("%s (seed %d): already finished, reusing %s", strategy, seed, out / "result.json")
         return json.loads((out / "result.json").read_text())
+    step(f"training {strategy} with seed {seed}")
     write_run_config(out, run_config(cfg, strategy, seed))
     cur = cfg.curriculum
     fraction = 1.0 if strategy == "full" else cur.fraction
@@ -129,14 +196,14 @@ def targeted_curve(history: list[dict]) -> tuple[list, list]:
 
 
 def mean_over_seeds(runs: list[dict]) -> dict:
-    """One method's result with its eval history averaged over seeds (same eval steps); the stages and timings
-    are the first seed's."""
+    """One method's result with its eval history (accuracies and cumulative seconds) averaged over seeds (same eval
+    steps); the stages and the run's total timings are the first seed's."""
     if len(runs) == 1:
         return runs[0]
 
     def mean(rows: list[dict]) -> dict:
-        return {"step": rows[0]["step"], "targeted": float(np.mean([r["targeted"] for r in rows])),
-                "untargeted": float(np.mean([r["untargeted"] for r in rows])),
+        numbers = [k for k in rows[0] if k not in ("step", "val")]
+        return {"step": rows[0]["step"], **{k: float(np.mean([r[k] for r in rows])) for k in numbers},
                 "val": {n: float(np.mean([r["val"][n] for r in rows])) for n in rows[0]["val"]}}
 
     return runs[0] | {"history": [mean(list(rows)) for rows in zip(*(r["history"] for r in runs))]}
@@ -151,8 +218,11 @@ def per_seed(runs: dict[str, list[dict]], seeds: list[int], gain_fraction: float
                                 "best_targeted": [max(h["targeted"] for h in r["history"]) for r in rs]}
     if "cropi" in runs and "full" in runs:
         pairs = [(targeted_curve(f["history"]), targeted_curve(c["history"])) for f, c in zip(runs["full"], runs["cropi"])]
-        out["cropi_speedup"] = [step_speedup(*f, *c)["speedup"] for f, c in pairs]
+        steps = [step_speedup(*f, *c) for f, c in pairs]
+        out["cropi_speedup"] = [s["speedup"] for s in steps]
         out["cropi_speedup_at_gain"] = [gain_speedup(*f, *c, gain_fraction)["speedup"] for f, c in pairs]
+        if undefined := [seed for seed, s in zip(seeds, steps) if "speedup_note" in s]:
+            out["speedup_undefined_seeds"] = undefined  # full's best at step 0: both speed-ups are 0/0 (None)
     if "cropi" in runs and "random" in runs:
         out["cropi_minus_random_final"] = [c["history"][-1]["targeted"] - r["history"][-1]["targeted"]
                                            for c, r in zip(runs["cropi"], runs["random"])]
@@ -166,8 +236,9 @@ def family_mix(results: dict[str, dict], pool: pd.DataFrame) -> dict[str, list[d
                    for s in res["stages"]] for name, res in results.items() if name != "full"}
 
 
-def summarize(cfg: DictConfig, results: dict[str, dict]) -> dict:
-    """Final/best accuracies per method, CROPI's step-level speed-up over full data, and the selection cost."""
+def summarize(cfg: DictConfig, results: dict[str, dict], collect: Mapping[str, float]) -> dict:
+    """Final/best accuracies per method, each method's speed-up over full data in steps and in seconds (with
+    ``collect``, each split's offline collection seconds, charged by ``collect_charge``), and the selection cost."""
     table = {}
     for name, res in results.items():
         h = res["history"]
@@ -180,6 +251,11 @@ def summarize(cfg: DictConfig, results: dict[str, dict]) -> dict:
         others = {m: targeted_curve(r["history"]) for m, r in results.items() if m != "full"}
         out["speedup"] = {m: step_speedup(*full, *c) for m, c in others.items()}
         out["speedup_at_gain"] = {m: gain_speedup(*full, *c, cfg.eval.speedup_gain_fraction) for m, c in others.items()}
+        charge = {m: collect_charge(m, collect) for m in results}
+        out["elapsed_seconds"] = {m: elapsed_seconds(r["history"], charge[m]) for m, r in results.items()}
+        out["wallclock_speedup"] = {m: wallclock_speedup(*full, out["elapsed_seconds"]["full"], *c,
+                                                         out["elapsed_seconds"][m]) | {"collect_seconds": charge[m]}
+                                    for m, c in others.items()}
     if "cropi" in results and "random" in results:
         c, r = table["cropi"], table["random"]
         out["cropi_vs_random"] = {"final_targeted_delta": c["final_targeted"] - r["final_targeted"],
@@ -190,7 +266,8 @@ def summarize(cfg: DictConfig, results: dict[str, dict]) -> dict:
         scored = [s["stats"] for s in res["stages"] if s.get("score_file")]
         passes = [s["seconds"] for s in scored]
         parts = {k: [s["pass_seconds"][k] for s in scored if "pass_seconds" in s] for k in ("val_features", "pool_features")}
-        out["selection_cost"] = {"influence_pass_seconds": passes, "train_stage_seconds": round(per_stage_train, 2),
+        out["selection_cost"] = {"offline_collection_seconds": dict(collect),
+                                 "influence_pass_seconds": passes, "train_stage_seconds": round(per_stage_train, 2),
                                  "pass_over_stage": (float(np.mean(passes)) / per_stage_train) if passes else None,
                                  **{f"{k}_seconds": v for k, v in parts.items()},
                                  "pool_features_over_stage": (float(np.mean(parts["pool_features"])) / per_stage_train
@@ -198,30 +275,46 @@ def summarize(cfg: DictConfig, results: dict[str, dict]) -> dict:
     return out
 
 
-def speedup_text(s: float | None) -> str:
-    return "never" if s is None else f"{s:.2f}x"
+def speedup_text(entry: dict | None) -> str:
+    """A speed-up entry as the table shows it: '-' for none or an undefined one (0/0), 'never', or the ratio."""
+    if entry is None or "speedup_note" in entry:
+        return "-"
+    return "never" if entry["speedup"] is None else f"{entry['speedup']:.2f}x"
+
+
+def seed_texts(values: list, seeds: list[int], undefined: set[int]) -> str:
+    """Per-seed values: '-' for a seed whose speed-up is undefined (0/0), 'never' for None, else 3 digits."""
+    return ", ".join("-" if s in undefined else "never" if v is None else f"{v:.3g}" for s, v in zip(seeds, values))
 
 
 def print_table(pool: dict, summary: dict) -> None:
     print(f"\noffline pass rate of beta on the pool: {pool['mean']:.3f} "
           f"({', '.join(f'{k} {v:.2f}' for k, v in pool['by_family'].items())}); "
           f"zero-advantage {pool['zero_advantage_fraction']:.0%}")
-    sp, sg = summary.get("speedup", {}), summary.get("speedup_at_gain", {})
+    sp, sg, sw = (summary.get(k, {}) for k in ("speedup", "speedup_at_gain", "wallclock_speedup"))
     gain_col = f"@{next(iter(sg.values()))['fraction']:.0%} gain" if sg else ""
-    print(f"\n{'method':<18}{'final tgt':>10}{'best tgt':>10}{'@step':>7}{'final untgt':>13}{'speed-up':>10}{gain_col:>11}")
+    print(f"\n{'method':<18}{'final tgt':>10}{'best tgt':>10}{'@step':>7}{'final untgt':>13}{'speed-up':>10}{gain_col:>11}"
+          f"{'wall-clock':>12}")
     for name, row in summary["methods"].items():
-        s_txt, g_txt = ("-", "-") if name not in sp else (speedup_text(sp[name]["speedup"]),
-                                                        speedup_text(sg[name]["speedup"]))
+        s_txt, g_txt, w_txt = (speedup_text(d.get(name)) for d in (sp, sg, sw))
         print(f"{name:<18}{row['final_targeted']:>10.3f}{row['best_targeted']:>10.3f}{row['best_step']:>7}"
-              f"{row['final_untargeted']:>13.3f}{s_txt:>10}{g_txt if gain_col else '':>11}")
+              f"{row['final_untargeted']:>13.3f}{s_txt:>10}{g_txt if gain_col else '':>11}{w_txt:>12}")
+    for note in sorted({e["speedup_note"] for d in (sp, sg, sw) for e in d.values() if "speedup_note" in e}):
+        print(f"  -: {note}")
+    if sw:
+        print(f"wall-clock: full data's seconds to its best ({next(iter(sw.values()))['baseline_seconds']:.1f}s) over "
+              "a method's seconds to reach it, counting its GRPO steps, stage boundaries and, for methods that select "
+              "from offline rollouts, their collection")
     if "per_seed" in summary:
         ps = summary["per_seed"]
+        undefined = set(ps.get("speedup_undefined_seeds", []))
         print(f"(mean over seeds {ps['seeds']})")
         for key, label in [("cropi_speedup", "cropi speed-up over full"),
                            ("cropi_speedup_at_gain", f"cropi speed-up over full {gain_col}"),
                            ("cropi_minus_random_final", "cropi - random, final")]:
             if key in ps:
-                print(f"  {label}, seed by seed: " + ", ".join("never" if v is None else f"{v:.3g}" for v in ps[key]))
+                print(f"  {label}, seed by seed: "
+                      + seed_texts(ps[key], ps["seeds"], undefined if "speedup" in key else set()))
     if "selection_cost" in summary and summary["selection_cost"]["pass_over_stage"] is not None:
         c = summary["selection_cost"]
         print(f"\ninfluence pass: {np.mean(c['influence_pass_seconds']):.1f}s per stage boundary, "
@@ -235,11 +328,8 @@ def print_table(pool: dict, summary: dict) -> None:
 @hydra.main(config_path="../../configs", config_name="tiny_cpu", version_base=None)
 @one_line_errors
 def main(cfg: DictConfig) -> None:
-    check_demo_config(cfg)
-    seeds = [cfg.seed + r for r in range(cfg.repeats)]
-    for m in cfg.methods:  # before any work: a rerun with other settings must not reuse or resume old results
-        for s in seeds:
-            check_run_dir(method_dir(cfg, m, s), run_config(cfg, m, s))
+    check_before_work(cfg, cfg.methods)
+    seeds = demo_seeds(cfg)
     torch.set_num_threads(cfg.threads)
     warnings.filterwarnings("ignore", message=".*'set_vital' is deprecated")  # torchdata's, once per dataloader
     t0 = time.time()
@@ -247,6 +337,7 @@ def main(cfg: DictConfig) -> None:
     train_roll, val_roll = offline_rollouts(cfg, policy_dir)
     pool, pool_table = pool_summary(train_roll, frames["train"])
     inf = cfg.influence
+    step("starting the influence workers")
     group = InfluenceWorkerGroup(inf.workers, use_gpu=False, threads=inf.threads_per_worker)
     popi = PopiConfig(micro_batch_tokens=inf.micro_batch_tokens, clip_ratio=inf.clip_ratio,
                       share_prompt=inf.share_prompt, merge_duplicates=inf.merge_duplicates)
@@ -258,12 +349,14 @@ def main(cfg: DictConfig) -> None:
     runs = {m: [run_method(cfg, m, s, frames, policy_dir, train_roll, val_roll, group, manifest) for s in seeds]
             for m in cfg.methods}
     group.close()
+    step("the summary")
     results = {m: mean_over_seeds(rs) for m, rs in runs.items()}
-    summary = summarize(cfg, results) | {"selection_family_mix": family_mix(results, pool_table)}
+    out = Path(cfg.output_dir)
+    collect = json.loads((out / "rollouts" / COLLECT_SECONDS).read_text())
+    summary = summarize(cfg, results, collect) | {"selection_family_mix": family_mix(results, pool_table)}
     if len(seeds) > 1:
         summary["per_seed"] = per_seed(runs, seeds, cfg.eval.speedup_gain_fraction)
-    out = Path(cfg.output_dir)
-    plot_run(out, results, summary.get("speedup", {}).get("cropi"), pool_table)
+    plot_run(out, results, summary, pool_table)
     print_table(pool, summary)
     summary |= {"run_name": cfg.run_name, "policy_dir": str(policy_dir), "pool": pool,
                 "curves": {n: r["history"] for n, r in results.items()}, "wall_seconds": round(time.time() - t0, 1),

@@ -5,14 +5,15 @@ that decides the run's results: every key but the execution-only ones (``EXECUTI
 which methods run, thread and worker counts, logging and checkpoint intervals, the C kernel switch, which gives the
 same bits), and but ``influence.*`` for strategies that never score; plus the strategy and the run's seed. A
 directory that holds results (``result.json`` or ``ckpt/``) is refused when its settings differ, or when it has no
-``run_config.json`` (written by an older version).
+``run_config.json`` (written by an older version); ``refuse_other_settings`` names every such directory in one
+error (the demo adds its rollouts directories, whose manifests record their collection settings).
 """
 
 from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterable
 
 from omegaconf import DictConfig, OmegaConf
 
@@ -40,23 +41,35 @@ def run_config(cfg: DictConfig, strategy: str, seed: int) -> dict[str, Any]:
     return keep | {"strategy": strategy, "seed": seed}
 
 
-def check_run_dir(run_dir: Path, want: dict[str, Any]) -> None:
-    """Raise if ``run_dir`` holds results made with settings other than ``want`` (or with none recorded)."""
+def run_dir_problem(run_dir: Path, want: dict[str, Any]) -> str | None:
+    """Why ``run_dir`` cannot be reused or resumed with the settings ``want``: it holds results made with other
+    settings (or with none recorded); None when it can."""
     if not ((run_dir / "result.json").is_file() or (run_dir / "ckpt").is_dir()):
-        return
+        return None
     path = run_dir / FILE
     if not path.is_file():
-        raise ValueError(f"{run_dir}: holds results but no {FILE} (written by an older version); delete it or "
-                         "choose another run_name")
+        return f"{run_dir}: holds results but no {FILE} (written by an older version)"
     have = json.loads(path.read_text())
     diff = sorted(k for k in have.keys() | want.keys() if k not in have or k not in want or have[k] != want[k])
-    if diff:
-        show = diff[:6]
-        was = ", ".join(f"{k}={have.get(k, '<unset>')!r}" for k in show)
-        now = ", ".join(f"{k}={want.get(k, '<unset>')!r}" for k in show)
-        more = f" (and {len(diff) - len(show)} more)" if len(diff) > len(show) else ""
-        raise ValueError(f"{run_dir}: its results were made with {was}{more}; this command has {now}. Choose another "
-                         f"run_name, or delete {run_dir} to redo it")
+    if not diff:
+        return None
+    show = diff[:6]
+    was = ", ".join(f"{k}={have.get(k, '<unset>')!r}" for k in show)
+    now = ", ".join(f"{k}={want.get(k, '<unset>')!r}" for k in show)
+    more = f" (and {len(diff) - len(show)} more)" if len(diff) > len(show) else ""
+    return f"{run_dir}: its results were made with {was}{more}; this command has {now}"
+
+
+def refuse_other_settings(problems: Iterable[str | None]) -> None:
+    """One ``ValueError`` naming every directory of results made with other settings (``problems``: one per
+    directory a command would reuse or resume, None where it can)."""
+    found = [p for p in problems if p]
+    if len(found) == 1:
+        raise ValueError(f"{found[0]}. Choose another run_name, or delete it to redo it")
+    if found:
+        listed = "; ".join(f"({i}) {p}" for i, p in enumerate(found, 1))
+        raise ValueError(f"{len(found)} directories hold results made with other settings: {listed}. Choose another "
+                         "run_name, or delete them to redo them")
 
 
 def write_run_config(run_dir: Path, want: dict[str, Any]) -> None:

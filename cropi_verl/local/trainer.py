@@ -3,10 +3,13 @@
 Per global step t (0-based): at a stage boundary the stage's subset is chosen (``stage_boundary``, the same routine
 the verl trainer calls) and a ``StatefulDataLoader`` over ``RankedSubsetSampler`` is built; every ``eval_every``
 steps (and at the end) the validation sets are evaluated; then one ``grpo_step`` with seed ``seed * 100003 + t``.
+Each eval record carries the cumulative ``train_seconds`` (GRPO steps so far) and ``select_seconds`` (the stage
+boundaries so far, as recorded in their stage states); evaluation and checkpoints are not counted.
 
 Every ``ckpt_every`` steps ``<out>/ckpt/step_<t>.pt`` holds the model, optimizer, loader (sampler position),
-stage state and eval history; ``<out>/ckpt/latest.json`` is written after it, atomically. A rerun resumes from
-it and continues exactly: sampling seeds depend only on the step, and the sampler resumes at its position.
+stage state, eval history and the cumulative seconds; ``<out>/ckpt/latest.json`` is written after it, atomically. A
+rerun resumes from it and continues exactly: sampling seeds depend only on the step, and the sampler resumes at its
+position; the seconds already spent are the checkpoint's, never re-measured.
 """
 
 from __future__ import annotations
@@ -116,6 +119,7 @@ class LocalCurriculumTrainer:
         self.batches = None
         self.history: list[dict] = []
         self.stage_states: list[dict] = []
+        self.seconds = {"train": 0.0, "select": 0.0}  # cumulative: GRPO steps, stage boundaries
         self.ckpt_dir = run.out_dir / "ckpt"
 
     # ----- checkpoints -------------------------------------------------------------------------------------------
@@ -123,7 +127,7 @@ class LocalCurriculumTrainer:
         path = self.ckpt_dir / f"step_{self.step:06d}.pt"
         blob = {"step": self.step, "model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
                 "loader": self.loader.state_dict(), "stage_state": self.state.to_dict(), "history": self.history,
-                "stage_states": self.stage_states}
+                "stage_states": self.stage_states, "seconds": self.seconds}
         with atomic_path(path) as tmp:
             torch.save(blob, tmp)
         previous = self._latest()
@@ -147,7 +151,7 @@ class LocalCurriculumTrainer:
         self.state = StageState.from_dict(blob["stage_state"])
         self.loader = stage_loader(self.run, self.state, self.id_to_pos)
         self.loader.load_state_dict(blob["loader"])
-        self.history, self.stage_states = blob["history"], blob["stage_states"]
+        self.history, self.stage_states, self.seconds = blob["history"], blob["stage_states"], blob["seconds"]
         log.info("resumed %s at step %d (stage %d)", self.run.out_dir, self.step, self.state.stage)
         return True
 
@@ -159,7 +163,8 @@ class LocalCurriculumTrainer:
                 for name, frame in self.run.val_prompts.items()}
         others = [n for n in accs if n not in self.run.targeted]
         rec = {"step": self.step, "val": accs, "targeted": targeted_mean(accs, self.run.targeted),
-               "untargeted": targeted_mean(accs, others) if others else float("nan")}
+               "untargeted": targeted_mean(accs, others) if others else float("nan"),
+               "train_seconds": round(self.seconds["train"], 3), "select_seconds": round(self.seconds["select"], 3)}
         self.history.append(rec)
         return rec
 
@@ -190,19 +195,17 @@ class LocalCurriculumTrainer:
         torch.manual_seed(run.seed)
         self.load_checkpoint()
         tracker = Tracking("cropi_verl_local", run.out_dir.name, list(run.loggers))
-        t_train = t_select = 0.0
         if self.step == 0 and not self.history:
             self.evaluate()
         total = run.schedule.total_steps
         while self.step < total:
             if run.schedule.is_boundary(self.step) and (self.state is None or self.state.start_step != self.step):
-                t0 = time.time()
                 self._boundary()
-                t_select += time.time() - t0
+                self.seconds["select"] += self.state.stats["seconds"]  # recorded with the stage: a reused one counts
             t0 = time.time()
             metrics = grpo_step(self.model, self.tokenizer, self.optimizer, self._next_batch(), run.grpo,
                                 run.seed * 100003 + self.step, self.ref_model)
-            t_train += time.time() - t0
+            self.seconds["train"] += time.time() - t0
             self.step += 1
             if self.step % run.eval.every == 0 or self.step == total:
                 rec = self.evaluate()
@@ -214,6 +217,6 @@ class LocalCurriculumTrainer:
             kill_point("train_step")
         tracker.finish()
         result = {"strategy": run.schedule.strategy, "history": self.history, "stages": self.stage_states,
-                  "train_seconds": round(t_train, 2), "select_seconds": round(t_select, 2)}
+                  "train_seconds": round(self.seconds["train"], 2), "select_seconds": round(self.seconds["select"], 2)}
         atomic_write_json(result, run.out_dir / "result.json")
         return result

@@ -127,9 +127,14 @@ def warm_up(
     return losses
 
 
+def tiny_policy_dir(cfg: TinyPolicyConfig, cache_dir: Path | None = None) -> Path:
+    """Where ``build_tiny_policy`` keeps the policy of ``cfg`` (``cache_dir``, default ``cache_root()/tiny_policy``)."""
+    return (cache_dir or cache_root() / "tiny_policy") / cfg.key()
+
+
 def build_tiny_policy(cfg: TinyPolicyConfig = TinyPolicyConfig(), cache_dir: Path | None = None) -> Path:
     """Build (or load from cache) the warmed-up tiny policy; returns its HF checkpoint directory."""
-    out = (cache_dir or cache_root() / "tiny_policy") / cfg.key()
+    out = tiny_policy_dir(cfg, cache_dir)
     if (out / "build_info.json").is_file():
         return out
     t0 = time.time()

@@ -67,20 +67,32 @@ class RolloutManifestMismatch(ValueError):
     pass
 
 
+def _manifest(cfg: CollectConfig) -> dict:
+    return {"config": asdict(cfg), "format": list(RECORD_COLUMNS)}
+
+
+def manifest_mismatch(out: str | Path, cfg: CollectConfig) -> str | None:
+    """Why the rollouts under ``out`` cannot be resumed or reused with ``cfg`` (its ``manifest.json`` records another
+    config or record format); None when they can, or when there are none. Reads only."""
+    path, want = Path(out) / "manifest.json", _manifest(cfg)
+    if not path.is_file():
+        return None
+    have = json.loads(path.read_text())
+    diff = [k for k in want["config"] if have.get("config", {}).get(k) != want["config"][k]]
+    if diff or have.get("format") != want["format"]:
+        return f"{path}: rollouts were collected with a different config ({', '.join(diff) or 'format'})"
+    return None
+
+
 def _open_manifest(out: Path, cfg: CollectConfig) -> dict:
-    want = {"config": asdict(cfg), "format": list(RECORD_COLUMNS)}
+    """The manifest under ``out``, written for ``cfg`` if there is none; refused if it records another config."""
+    problem = manifest_mismatch(out, cfg)
+    if problem:
+        raise RolloutManifestMismatch(f"{problem}; use another output directory or delete it")
     path = out / "manifest.json"
-    if path.is_file():
-        have = json.loads(path.read_text())
-        diff = [k for k in want["config"] if have.get("config", {}).get(k) != want["config"][k]]
-        if diff or have.get("format") != want["format"]:
-            raise RolloutManifestMismatch(
-                f"{path}: rollouts were collected with a different config ({', '.join(diff) or 'format'}); "
-                "use another output directory or delete it"
-            )
-        return have
-    atomic_write_json(want, path)
-    return want
+    if not path.is_file():
+        atomic_write_json(_manifest(cfg), path)
+    return json.loads(path.read_text())
 
 
 def _read_shard(path: Path, expected_ids: list[int]) -> pd.DataFrame | None:
@@ -99,8 +111,8 @@ def _read_shard(path: Path, expected_ids: list[int]) -> pd.DataFrame | None:
 def collect_rollouts(cfg: CollectConfig, out_dir: str | Path, backend: Backend, tokenizer, progress: bool = True) -> Path:
     """Collect ``cfg.n`` responses per prompt of ``cfg.input`` into ``out_dir``; returns the rollouts parquet."""
     out = Path(out_dir)
+    prompts = read_verl_parquet(cfg.input)  # bad input fails before anything is written
     manifest = _open_manifest(out, cfg)
-    prompts = read_verl_parquet(cfg.input)
     ids = row_ids(prompts)
     chat_ids = [
         tokenizer(tokenizer.apply_chat_template(list(p), tokenize=False, add_generation_prompt=True),

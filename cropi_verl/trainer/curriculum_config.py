@@ -66,9 +66,10 @@ def check_cropi_keys(cropi: Mapping[str, Any]) -> None:
 def _problems(cropi: Mapping[str, Any], trainer: Mapping[str, Any], save_contents: Sequence[str] | None) -> list[str]:
     out = unknown_keys(cropi, CROPI_KEYS, "cropi.") + config_problems(cropi, CROPI_RULES, prefix="cropi.")
     out += _checkpointing_problems(cropi)
-    influence = cropi.get("strategy") in ("cropi", "influence_max", "influence_oneshot")
+    strategy = _checked_strategy(cropi)
+    influence = strategy in ("cropi", "influence_max", "influence_oneshot")
     train = cropi.get("train_rollouts")
-    if influence or cropi.get("strategy") in ("pass_rate", "learnability"):
+    if influence or strategy in ("pass_rate", "learnability"):
         if not train:
             out.append("cropi.train_rollouts is not set: collect them with scripts/collect_rollouts.py")
         elif not Path(train).is_file():
@@ -83,6 +84,13 @@ def _problems(cropi: Mapping[str, Any], trainer: Mapping[str, Any], save_content
             out.append(f"cropi.val_sets {missing} are absent from cropi.val_rollouts (have: {sorted(val)})")
     out += _trainer_problems(trainer, cropi, save_contents)
     return out
+
+
+def _checked_strategy(cropi: Mapping[str, Any]) -> str:
+    """The strategy whose inputs are checked: an unknown one (reported by its rule) is checked as ``cropi``, the
+    default, so that its other problems are reported at once too."""
+    strategy = cropi.get("strategy")
+    return strategy if strategy in STRATEGIES else "cropi"
 
 
 def _checkpointing_problems(cropi: Mapping[str, Any]) -> list[str]:
@@ -111,7 +119,7 @@ def _trainer_problems(trainer: Mapping[str, Any], cropi: Mapping[str, Any], save
     if not _scores_after_stage_0(cropi):
         return out
     if isinstance(save_freq, int) and save_freq <= 0:
-        out.append(f"trainer.save_freq={save_freq}: strategy {cropi.get('strategy')} scores the pool at every stage "
+        out.append(f"trainer.save_freq={save_freq}: strategy {_checked_strategy(cropi)} scores the pool at every stage "
                    "boundary from the checkpoint saved there; set save_freq to a divisor of cropi.steps_per_stage")
     if save_contents is not None and "hf_model" not in save_contents:
         out.append(f"actor_rollout_ref.actor.checkpoint.save_contents={list(save_contents)} lacks hf_model: the "
@@ -122,7 +130,8 @@ def _trainer_problems(trainer: Mapping[str, Any], cropi: Mapping[str, Any], save
 def _scores_after_stage_0(cropi: Mapping[str, Any]) -> bool:
     """Whether an influence pass runs at a boundary after stage 0 (it then reads a saved checkpoint)."""
     try:
-        schedule = StageSchedule(cropi["num_stages"], cropi["steps_per_stage"], 1.0, cropi["strategy"], cropi["rescore"])
+        schedule = StageSchedule(cropi["num_stages"], cropi["steps_per_stage"], 1.0, _checked_strategy(cropi),
+                                 cropi["rescore"])
     except (KeyError, TypeError, ValueError):
         return False  # reported by the key rules
     return any(schedule.needs_pass(s) for s in range(1, schedule.num_stages))

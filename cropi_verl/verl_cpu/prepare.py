@@ -9,15 +9,14 @@ from __future__ import annotations
 import hydra
 from omegaconf import DictConfig
 
-from cropi_verl.local.config_checks import check_demo_config
-from cropi_verl.local.main import offline_rollouts, prepare
+from cropi_verl.local.main import check_before_work, offline_rollouts, prepare
 from cropi_verl.utils.cli import one_line_errors
 
 
 @hydra.main(config_path="../../configs", config_name="tiny_cpu", version_base=None)
 @one_line_errors
 def main(cfg: DictConfig) -> None:
-    check_demo_config(cfg)
+    check_before_work(cfg, methods=[])
     _, policy_dir = prepare(cfg)
     offline_rollouts(cfg, policy_dir)
     print(policy_dir)
