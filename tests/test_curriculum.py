@@ -123,6 +123,10 @@ def test_boundary_reuses_a_final_selection_and_keeps_one_shot_subsets(tmp_path, 
     assert s1.selected_ids == s0.selected_ids and len(calls) == 1
     with pytest.raises(ValueError, match="expected stage 1 at step 8"):
         stage_boundary(1, 8, sched, train, val, tmp_path, featurizer, {"m": 1}, previous=s0)
+    other = StageSchedule(num_stages=2, steps_per_stage=4, fraction=0.3, strategy="influence_oneshot")
+    with pytest.raises(ValueError, match=r"other settings \(fraction=0.2, now 0.3, m=1, now 2, seed=0, now 7\)"):
+        stage_boundary(0, 0, other, train, val, tmp_path, featurizer, {"m": 2}, seed=7)  # never a stale selection
+    assert len(calls) == 1
 
 
 def test_boundary_redraws_random_per_stage_without_gradients(tmp_path, pool):

@@ -16,11 +16,14 @@ the stage's work and a kill after it reuses it.
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
 import time
 from pathlib import Path
 from typing import Callable, Iterable, Mapping
 
+import numpy as np
 import pandas as pd
 
 from cropi_verl.curriculum.influence_pass import influence_pass, pool_for_selection
@@ -47,6 +50,16 @@ def check_rollout_ids(train_rollouts: pd.DataFrame, prompt_ids: Iterable[int], l
                          f"{unknown[:5]}); were the rollouts collected from another dataset?")
 
 
+def selection_settings(schedule: StageSchedule, train: pd.DataFrame, val: Mapping[str, pd.DataFrame], manifest: dict,
+                       seed: int, metric: str, max_val_prompts: int) -> dict:
+    """What decides a stage's selection, besides the policy: the schedule, the seeds and scoring settings, the pool
+    (its prompt ids, hashed), the validation sets, and the feature stores' manifest (model, projector, POPI)."""
+    pool = hashlib.sha256(np.ascontiguousarray(train["prompt_id"].to_numpy(np.int64)).tobytes()).hexdigest()[:16]
+    settings = {"fraction": schedule.fraction, "rescore": schedule.rescore, "seed": seed, "metric": metric,
+                "max_val_prompts": max_val_prompts, "pool": pool, "val_sets": sorted(val), **manifest}
+    return json.loads(json.dumps(settings, default=str))  # as state.json will hold it
+
+
 def stage_boundary(
     stage: int,
     step: int,
@@ -69,12 +82,18 @@ def stage_boundary(
     POPI settings); ``model_step`` is added here.
     """
     out = stage_dir(curriculum_dir, stage)
+    settings = selection_settings(schedule, train, val, manifest, seed, metric, max_val_prompts)
     if (out / "state.json").is_file():
         state = StageState.load(out / "state.json")
         if state.stage != stage or state.start_step != step or state.strategy != schedule.strategy:
             raise ValueError(f"{out / 'state.json'}: holds stage {state.stage} at step {state.start_step} "
                              f"({state.strategy}), expected stage {stage} at step {step} ({schedule.strategy}); "
                              "is this output directory from another run?")
+        changed = sorted(k for k in settings if k in state.settings and state.settings[k] != settings[k])
+        if changed:
+            raise ValueError(f"{out / 'state.json'}: its selection was made with other settings ("
+                             + ", ".join(f"{k}={state.settings[k]!r}, now {settings[k]!r}" for k in changed)
+                             + "); use another output directory, or delete it to select again")
         log.info("stage %d: selection already final (%d prompts), reusing %s", stage, len(state.selected_ids), out)
         return state
     t0 = time.time()
@@ -99,7 +118,7 @@ def stage_boundary(
         selected = select(schedule.select_strategy, pool_for_selection(train), schedule.fraction, sel_seed).prompt_ids.tolist()
     stats["seconds"] = round(time.time() - t0, 3)
     state = StageState(stage, step, schedule.strategy, [int(i) for i in selected], sel_seed, seed * 1000 + stage,
-                       score_file, stats)
+                       score_file, stats, settings)
     state.save(out / "state.json")
     log.info("stage %d (step %d): %s selected %d of %d prompts in %.1fs", stage, step, schedule.strategy,
              len(selected), len(train), stats["seconds"])

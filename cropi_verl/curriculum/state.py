@@ -24,6 +24,8 @@ class StageState:
     score_file: str | None = None  # scores.parquet of this stage (None: no influence pass at this stage)
     stats: dict = field(default_factory=dict)  # n_pool, n_zero_advantage, n_nonfinite, n_excluded_responses,
     #                                             shortfall, seconds
+    settings: dict = field(default_factory=dict)  # what decided the selection (``selection_settings``); a rerun
+    #                                               with other settings may not reuse it
 
     def to_dict(self) -> dict:
         return asdict(self)

@@ -22,7 +22,8 @@ GPU):
   ``latest_checkpointed_iteration.txt`` last); ``_load_checkpoint``: the stage's dataloader is rebuilt from it
   before verl loads ``data.pt`` into it, so the sampler resumes at the same position on the same subset;
 - ``_consume_sync_metrics``: each boundary's ``timing_s/cropi_*`` seconds and ``cropi/*`` counts join the metrics
-  verl logs for that step (stage 0's join step 1's). ``timing_s/step`` includes a boundary's seconds.
+  verl logs for that step (stage 0's join step 1's). A boundary after step N is inside step N's ``timing_s/step``;
+  stage 0's (in ``on_init_end``) is outside every step.
 """
 
 from __future__ import annotations

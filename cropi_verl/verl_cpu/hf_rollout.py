@@ -517,10 +517,11 @@ class HFServerAdapter(BaseRollout):
         return self._server
 
     async def resume(self, tags: list[str]) -> None:
-        """No-op: the server never frees its weights or KV cache on CPU, so there is nothing to restore."""
+        """No-op: the server gets its weights back through ``update_weights`` (``HFServer.sleep`` freed them), and its
+        KV cache lives only while a batch decodes."""
 
     async def release(self) -> None:
-        """No-op: see ``resume``."""
+        """No-op: verl's sleep of the replica (``HFServer.sleep``) frees the weights; see ``resume``."""
 
     async def update_weights(
         self, weights, global_steps: Optional[int] = None, wire_format: str = "named_tensors", **kwargs
