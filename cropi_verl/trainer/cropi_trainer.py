@@ -87,6 +87,8 @@ class CROPITrainer(PPOTrainerSync):
         self.curriculum_dir = Path(cropi["output_dir"])
         self.influence_group = None
         self._cropi_metrics: dict[str, float] = {}
+        workers = self.config.cropi.workers  # (dtype, gradient checkpointing) of the influence workers, auto resolved
+        self.worker_precision = resolve_worker_precision(workers.dtype, workers.gradient_checkpointing, workers.use_gpu)
 
     def _pool(self) -> pd.DataFrame:
         """The selection pool: the offline rollouts, or (strategies without them) every dataset row."""
@@ -133,7 +135,7 @@ class CROPITrainer(PPOTrainerSync):
             self.influence_group = InfluenceWorkerGroup(n, use_gpu=workers.use_gpu, threads=workers.threads,
                                                         resource_pool=pool)
         trace("influence_pass", phase="begin", step=step)
-        dtype, checkpointing = resolve_worker_precision(workers.dtype, workers.gradient_checkpointing, workers.use_gpu)
+        dtype, checkpointing = self.worker_precision
         self.influence_group.init_model(self._boundary_weights(step), OmegaConf.to_container(cropi.projection),
                                         OmegaConf.to_container(cropi.popi), self.tokenizer.pad_token_id,
                                         dtype=dtype, gradient_checkpointing=checkpointing)
@@ -150,9 +152,7 @@ class CROPITrainer(PPOTrainerSync):
     def _run_boundary(self, stage: int, step: int) -> None:
         """Select stage ``stage`` at the policy after ``step`` steps, install its dataloader, record its metrics."""
         cropi = self.config.cropi
-        dtype, _ = resolve_worker_precision(cropi.workers.dtype, cropi.workers.gradient_checkpointing,
-                                            cropi.workers.use_gpu)
-        manifest = {"model": self.config.actor_rollout_ref.model.path, "dtype": dtype,
+        manifest = {"model": self.config.actor_rollout_ref.model.path, "dtype": self.worker_precision[0],
                     "projection": OmegaConf.to_container(cropi.projection), "popi": OmegaConf.to_container(cropi.popi)}
         previous = self.stage_state
         try:
