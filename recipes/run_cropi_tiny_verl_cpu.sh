@@ -16,6 +16,8 @@ read -r -a PREPARE <<< "${PREPARE_ARGS:-preset=quick}"
 POLICY="$("$PY" -m cropi_verl.verl_cpu.prepare "output_dir=$OUT" "${PREPARE[@]}" | tail -n 1)"
 
 export VERL_PLATFORM=cpu VERL_USE_EXTERNAL_MODULES=cropi_verl.verl_cpu RAY_AUTH_MODE=disabled
+CORES="$(nproc)"  # TransferQueue's threads (8 by default) are capped at the cores, with a warning per call
+export TQ_NUM_THREADS="${TQ_NUM_THREADS:-$(( CORES < 8 ? CORES : 8 ))}"
 exec "$PY" -m "${VERL_MAIN:-cropi_verl.trainer.main}" --config-path "$ROOT/configs" --config-name cropi_trainer +verl_cpu=tiny \
   actor_rollout_ref.model.path="$POLICY" \
   data.train_files="$OUT/data/train.parquet" \

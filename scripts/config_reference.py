@@ -1,12 +1,13 @@
 #!/usr/bin/env python
 """Generate the README's configuration reference from the config files' own comments.
 
-Every key of configs/cropi_trainer.yaml and configs/tiny_cpu.yaml (all but hydra's ``hydra:`` node; a ``defaults``
-entry ``- group: option  # comment`` is listed as the config group ``group``) becomes a table row: the dotted key,
-its default as written in the file, and its trailing ``# comment``. A comment continues on the comment-only lines
+Every key of the groups we own (``cropi:`` in configs/cropi_trainer.yaml, all of configs/tiny_cpu.yaml but hydra's
+``hydra:`` node; a ``defaults`` entry ``- group: option  # comment`` is listed as the config group ``group``) becomes
+a table row: the dotted key, its default as written in the file, and its trailing ``# comment``. The verl keys a
+file sets are listed after its table, with their values (their comments stay in the file). A comment continues on the comment-only lines
 right below it (no blank line between) whose ``#`` stands right of the key's own indentation, aligned under the
-comment or under the file's comment column; those lines are joined with spaces. A group key (``task:``) is a
-row when it has a comment. The keys found are checked against the file as OmegaConf reads it.
+comment or under the file's comment column; those lines are joined with spaces. A group key (``task:``) is parsed
+when it has a comment, and not listed. The keys found are checked against the file as OmegaConf reads it.
 
 The README's section lies between the lines ``<!-- config-reference:begin -->`` and
 ``<!-- config-reference:end -->``; tests/test_config_reference.py checks that it is current.
@@ -25,7 +26,7 @@ from omegaconf import OmegaConf
 from cropi_verl.utils.cli import HelpFormatter
 
 ROOT = Path(__file__).resolve().parents[1]
-FILES = ("configs/cropi_trainer.yaml", "configs/tiny_cpu.yaml")
+FILES = {"configs/cropi_trainer.yaml": "cropi", "configs/tiny_cpu.yaml": None}  # file -> the group we own (None: all)
 BEGIN, END = "<!-- config-reference:begin -->", "<!-- config-reference:end -->"
 KEY = re.compile(r"^(?P<indent> *)(?P<key>[A-Za-z_][\w-]*):(?P<rest>.*)$")
 DEFAULTS_ENTRY = re.compile(r"^ *- (?P<key>[\w/]+): *(?P<rest>.*)$")
@@ -166,20 +167,23 @@ def cell(text: str) -> str:
     return "`".join(p if i % 2 else p.replace("<", "&lt;") for i, p in enumerate(parts))
 
 
-def table(path: str) -> str:
+def table(path: str, owned: str | None) -> str:
+    """The file's header, a row per key of ``owned`` (None: every key), then the other keys with their values."""
     header, rows = parse(ROOT / path)
     choices = _defaults_groups(_tree(ROOT / path))
+    ours = [r for r in rows if r.default and (owned is None or r.key.startswith(owned + "."))]
     lines = [f"**`{path}`**" + (f": {header}" if header else ""), "", "| key | default | meaning |", "|---|---|---|"]
-    for r in rows:
-        default = f"`{cell(r.default)}`" if r.default else "(group)"
-        if r.key in choices:
-            default += " (config group)"
-        lines.append(f"| `{r.key}` | {default} | {cell(r.comment)} |")
+    for r in ours:
+        lines.append(f"| `{r.key}` | `{cell(r.default)}`{' (config group)' if r.key in choices else ''} | "
+                     f"{cell(r.comment)} |")
+    others = [r for r in rows if r.default and r not in ours]
+    if others:
+        lines += ["", "verl keys it sets: " + ", ".join(f"`{r.key}={r.default}`" for r in others) + "."]
     return "\n".join(lines)
 
 
 def reference() -> str:
-    return "\n\n".join(table(f) for f in FILES)
+    return "\n\n".join(table(f, owned) for f, owned in FILES.items())
 
 
 def section(readme: str) -> tuple[int, int]:

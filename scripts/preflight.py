@@ -41,7 +41,7 @@ from cropi_verl.influence.gradients import is_zero_advantage
 from cropi_verl.plan import GIB, GpuSpec, RecipeShape, WorkerSettings, format_plan, meta_counts, model_shape, plan
 from cropi_verl.rollout.records import excluded_responses, read_rollouts, usable_responses
 from cropi_verl.trainer.curriculum_config import CROPI_RULES, check_composed_config, check_cropi_keys
-from cropi_verl.utils.cli import one_line, one_line_errors
+from cropi_verl.utils.cli import hydra_error_line, one_line, one_line_errors
 from cropi_verl.utils.config_rules import config_problems
 from cropi_verl.workers.group import resolve_worker_precision
 
@@ -269,7 +269,7 @@ def main(argv: list[str] | None = None) -> int:
         with initialize_config_dir(config_dir=str(ROOT / "configs"), version_base=None):
             cfg = compose(config_name="cropi_trainer", overrides=argv)
     except HydraException as e:  # a mistyped key or a malformed override: bad input, one line
-        raise ValueError(f"bad override: {e}") from None
+        raise ValueError(hydra_error_line(e, "cropi_trainer", groups=["cropi"])) from None
     check_cropi_keys(OmegaConf.to_container(cfg.cropi))
     problems, lines = preflight(cfg)
     for line in lines:

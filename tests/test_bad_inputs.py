@@ -251,7 +251,33 @@ ONE_LINE = [
     ("demo: CROPI_CACHE_DIR is a file", lambda f: _demo(f["demo"]),
      "error: the policy cache (policy.cache_dir, else $CROPI_CACHE_DIR) {file}/tiny_policy: {file} is not a "
      "directory"),
+    # what hydra refuses before the entry point runs: no "+" advice for a key of ours, its known keys instead
+    ("demo: mistyped key without +", lambda f: [*_demo(f["demo"]), "grpo.lrr=1e-4"],
+     "error: bad override grpo.lrr: grpo has unknown keys ['lrr']: expected ['batch_size', 'n', "),
+    ("trainer: malformed override", lambda f: ["-m", "cropi_verl.trainer.main", "cropi.fraction=[1,"],
+     "error: bad override cropi.fraction=[1,: no viable alternative at input '[1,'"),
 ]
+
+
+@pytest.mark.parametrize("overrides,line", [
+    (["cropi.popi.micro_batch_tokns=8"], "bad override cropi.popi.micro_batch_tokns: cropi.popi has unknown keys "
+                                         "['micro_batch_tokns']: expected ['micro_batch_tokens', "),
+    (["+verl_cpu=tiniest"], "bad override: In 'cropi_trainer': Could not find 'verl_cpu/tiniest' Available options in "
+                            "'verl_cpu': tiny"),
+    (["trainer.totl_epochs=1"], "bad override: Could not override 'trainer.totl_epochs'. To append to your config use "
+                                "+trainer.totl_epochs=1"),  # verl's group: hydra's own words, on one line
+])
+def test_hydras_refusals_read_as_one_line(overrides, line):
+    """``hydra_error_line`` on what hydra's compose raises (the entry points' ``run_hydra`` prints it: the cases
+    above run them)."""
+    from hydra import compose, initialize_config_dir
+    from hydra.errors import HydraException
+
+    from cropi_verl.utils.cli import hydra_error_line
+
+    with pytest.raises(HydraException) as refused, initialize_config_dir(str(ROOT / "configs"), version_base=None):
+        compose("cropi_trainer", overrides=overrides)
+    assert hydra_error_line(refused.value, "cropi_trainer", groups=["cropi"]).startswith(line)
 
 
 @pytest.mark.parametrize("case,argv,line", ONE_LINE, ids=[c[0] for c in ONE_LINE])

@@ -69,3 +69,24 @@ def test_evaluate_interrupted_says_a_rerun_starts_over(inputs):
     assert code == 130
     assert line == (f"interrupted by SIGINT during evaluating a; finished: loading {policy}; rerun the same command "
                     "to start over")
+
+
+@pytest.mark.parametrize("mode,said", [
+    ("auto", "latest checkpoint: {d}/global_step_6"),
+    ("disable", "latest checkpoint: {d}/global_step_6; with trainer.resume_mode=disable a rerun starts over: set it "
+                "to auto"),
+    ("resume_path", "latest checkpoint: {d}/global_step_6; with trainer.resume_mode=resume_path a rerun starts from "
+                    "/r/global_step_3: set it to auto"),
+])
+def test_the_trainers_interruption_line_names_where_a_rerun_goes_on(tmp_path, mode, said):
+    """What ``python -m cropi_verl.trainer.main`` adds to its interruption line (the run itself: the slow SIGTERM test
+    of tests/test_verl_cpu.py), from verl's checkpoint tracker file."""
+    from omegaconf import OmegaConf
+
+    from cropi_verl.trainer.main import resume_point
+
+    config = OmegaConf.create({"trainer": {"default_local_dir": str(tmp_path), "resume_mode": mode,
+                                           "resume_from_path": "/r/global_step_3"}})
+    assert resume_point(config).startswith(f"no checkpoint in {tmp_path} yet")
+    (tmp_path / "latest_checkpointed_iteration.txt").write_text("6\n")
+    assert resume_point(config) == said.format(d=tmp_path)

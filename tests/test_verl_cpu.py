@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -140,6 +141,33 @@ def test_a_run_killed_mid_stage_1_resumes_to_the_same_weights(out, tmp_path):
 
 
 @pytest.mark.slow
+def test_sigterm_ends_the_trainer_with_one_line_and_the_rerun_resumes(out, tmp_path):
+    """SIGTERM to ``python -m cropi_verl.trainer.main`` (the recipe ``exec``s it) once verl saved a checkpoint,
+    while the task runner trains inside verl's ``ray.get``: one line, exit status 143, no Ray crash report, and the
+    same command goes on from that checkpoint to the end."""
+    ckpt = tmp_path / "ckpt"
+    cmd = ["bash", str(RECIPE), f"trainer.default_local_dir={ckpt}"]
+    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                            env=dict(os.environ, OUT=str(out)))
+    tracker = ckpt / "latest_checkpointed_iteration.txt"
+    for line in proc.stderr:  # verl logs "Saving checkpoint to ..." before it writes the tracker
+        if tracker.exists():
+            break
+    proc.send_signal(signal.SIGTERM)
+    _, rest = proc.communicate(timeout=120)
+    assert proc.returncode == 143, rest[-3000:]
+    assert "SIGTERM received" not in rest and "Traceback" not in rest, rest[-3000:]
+    saved = tracker.read_text().strip()
+    assert rest.strip().splitlines()[-1] == (
+        f"interrupted by SIGTERM during verl's training (latest checkpoint: {ckpt}/global_step_{saved}); finished: "
+        "the config and rollouts checks; rerun the same command to resume")
+    res = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=900, env=dict(os.environ, OUT=str(out)))
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert f"Resuming from {ckpt}/global_step_{saved}" in res.stdout + res.stderr
+    assert tracker.read_text().strip() == "9"
+
+
+@pytest.mark.slow
 def test_full_data_is_plain_verl_grpo(out, tmp_path):
     """``cropi.strategy=full`` against ``python -m verl.trainer.main_ppo`` (verl's own task runner and trainer, no
     CROPI code) with the same composed settings and seed."""
@@ -150,4 +178,6 @@ def test_full_data_is_plain_verl_grpo(out, tmp_path):
     ref = run_recipe(out, plain, "trainer.total_training_steps=9", env={"VERL_MAIN": "verl.trainer.main_ppo"})
     assert ref.returncode == 0, ref.stderr[-3000:]
     assert trained_samples(out, ours) == trained_samples(out, plain)  # the same batches and responses
+    n_train = len(pd.read_parquet(out / "data" / "train.parquet"))  # full data: the dataset, not the rollouts' pool
+    assert logged(res.stdout, "cropi/n_selected") == {step: n_train for step in (1, 3, 6)}
     assert weight_gap(final_weights(ours), final_weights(plain), initial_weights(out)) < SAME_RUN_GAP

@@ -68,17 +68,21 @@ def test_trainer_keys_cropi_depends_on_are_checked(tmp_path):
     rollouts.write_bytes(b"")
     cropi |= {"train_rollouts": str(rollouts), "val_rollouts": {"v": str(rollouts)}, "steps_per_stage": 10}
     ok = {"save_freq": 5, "use_v1": True, "v1": {"trainer_mode": "sync"}}
-    check_cropi_config(cropi, ok, ["model", "hf_model"])
-    for trainer, contents, part in [
-        (ok | {"v1": {"trainer_mode": "colocate_async"}}, ["hf_model"], "trainer.v1.trainer_mode=colocate_async"),
-        (ok | {"use_v1": False}, ["hf_model"], "trainer.use_v1=False"),
-        (ok | {"save_freq": -1}, ["hf_model"], "trainer.save_freq=-1: strategy cropi scores the pool"),
-        (ok, ["model", "optimizer"], "save_contents=['model', 'optimizer'] lacks hf_model"),
+    hf = {"save_contents": ["model", "hf_model"], "async_save": False}
+    check_cropi_config(cropi, ok, hf)
+    for trainer, checkpoint, part in [
+        (ok | {"v1": {"trainer_mode": "colocate_async"}}, hf, "trainer.v1.trainer_mode=colocate_async"),
+        (ok | {"use_v1": False}, hf, "trainer.use_v1=False"),
+        (ok | {"save_freq": -1}, hf, "trainer.save_freq=-1: strategy cropi scores the pool"),
+        (ok, {"save_contents": ["model", "optimizer"]}, "save_contents=['model', 'optimizer'] lacks hf_model"),
+        (ok, hf | {"async_save": True}, "checkpoint.async_save=true: a boundary reads its checkpoint"),
+        (ok | {"resume_mode": "resume_path"}, hf, "resume_path with trainer.resume_from_path=None: expected a "),
+        (ok | {"resume_mode": "latest"}, hf, "trainer.resume_mode=latest: expected one of auto, disable, resume_path"),
     ]:
         with pytest.raises(ValueError, match=re.escape(part)):
-            check_cropi_config(cropi, trainer, contents)
+            check_cropi_config(cropi, trainer, checkpoint)
     one_shot = cropi | {"strategy": "influence_oneshot"}  # scores stage 0 only, from actor_rollout_ref.model.path
-    check_cropi_config(one_shot, ok | {"save_freq": -1}, ["model"])
+    check_cropi_config(one_shot, ok | {"save_freq": -1}, {"save_contents": ["model"]})
 
 
 def test_boundary_weights_must_be_real_hf_weights(tmp_path):

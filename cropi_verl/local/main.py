@@ -49,7 +49,7 @@ from cropi_verl.rollout.collect import CollectConfig, collect_rollouts, hf_backe
 from cropi_verl.rollout.records import read_rollouts
 from cropi_verl.utils.atomic import atomic_write_json
 from cropi_verl.utils.cache import cache_root
-from cropi_verl.utils.cli import check_writable, one_line_errors, step
+from cropi_verl.utils.cli import check_writable, one_line_errors, run_hydra, step
 from cropi_verl.workers.group import InfluenceWorkerGroup
 
 log = logging.getLogger("cropi_verl")
@@ -365,4 +365,4 @@ def main(cfg: DictConfig) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_hydra(main, "tiny_cpu")

@@ -91,8 +91,8 @@ class CROPITrainer(PPOTrainerSync):
         self.worker_precision = resolve_worker_precision(workers.dtype, workers.gradient_checkpointing, workers.use_gpu)
 
     def _pool(self) -> pd.DataFrame:
-        """The selection pool: the offline rollouts, or (strategies without them) every dataset row."""
-        if self.train_rollouts is not None:
+        """The selection pool: the offline rollouts, or every dataset row (``full``, and strategies without them)."""
+        if self.train_rollouts is not None and self.schedule.strategy != "full":
             return self.train_rollouts
         return pd.DataFrame({"prompt_id": list(self.id_to_pos), "pass_rate": float("nan")})
 

@@ -11,7 +11,7 @@ before any GPU work starts.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Any, Literal, Mapping, Sequence
+from typing import Annotated, Any, Literal, Mapping
 
 from pydantic import Field
 
@@ -63,7 +63,7 @@ def check_cropi_keys(cropi: Mapping[str, Any]) -> None:
     _raise_if(unknown_keys(cropi, CROPI_KEYS, "cropi."))
 
 
-def _problems(cropi: Mapping[str, Any], trainer: Mapping[str, Any], save_contents: Sequence[str] | None) -> list[str]:
+def _problems(cropi: Mapping[str, Any], trainer: Mapping[str, Any], checkpoint: Mapping[str, Any] | None) -> list[str]:
     out = unknown_keys(cropi, CROPI_KEYS, "cropi.") + config_problems(cropi, CROPI_RULES, prefix="cropi.")
     out += _checkpointing_problems(cropi)
     strategy = _checked_strategy(cropi)
@@ -82,7 +82,7 @@ def _problems(cropi: Mapping[str, Any], trainer: Mapping[str, Any], save_content
         missing = [n for n in (cropi.get("val_sets") or []) if n not in val]
         if missing:
             out.append(f"cropi.val_sets {missing} are absent from cropi.val_rollouts (have: {sorted(val)})")
-    out += _trainer_problems(trainer, cropi, save_contents)
+    out += _trainer_problems(trainer, cropi, checkpoint or {})
     return out
 
 
@@ -105,9 +105,20 @@ def _checkpointing_problems(cropi: Mapping[str, Any]) -> list[str]:
             f"{workers.get('gradient_checkpointing')} (use_gpu={workers.get('use_gpu')}): {conflict}"]
 
 
-def _trainer_problems(trainer: Mapping[str, Any], cropi: Mapping[str, Any], save_contents: Sequence[str] | None) -> list[str]:
-    """The verl keys CROPI depends on: the sync v1 trainer, and a checkpoint with HF weights at every boundary."""
+def _trainer_problems(trainer: Mapping[str, Any], cropi: Mapping[str, Any], checkpoint: Mapping[str, Any]) -> list[str]:
+    """The verl keys CROPI depends on: the sync v1 trainer, and a checkpoint with HF weights at every boundary, whole
+    when the boundary reads it (``checkpoint``: the actor's checkpoint config)."""
     out = []
+    resume, path = trainer.get("resume_mode", "auto"), trainer.get("resume_from_path")
+    if resume not in ("auto", "disable", "resume_path"):
+        out.append(f"trainer.resume_mode={resume}: expected one of auto, disable, resume_path")
+    elif resume == "resume_path" and not (isinstance(path, str) and "global_step_" in path):
+        out.append(f"trainer.resume_mode=resume_path with trainer.resume_from_path={path}: expected a "
+                   "global_step_N folder")
+    if checkpoint.get("async_save"):
+        out.append("actor_rollout_ref.actor.checkpoint.async_save=true: a boundary reads its checkpoint as soon as "
+                   "verl returns from saving it, and a rerun resumes from latest_checkpointed_iteration.txt, which "
+                   "verl does not write with async_save; set it to false")
     mode = (trainer.get("v1") or {}).get("trainer_mode", "sync")
     if not trainer.get("use_v1", True) or mode != "sync":
         out.append(f"trainer.use_v1={trainer.get('use_v1', True)}, trainer.v1.trainer_mode={mode}: CROPI runs on "
@@ -121,6 +132,7 @@ def _trainer_problems(trainer: Mapping[str, Any], cropi: Mapping[str, Any], save
     if isinstance(save_freq, int) and save_freq <= 0:
         out.append(f"trainer.save_freq={save_freq}: strategy {_checked_strategy(cropi)} scores the pool at every stage "
                    "boundary from the checkpoint saved there; set save_freq to a divisor of cropi.steps_per_stage")
+    save_contents = checkpoint.get("save_contents")
     if save_contents is not None and "hf_model" not in save_contents:
         out.append(f"actor_rollout_ref.actor.checkpoint.save_contents={list(save_contents)} lacks hf_model: the "
                    "influence workers load the boundary's weights from global_step_N/actor/huggingface")
@@ -138,10 +150,10 @@ def _scores_after_stage_0(cropi: Mapping[str, Any]) -> bool:
 
 
 def check_cropi_config(cropi: Mapping[str, Any], trainer: Mapping[str, Any],
-                       save_contents: Sequence[str] | None = None) -> StageSchedule:
-    """Validate the ``cropi`` group and the verl keys it depends on (``trainer``, and the actor's checkpoint
-    ``save_contents`` when given); returns the stage schedule."""
-    _raise_if(_problems(cropi, trainer, save_contents))
+                       checkpoint: Mapping[str, Any] | None = None) -> StageSchedule:
+    """Validate the ``cropi`` group and the verl keys it depends on (``trainer``, and the actor's ``checkpoint``
+    config, ``save_contents`` and ``async_save``, when given); returns the stage schedule."""
+    _raise_if(_problems(cropi, trainer, checkpoint))
     return StageSchedule(cropi["num_stages"], cropi["steps_per_stage"],
                          1.0 if cropi["strategy"] == "full" else cropi["fraction"], cropi["strategy"], cropi["rescore"])
 
@@ -150,7 +162,7 @@ def check_composed_config(config) -> StageSchedule:
     """``check_cropi_config`` on a composed recipe config (its ``cropi``, ``trainer`` and actor ``save_contents``)."""
     from omegaconf import OmegaConf
 
-    save_contents = OmegaConf.select(config, "actor_rollout_ref.actor.checkpoint.save_contents")
+    checkpoint = OmegaConf.select(config, "actor_rollout_ref.actor.checkpoint")
     return check_cropi_config(OmegaConf.to_container(config.cropi, resolve=True),
                               OmegaConf.to_container(config.trainer, resolve=True),
-                              None if save_contents is None else list(save_contents))
+                              None if checkpoint is None else OmegaConf.to_container(checkpoint, resolve=True))

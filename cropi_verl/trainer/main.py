@@ -3,12 +3,14 @@
 Validates verl's config, the ``cropi:`` group and its rollouts files (``read_rollouts``; one clear error before any
 GPU work), then runs
 ``CROPITaskRunner`` through verl's ``run_ppo`` (Ray init, runtime env). ``CROPI_DRY_RUN=1`` prints the composed
-config and exits after the checks.
+config and exits after the checks. A refused override, bad input, Ctrl-C or SIGTERM end it with one line
+(``cropi_verl.utils.cli``); an interruption's line names the latest checkpoint a rerun resumes from.
 """
 
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 import hydra
 import ray
@@ -16,7 +18,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from cropi_verl.rollout.records import read_rollouts
 from cropi_verl.trainer.curriculum_config import check_composed_config
-from cropi_verl.utils.cli import one_line_errors
+from cropi_verl.utils.cli import one_line_errors, run_hydra, sigterm_handler_kept_across_ray_init, step
 
 
 DRY_RUN_HEADER = "# CROPI_DRY_RUN: every check passed; the composed config:"
@@ -71,20 +73,34 @@ def check(config: DictConfig) -> None:
             read_rollouts(path)
 
 
+def resume_point(config: DictConfig) -> str:
+    """Where a rerun of the same command goes on from: verl's latest checkpoint with ``trainer.resume_mode=auto``."""
+    tracker = Path(config.trainer.default_local_dir) / "latest_checkpointed_iteration.txt"
+    latest = (f"latest checkpoint: {tracker.parent / ('global_step_' + tracker.read_text().strip())}"
+              if tracker.is_file() else f"no checkpoint in {tracker.parent} yet")
+    if config.trainer.resume_mode == "auto":
+        return latest
+    start = "over" if config.trainer.resume_mode == "disable" else f"from {config.trainer.resume_from_path}"
+    return f"{latest}; with trainer.resume_mode={config.trainer.resume_mode} a rerun starts {start}: set it to auto"
+
+
 @hydra.main(config_path="../../configs", config_name="cropi_trainer", version_base=None)
 @one_line_errors
 def main(config: DictConfig) -> None:
     from verl.trainer.main_ppo import run_ppo
     from verl.utils.device import auto_set_device
 
+    step("the config and rollouts checks")
     auto_set_device(config)
     check(config)
     if os.environ.get("CROPI_DRY_RUN"):
         print(DRY_RUN_HEADER)
         print(OmegaConf.to_yaml(config))
         return
-    run_ppo(config, task_runner_class=CROPITaskRunner)
+    step("verl's training", detail=lambda: resume_point(config))
+    with sigterm_handler_kept_across_ray_init():
+        run_ppo(config, task_runner_class=CROPITaskRunner)
 
 
 if __name__ == "__main__":
-    main()
+    run_hydra(main, "cropi_trainer", groups=["cropi"])

@@ -4,7 +4,8 @@ Known errors are ``ValueError``s (``DataValidationError``, manifest mismatches, 
 files) and ``OSError``s (a missing file or model, an unwritable directory): ``error: <message>`` on one line, exit
 status 2. Any other exception is a bug and keeps its traceback; ``CROPI_DEBUG=1`` re-raises the known ones too.
 Ctrl-C (SIGINT) and SIGTERM end it with one line, what finished and where it stopped (the ``step``s the command
-recorded), exit status 130 / 143.
+recorded), exit status 130 / 143. ``run_hydra`` does the same for what hydra refuses before a ``@hydra.main`` entry
+point runs (a mistyped key, a malformed override, a missing config group option).
 """
 
 from __future__ import annotations
@@ -12,19 +13,25 @@ from __future__ import annotations
 import argparse
 import copy
 import os
+import re
 import signal
 import sys
 import tempfile
 import threading
+from contextlib import contextmanager
 from functools import partial, wraps
 from pathlib import Path
-from typing import Callable, Sequence, TypeVar
+from typing import Callable, Iterator, Sequence, TypeVar
+
+from cropi_verl.utils.config_rules import shipped_keys, unknown_keys
 
 T = TypeVar("T")
 EXIT_STATUS = {signal.SIGINT: 130, signal.SIGTERM: 143}
 RERUN = {True: "rerun the same command to resume", False: "rerun the same command to start over"}
 _steps: list[str] = []  # the steps the command started, the last one running
+_step_detail: Callable[[], str] | None = None  # what the running step adds to an interruption's line
 _handling_sigterm = False  # whether one_line_errors installed its SIGTERM handler in this process
+_terminated = False  # whether that handler ran
 
 
 class Terminated(KeyboardInterrupt):
@@ -32,6 +39,8 @@ class Terminated(KeyboardInterrupt):
 
 
 def _raise_terminated(signum, frame) -> None:
+    global _terminated
+    _terminated = True  # Ray's ray.get re-raises a handler's KeyboardInterrupt as a plain one
     raise Terminated()
 
 
@@ -47,14 +56,40 @@ def restore_sigterm_handler() -> None:
         _handle_sigterm()
 
 
-def step(what: str) -> None:
-    """Record that the command starts ``what`` (the previous step finished), for the line an interruption prints."""
+@contextmanager
+def sigterm_handler_kept_across_ray_init() -> Iterator[None]:
+    """Within the block, ``restore_sigterm_handler`` follows every ``ray.init`` (such as the one in verl's
+    ``run_ppo``, which an entry point cannot reach otherwise)."""
+    import ray
+
+    init = ray.init
+
+    def init_then_restore(*args, **kwargs):
+        try:
+            return init(*args, **kwargs)
+        finally:
+            restore_sigterm_handler()
+
+    ray.init = init_then_restore
+    try:
+        yield
+    finally:
+        ray.init = init
+
+
+def step(what: str, detail: Callable[[], str] | None = None) -> None:
+    """Record that the command starts ``what`` (the previous step finished), for the line an interruption prints;
+    ``detail()``, called only then, adds what the step had reached (e.g. its latest checkpoint)."""
+    global _step_detail
     _steps.append(what)
+    _step_detail = detail
 
 
 def interrupted_line(sig: signal.Signals, resumes: bool) -> str:
     """What finished, where it stopped, and how to go on."""
     where = f"during {_steps[-1]}" if _steps else "before its first step"
+    if _steps and _step_detail is not None:
+        where += f" ({_step_detail()})"
     return f"interrupted by {sig.name} {where}; finished: {', '.join(_steps[:-1]) or 'nothing'}; {RERUN[resumes]}"
 
 
@@ -62,6 +97,13 @@ def one_line(message: str) -> str:
     """A message on one line: its first line, then the others joined by '; '."""
     lines = [line.strip() for line in message.splitlines() if line.strip()]
     return " ".join(lines[:1] + ["; ".join(lines[1:])]).strip()
+
+
+def _stop_ray() -> None:
+    """Shut down the Ray this process started, if any (its workers stop, and their output with them)."""
+    ray = sys.modules.get("ray")
+    if ray is not None and ray.is_initialized():
+        ray.shutdown()
 
 
 def one_line_errors(fn: Callable[..., T] | None = None, *, resumes: bool = True) -> Callable[..., T]:
@@ -81,16 +123,55 @@ def one_line_errors(fn: Callable[..., T] | None = None, *, resumes: bool = True)
         except KeyboardInterrupt as e:
             if os.environ.get("CROPI_DEBUG"):
                 raise
-            sig = signal.SIGTERM if isinstance(e, Terminated) else signal.SIGINT
+            sig = signal.SIGTERM if isinstance(e, Terminated) or _terminated else signal.SIGINT
             line, status = interrupted_line(sig, resumes), EXIT_STATUS[sig]
         except (ValueError, OSError) as e:
             if os.environ.get("CROPI_DEBUG"):
                 raise
             line, status = f"error: {one_line(str(e))}  (CROPI_DEBUG=1 shows the traceback)", 2
+        _stop_ray()  # its workers' forwarded output would come after the line
         print(line, file=sys.stderr)  # out of the handler, the call's frames are freed: its progress bars print first
         sys.exit(status)
 
     return run
+
+
+def hydra_error_line(error: Exception, config_name: str, groups: Sequence[str] | None = None) -> str:
+    """Hydra's refusal of an override on one line. A key that ``configs/<config_name>.yaml`` lacks in a group we own
+    (``groups``; None: all) reads as our own config checks read (``<group> has unknown keys [...]: expected
+    [...]``), not as hydra's advice to add it with ``+``; a missing option lists the available ones, without
+    hydra's search path."""
+    key = getattr(error.__cause__, "full_key", None)
+    if key and (groups is None or key.split(".")[0] in groups):
+        nested: dict = {}
+        node = nested
+        for part in key.split(".")[:-1]:
+            node = node.setdefault(part, {})
+        node[key.split(".")[-1]] = None
+        problems = unknown_keys(nested, shipped_keys(config_name))
+        if problems:
+            return f"bad override {key}: {problems[0]}"
+    text = re.sub(r":\s*\n\t", ": ", str(error).split("Config search path:")[0]).replace("\n\t", ", ")
+    override = getattr(error, "override", None)  # a malformed override (hydra's OverrideParseException)
+    return f"bad override{' ' + override if override else ''}: {one_line(text)}"
+
+
+def run_hydra(main: Callable[[], None], config_name: str, groups: Sequence[str] | None = None) -> None:
+    """Run the ``@hydra.main`` entry point ``main`` of ``configs/<config_name>.yaml``: what hydra refuses before
+    ``main``'s body runs is ``error: <hydra_error_line>``, exit status 2 (hydra raises it instead of printing it
+    with ``HYDRA_FULL_ERROR=1``; a user's own ``HYDRA_FULL_ERROR`` or ``CROPI_DEBUG`` keeps hydra's whole report)."""
+    from hydra.errors import HydraException
+
+    full = os.environ.get("HYDRA_FULL_ERROR") or os.environ.get("CROPI_DEBUG")
+    os.environ["HYDRA_FULL_ERROR"] = "1"
+    try:
+        main()
+    except HydraException as e:
+        if full:
+            raise
+        print(f"error: {hydra_error_line(e, config_name, groups)}  (CROPI_DEBUG=1 shows the traceback)",
+              file=sys.stderr)
+        sys.exit(2)
 
 
 def check_writable(path: str | Path, what: str) -> None:

@@ -10,7 +10,7 @@ import hydra
 from omegaconf import DictConfig
 
 from cropi_verl.local.main import check_before_work, offline_rollouts, prepare
-from cropi_verl.utils.cli import one_line_errors
+from cropi_verl.utils.cli import one_line_errors, run_hydra
 
 
 @hydra.main(config_path="../../configs", config_name="tiny_cpu", version_base=None)
@@ -23,4 +23,4 @@ def main(cfg: DictConfig) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_hydra(main, "tiny_cpu")
