@@ -72,10 +72,18 @@ case "$ROLLOUT_BACKEND" in
 esac
 
 show() { printf '%q ' "$@"; echo; }
+# A step runs in the background and the script waits on it, so that a SIGTERM to the script (a scheduler stopping the
+# job) reaches the step at once, which then ends with its own one line; Ctrl-C reaches it from the terminal.
+CHILD=""
+trap 'if [[ -n "$CHILD" ]]; then kill -TERM "$CHILD" 2>/dev/null || true; wait "$CHILD" || true; fi; exit 143' TERM
 run() {  # LABEL COMMAND...: the label as a comment, then the command: run, or printed in a dry run
   echo "# $1"
   shift
-  if [[ -n "${DRY_RUN:-}" ]]; then show "$@"; else "$@"; fi
+  if [[ -n "${DRY_RUN:-}" ]]; then show "$@"; return; fi
+  "$@" &
+  CHILD=$!
+  wait "$CHILD"
+  CHILD=""
 }
 PENDING=()  # the steps that will write an input of preflight
 

@@ -4,10 +4,11 @@
 Every key of the groups we own (``cropi:`` in configs/cropi_trainer.yaml, all of configs/tiny_cpu.yaml but hydra's
 ``hydra:`` node; a ``defaults`` entry ``- group: option  # comment`` is listed as the config group ``group``) becomes
 a table row: the dotted key, its default as written in the file, and its trailing ``# comment``. The verl keys a
-file sets are listed after its table, with their values (their comments stay in the file). A comment continues on the comment-only lines
-right below it (no blank line between) whose ``#`` stands right of the key's own indentation, aligned under the
-comment or under the file's comment column; those lines are joined with spaces. A group key (``task:``) is parsed
-when it has a comment, and not listed. The keys found are checked against the file as OmegaConf reads it.
+file sets are listed after its table, with their values (their comments stay in the file). A comment continues on
+the comment-only lines right below it (no blank line between) whose ``#`` stands right of the key's own
+indentation, aligned under the comment or under the file's comment column; those lines are joined with spaces. A
+group key (``task:``) is parsed when it has a comment, and not listed. The keys found are checked against the file
+as OmegaConf reads it.
 
 The README's section lies between the lines ``<!-- config-reference:begin -->`` and
 ``<!-- config-reference:end -->``; tests/test_config_reference.py checks that it is current.

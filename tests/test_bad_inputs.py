@@ -302,8 +302,8 @@ def test_the_wrapper_turns_known_errors_into_one_line_and_keeps_a_bugs_traceback
             raise error
         return cli.one_line_errors(command)
 
-    handler = signal.getsignal(signal.SIGTERM)
-    monkeypatch.setattr(cli, "_handling_sigterm", False)  # back after the test, as the handler below
+    handlers = {sig: signal.getsignal(sig) for sig in (signal.SIGTERM, signal.SIGINT)}
+    monkeypatch.setattr(cli, "_handling_sigterm", False)  # back after the test, as the handlers below
     try:
         with pytest.raises(TypeError, match="a bug"):
             raising(TypeError("a bug"))()
@@ -314,7 +314,37 @@ def test_the_wrapper_turns_known_errors_into_one_line_and_keeps_a_bugs_traceback
             assert end.value.code == 2
             assert capsys.readouterr().err == f"error: {line}  (CROPI_DEBUG=1 shows the traceback)\n"
     finally:
-        signal.signal(signal.SIGTERM, handler)
+        for sig, handler in handlers.items():
+            signal.signal(sig, handler)
+
+
+def test_sigterm_while_ray_starts_and_hydra_errors_of_a_running_body(monkeypatch):
+    """What the subprocess tests cannot time: a SIGTERM while ``ray.init`` runs (Ray's handler, in place then, exits
+    with 15: a stand-in ``ray.init`` raises that, it cannot show when Ray installs it) is our ``Terminated``; a
+    ``HydraException`` raised by the body of a running entry point keeps its traceback."""
+    import signal
+
+    import ray
+    from hydra.errors import HydraException
+
+    from cropi_verl.utils import cli
+
+    def ray_init_signalled(*args, **kwargs):
+        raise SystemExit(signal.SIGTERM)
+
+    monkeypatch.setattr(ray, "init", ray_init_signalled)
+    monkeypatch.setattr(cli, "_handling_sigterm", False)  # restore_sigterm_handler: a no-op
+    with pytest.raises(cli.Terminated), cli.sigterm_handler_kept_across_ray_init():
+        ray.init()
+    assert ray.init is ray_init_signalled  # put back
+
+    def running_body():
+        cli._handling_sigterm = True  # as one_line_errors sets it when the body starts
+        raise HydraException("from inside")
+
+    monkeypatch.delenv("HYDRA_FULL_ERROR", raising=False)  # run_hydra sets it; gone again after the test
+    with pytest.raises(HydraException, match="from inside"):
+        cli.run_hydra(running_body, "tiny_cpu")
 
 
 def test_a_demo_rerun_with_other_settings_names_every_directory_before_writing_anything(tmp_path):

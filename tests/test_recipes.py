@@ -7,10 +7,12 @@ from __future__ import annotations
 
 import os
 import shlex
+import signal
 import subprocess
 import sys
 
 import pandas as pd
+import pytest
 from hydra import compose, initialize_config_dir
 
 from policy_helpers import saved_random_policy
@@ -20,12 +22,16 @@ STOP = "CROPI_STOP_BEFORE_TRAIN is set: not launching the trainer:"
 POLICY_PROBLEMS = ("can be scored but cropi.fraction selects", "no prompt has a non-zero advantage")
 
 
+def _recipe_env(tmp_path, policy, fixtures_dir, max_response: int = 4) -> dict:
+    return dict(os.environ, MODEL=str(policy), NAME="tiny", MAX_RESPONSE=str(max_response), PYTHON=sys.executable,
+                DATA_DIR=str(tmp_path / "data"), ROLLOUT_DIR=str(tmp_path / "rollouts"),
+                RAW_DIR=str(fixtures_dir / "raw"), ROLLOUT_BACKEND="hf", VAL_PROMPTS="2", CROPI_STOP_BEFORE_TRAIN="1")
+
+
 def _recipe(tmp_path, policy, fixtures_dir) -> subprocess.CompletedProcess:
-    env = dict(os.environ, MODEL=str(policy), NAME="tiny", MAX_RESPONSE="4", PYTHON=sys.executable,
-               DATA_DIR=str(tmp_path / "data"), ROLLOUT_DIR=str(tmp_path / "rollouts"), RAW_DIR=str(fixtures_dir / "raw"),
-               ROLLOUT_BACKEND="hf", VAL_PROMPTS="2", CROPI_STOP_BEFORE_TRAIN="1")
     return subprocess.run(["bash", "recipes/run_cropi_qwen1.5b.sh", f"trainer.default_local_dir={tmp_path / 'ckpt'}"],
-                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+                          cwd=ROOT, env=_recipe_env(tmp_path, policy, fixtures_dir), capture_output=True, text=True,
+                          timeout=300)
 
 
 def _mixed_rewards(path) -> None:
@@ -68,3 +74,23 @@ def test_recipe_runs_on_local_fixtures_up_to_the_trainer_launch(tmp_path, fixtur
     read = [cfg.data.train_files, *cfg.data.val_files, cfg.cropi.train_rollouts, *cfg.cropi.val_rollouts.values(),
             cfg.actor_rollout_ref.model.path]
     assert [p for p in read if not os.path.exists(p)] == []
+
+
+@pytest.mark.slow
+def test_sigterm_to_the_recipe_stops_its_running_step_with_one_line(tmp_path, fixtures_dir):
+    """A scheduler's SIGTERM goes to the recipe's bash, not to the step it runs: the step (here the collection) gets
+    it at once, ends with its one line, and nothing of it keeps running."""
+    policy = saved_random_policy(tmp_path / "policy")
+    proc = subprocess.Popen(["bash", "recipes/run_cropi_qwen1.5b.sh"], cwd=ROOT, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE, text=True,
+                            env=_recipe_env(tmp_path, policy, fixtures_dir, max_response=256))
+    for line in proc.stderr:
+        if "rollouts (hf)" in line:  # the collection's progress bar
+            break
+    proc.send_signal(signal.SIGTERM)
+    _, rest = proc.communicate(timeout=120)
+    assert proc.returncode == 143, rest[-3000:]
+    assert rest.strip().splitlines()[-1].startswith(
+        f"interrupted by SIGTERM during collecting into {tmp_path / 'rollouts'}/train (finished shards are kept)")
+    left = subprocess.run(["pgrep", "-f", str(tmp_path / "rollouts")], capture_output=True, text=True)
+    assert left.stdout == "", left.stdout  # no step left running

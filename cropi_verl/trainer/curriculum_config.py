@@ -159,7 +159,7 @@ def check_cropi_config(cropi: Mapping[str, Any], trainer: Mapping[str, Any],
 
 
 def check_composed_config(config) -> StageSchedule:
-    """``check_cropi_config`` on a composed recipe config (its ``cropi``, ``trainer`` and actor ``save_contents``)."""
+    """``check_cropi_config`` on a composed recipe config (its ``cropi``, ``trainer``, the actor's ``checkpoint``)."""
     from omegaconf import OmegaConf
 
     checkpoint = OmegaConf.select(config, "actor_rollout_ref.actor.checkpoint")

@@ -76,8 +76,10 @@ def check(config: DictConfig) -> None:
 def resume_point(config: DictConfig) -> str:
     """Where a rerun of the same command goes on from: verl's latest checkpoint with ``trainer.resume_mode=auto``."""
     tracker = Path(config.trainer.default_local_dir) / "latest_checkpointed_iteration.txt"
-    latest = (f"latest checkpoint: {tracker.parent / ('global_step_' + tracker.read_text().strip())}"
-              if tracker.is_file() else f"no checkpoint in {tracker.parent} yet")
+    try:
+        latest = f"latest checkpoint: {tracker.parent / ('global_step_' + tracker.read_text().strip())}"
+    except OSError:
+        latest = f"no checkpoint in {tracker.parent} yet"
     if config.trainer.resume_mode == "auto":
         return latest
     start = "over" if config.trainer.resume_mode == "disable" else f"from {config.trainer.resume_from_path}"

@@ -23,8 +23,6 @@ from functools import partial, wraps
 from pathlib import Path
 from typing import Callable, Iterator, Sequence, TypeVar
 
-from cropi_verl.utils.config_rules import shipped_keys, unknown_keys
-
 T = TypeVar("T")
 EXIT_STATUS = {signal.SIGINT: 130, signal.SIGTERM: 143}
 RERUN = {True: "rerun the same command to resume", False: "rerun the same command to start over"}
@@ -67,6 +65,10 @@ def sigterm_handler_kept_across_ray_init() -> Iterator[None]:
     def init_then_restore(*args, **kwargs):
         try:
             return init(*args, **kwargs)
+        except SystemExit as e:  # ray.init's own handler, in place while it starts the cluster, exits with 15
+            if e.code == signal.SIGTERM:
+                raise Terminated() from None
+            raise
         finally:
             restore_sigterm_handler()
 
@@ -100,10 +102,14 @@ def one_line(message: str) -> str:
 
 
 def _stop_ray() -> None:
-    """Shut down the Ray this process started, if any (its workers stop, and their output with them)."""
+    """Shut down the Ray this process started or joined, if any (its workers stop, and their output with them);
+    a failure to is left to the exit that follows."""
     ray = sys.modules.get("ray")
     if ray is not None and ray.is_initialized():
-        ray.shutdown()
+        try:
+            ray.shutdown()
+        except Exception:  # noqa: BLE001 - the line that follows says why the command ended
+            pass
 
 
 def one_line_errors(fn: Callable[..., T] | None = None, *, resumes: bool = True) -> Callable[..., T]:
@@ -115,9 +121,11 @@ def one_line_errors(fn: Callable[..., T] | None = None, *, resumes: bool = True)
 
     @wraps(fn)
     def run(*args, **kwargs):
-        global _handling_sigterm
-        _handling_sigterm = True
+        global _handling_sigterm, _terminated
+        _handling_sigterm, _terminated = True, False
         _handle_sigterm()
+        if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:  # a background job of a script (the recipes' steps)
+            signal.signal(signal.SIGINT, signal.default_int_handler)
         try:
             return fn(*args, **kwargs)
         except KeyboardInterrupt as e:
@@ -129,6 +137,8 @@ def one_line_errors(fn: Callable[..., T] | None = None, *, resumes: bool = True)
             if os.environ.get("CROPI_DEBUG"):
                 raise
             line, status = f"error: {one_line(str(e))}  (CROPI_DEBUG=1 shows the traceback)", 2
+        for sig in EXIT_STATUS:  # a second Ctrl-C or SIGTERM does not cut the line short
+            signal.signal(sig, signal.SIG_IGN)
         _stop_ray()  # its workers' forwarded output would come after the line
         print(line, file=sys.stderr)  # out of the handler, the call's frames are freed: its progress bars print first
         sys.exit(status)
@@ -141,8 +151,13 @@ def hydra_error_line(error: Exception, config_name: str, groups: Sequence[str] |
     (``groups``; None: all) reads as our own config checks read (``<group> has unknown keys [...]: expected
     [...]``), not as hydra's advice to add it with ``+``; a missing option lists the available ones, without
     hydra's search path."""
-    key = getattr(error.__cause__, "full_key", None)
-    if key and (groups is None or key.split(".")[0] in groups):
+    from omegaconf.errors import ConfigAttributeError, ConfigKeyError
+
+    from cropi_verl.utils.config_rules import shipped_keys, unknown_keys
+
+    cause = error.__cause__
+    key = getattr(cause, "full_key", None) if isinstance(cause, (ConfigAttributeError, ConfigKeyError)) else None
+    if key and key.split(".")[0] != "hydra" and (groups is None or key.split(".")[0] in groups):
         nested: dict = {}
         node = nested
         for part in key.split(".")[:-1]:
@@ -152,6 +167,9 @@ def hydra_error_line(error: Exception, config_name: str, groups: Sequence[str] |
         if problems:
             return f"bad override {key}: {problems[0]}"
     text = re.sub(r":\s*\n\t", ": ", str(error).split("Config search path:")[0]).replace("\n\t", ", ")
+    reason = str(cause).strip().splitlines()[0] if cause is not None and str(cause).strip() else ""
+    if reason and reason not in text:
+        text += f"; {reason}"  # e.g. "Value 'maybe' is not a valid bool"
     override = getattr(error, "override", None)  # a malformed override (hydra's OverrideParseException)
     return f"bad override{' ' + override if override else ''}: {one_line(text)}"
 
@@ -159,15 +177,16 @@ def hydra_error_line(error: Exception, config_name: str, groups: Sequence[str] |
 def run_hydra(main: Callable[[], None], config_name: str, groups: Sequence[str] | None = None) -> None:
     """Run the ``@hydra.main`` entry point ``main`` of ``configs/<config_name>.yaml``: what hydra refuses before
     ``main``'s body runs is ``error: <hydra_error_line>``, exit status 2 (hydra raises it instead of printing it
-    with ``HYDRA_FULL_ERROR=1``; a user's own ``HYDRA_FULL_ERROR`` or ``CROPI_DEBUG`` keeps hydra's whole report)."""
+    with ``HYDRA_FULL_ERROR=1``; a user's own ``HYDRA_FULL_ERROR=1`` or ``CROPI_DEBUG`` keeps hydra's whole report).
+    One raised in the body (by then ``one_line_errors`` runs it) is no override's fault: it keeps its traceback."""
     from hydra.errors import HydraException
 
-    full = os.environ.get("HYDRA_FULL_ERROR") or os.environ.get("CROPI_DEBUG")
+    full = os.environ.get("HYDRA_FULL_ERROR") == "1" or os.environ.get("CROPI_DEBUG")
     os.environ["HYDRA_FULL_ERROR"] = "1"
     try:
         main()
     except HydraException as e:
-        if full:
+        if full or _handling_sigterm:
             raise
         print(f"error: {hydra_error_line(e, config_name, groups)}  (CROPI_DEBUG=1 shows the traceback)",
               file=sys.stderr)

@@ -18,7 +18,7 @@ import torch
 from verl.single_controller.ray import RayClassWithInitArgs, RayResourcePool, RayWorkerGroup
 
 from cropi_verl.influence.gradients import PopiResult, PromptRollouts, is_zero_advantage
-from cropi_verl.utils.cli import restore_sigterm_handler
+from cropi_verl.utils.cli import sigterm_handler_kept_across_ray_init
 from cropi_verl.workers.influence_worker import InfluenceWorker, rollouts_to_proto
 
 log = logging.getLogger(__name__)
@@ -44,8 +44,8 @@ class InfluenceWorkerGroup:
         """``resource_pool``: place the workers in an existing pool (on GPU: the actor's, colocated with it);
         default: a new pool of ``n_workers`` bundles. ``name_prefix``: Ray names (default: random, unique)."""
         if not ray.is_initialized():  # logical CPUs: one bundle per worker, whatever the core count
-            ray.init(num_cpus=max(8, n_workers), include_dashboard=False, log_to_driver=False)
-            restore_sigterm_handler()  # ray.init's handler dumps a crash report: an entry point's ends in one line
+            with sigterm_handler_kept_across_ray_init():  # Ray's dumps a crash report: an entry point's is one line
+                ray.init(num_cpus=max(8, n_workers), include_dashboard=False, log_to_driver=False)
         self.owns_pool = resource_pool is None
         self.pool = resource_pool or RayResourcePool([n_workers], use_gpu=use_gpu, max_colocate_count=1,
                                                      name_prefix=name_prefix)
