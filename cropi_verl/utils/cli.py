@@ -102,8 +102,8 @@ def one_line(message: str) -> str:
 
 
 def _stop_ray() -> None:
-    """Shut down the Ray this process started or joined, if any (its workers stop, and their output with them);
-    a failure to is left to the exit that follows."""
+    """Shut down the Ray this process started or joined, if any (its workers stop, and their output with them). A
+    failed shutdown is ignored: the command is ending, and its line says why."""
     ray = sys.modules.get("ray")
     if ray is not None and ray.is_initialized():
         try:
