@@ -46,6 +46,7 @@ from __future__ import annotations
 import json
 import math
 from dataclasses import dataclass
+from functools import lru_cache
 from pathlib import Path
 
 GIB = 1 << 30
@@ -247,11 +248,17 @@ def read_config(model_dir_or_config_json: str | Path) -> dict:
 
 def meta_counts(model: str | Path) -> tuple[dict, int, int]:
     """(config as a dict, parameter count, largest tensor's size) of ``model`` (a local directory, its config.json
-    or a hub id in the HF cache), built on the meta device: any architecture, no weights read. Needs transformers."""
+    or a hub id in the HF cache), built on the meta device: any architecture, no weights read. Needs transformers.
+    Built once per model and process (preflight's disk plan and memory plan both ask; a 7B build takes seconds)."""
+    return _meta_counts(str(model))
+
+
+@lru_cache(maxsize=8)
+def _meta_counts(model: str) -> tuple[dict, int, int]:
     import torch
     from transformers import AutoConfig, AutoModelForCausalLM
 
-    config = AutoConfig.from_pretrained(str(model))
+    config = AutoConfig.from_pretrained(model)
     with torch.device("meta"):
         sizes = [p.numel() for p in AutoModelForCausalLM.from_config(config).parameters()]
     return config.to_dict(), sum(sizes), max(sizes)

@@ -41,7 +41,6 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIG = ROOT / "configs" / "cropi_trainer.yaml"
-PEAK_FLOPS = 989e12
 
 MODELS = {  # HF Qwen2Config values
     "qwen2.5-1.5b": dict(hidden_size=1536, intermediate_size=8960, num_hidden_layers=28, num_attention_heads=12,
@@ -177,7 +176,7 @@ def run_pass(name: str, tiny: bool, budget_s: float) -> dict:
     if cuda:
         peak = torch.cuda.max_memory_allocated()
         out.update(peak_bytes=peak, peak_over_plan=peak / p.memory["influence worker"],
-                   mfu=p.flops_per_prompt / s / PEAK_FLOPS if s else None)
+                   mfu=p.flops_per_prompt / s / p.gpu.peak_flops if s else None)
     out["part_s"] = round(time.perf_counter() - start, 2)
     return out
 

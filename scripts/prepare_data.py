@@ -28,13 +28,13 @@ import logging
 import sys
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 
 from cropi_verl.data.preprocess import SPECS, convert, frame_questions, load_raw, raw_file, without_questions
 from cropi_verl.data.toy_task import ToyTaskConfig, build_toy_task
 from cropi_verl.data.verl_format import validate_verl_frame, write_verl_parquet
 from cropi_verl.utils.cli import HelpFormatter, one_line_errors
+from cropi_verl.utils.draw import seeded_subset
 
 
 def _parse_item(item: str) -> tuple[str, str | None]:
@@ -56,7 +56,7 @@ def _draw(frame: pd.DataFrame, n: int, seed: int, item: str) -> pd.DataFrame:
     """``n`` rows of ``frame`` drawn with ``seed``, in file order."""
     if len(frame) < n:
         raise ValueError(f"--heldout {item}={n}: only {len(frame)} prompts are outside the eval sets")
-    return frame.iloc[np.sort(np.random.default_rng(seed).permutation(len(frame))[:n])].reset_index(drop=True)
+    return frame.iloc[seeded_subset(len(frame), n, seed)].reset_index(drop=True)
 
 
 def _write(frame: pd.DataFrame, path: Path) -> None:

@@ -24,6 +24,7 @@ from cropi_verl.influence.scoring import influence_scores
 from cropi_verl.influence.selection import SelectionPool, SelectionResult, select
 from cropi_verl.influence.store import FeatureStore
 from cropi_verl.rollout.records import excluded_responses, to_prompt_rollouts
+from cropi_verl.utils.draw import seeded_subset
 
 log = logging.getLogger(__name__)
 
@@ -54,8 +55,7 @@ def validation_prompts(frame: pd.DataFrame, max_prompts: int, seed: int) -> list
     prompts = [p for p in to_prompt_rollouts(frame) if not is_zero_advantage(p.rewards)]
     if len(prompts) <= max_prompts:
         return prompts
-    keep = np.sort(np.random.default_rng(seed).permutation(len(prompts))[:max_prompts])
-    return [prompts[i] for i in keep]
+    return [prompts[i] for i in seeded_subset(len(prompts), max_prompts, seed)]
 
 
 def store_manifest(projector: Projector, popi: PopiConfig, **extra) -> dict:

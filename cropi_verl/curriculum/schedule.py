@@ -19,6 +19,7 @@ from cropi_verl.influence.selection import STRATEGIES as SELECT_STRATEGIES
 from cropi_verl.influence.selection import check_fraction
 
 INFLUENCE_STRATEGIES = ("cropi", "influence_max", "influence_oneshot")
+PASS_RATE_STRATEGIES = ("pass_rate", "learnability")  # select on the pool rollouts' pass rates, no gradients
 STRATEGIES = tuple(SELECT_STRATEGIES) + ("influence_oneshot",)
 
 

@@ -61,13 +61,14 @@ def step_speedup(base_steps: Sequence[int], base_acc: Sequence[float], steps: Se
 
 def wallclock_speedup(base_steps: Sequence[int], base_acc: Sequence[float], base_seconds: Sequence[float],
                       steps: Sequence[int], acc: Sequence[float], seconds: Sequence[float]) -> dict:
-    """Speed-up in seconds of (steps, acc, seconds) over the baseline; ``seconds[i]``: cumulative by ``steps[i]``."""
-    b_step, b_acc = best_point(base_steps, base_acc)
+    """Speed-up in seconds of (steps, acc, seconds) over the baseline; ``seconds[i]``: cumulative by ``steps[i]``
+    (the points of ``step_speedup``, read in seconds)."""
+    points = step_speedup(base_steps, base_acc, steps, acc)
+    b_step, reach = points["baseline_best_step"], points["steps_to_reach"]
     b_sec = float(base_seconds[list(base_steps).index(b_step)])
-    reach = steps_to_reach(steps, acc, b_acc)
     sec = None if reach is None else float(seconds[list(steps).index(reach)])
-    return {"baseline_best_step": b_step, "baseline_best": b_acc, "baseline_seconds": b_sec, "steps_to_reach": reach,
-            "seconds_to_reach": sec, "speedup": _ratio(b_sec, sec)} | _note(b_sec)
+    return {"baseline_best_step": b_step, "baseline_best": points["baseline_best"], "baseline_seconds": b_sec,
+            "steps_to_reach": reach, "seconds_to_reach": sec, "speedup": _ratio(b_sec, sec)} | _note(b_sec)
 
 
 def gain_speedup(base_steps: Sequence[int], base_acc: Sequence[float], steps: Sequence[int], acc: Sequence[float],

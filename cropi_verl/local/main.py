@@ -34,7 +34,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from cropi_verl.curriculum.schedule import INFLUENCE_STRATEGIES, StageSchedule
+from cropi_verl.curriculum.schedule import INFLUENCE_STRATEGIES, PASS_RATE_STRATEGIES, StageSchedule
 from cropi_verl.data.toy_task import TARGETED_SETS, UNTARGETED_SETS, ToyTaskConfig, build_toy_task
 from cropi_verl.data.verl_format import row_ids, write_verl_parquet
 from cropi_verl.eval.plots import plot_run
@@ -55,7 +55,6 @@ from cropi_verl.workers.group import InfluenceWorkerGroup
 log = logging.getLogger("cropi_verl")
 VAL_SETS = TARGETED_SETS + UNTARGETED_SETS
 COLLECT_SECONDS = "collect_seconds.json"  # under ${output_dir}/rollouts: each split's offline collection seconds
-PASS_RATE_STRATEGIES = ("pass_rate", "learnability")  # select on the pool rollouts' pass rates, no gradients
 
 
 def prepare(cfg: DictConfig) -> tuple[dict, Path]:

@@ -27,7 +27,6 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Callable, Sequence
 
-import numpy as np
 import pandas as pd
 from tqdm.auto import tqdm
 
@@ -35,6 +34,7 @@ from cropi_verl.data.verl_format import read_verl_parquet, row_ids
 from cropi_verl.rewards import compute_score
 from cropi_verl.rollout.records import RECORD_COLUMNS, Response, make_row
 from cropi_verl.utils.atomic import atomic_write_json, atomic_write_parquet
+from cropi_verl.utils.draw import seeded_subset
 from cropi_verl.utils.faults import kill_point
 
 log = logging.getLogger(__name__)
@@ -121,7 +121,7 @@ def collect_rollouts(cfg: CollectConfig, out_dir: str | Path, backend: Backend, 
     ]
     keep = [i for i, c in enumerate(chat_ids) if len(c) <= cfg.max_prompt_tokens]
     if cfg.max_prompts is not None and len(keep) > cfg.max_prompts:
-        keep = sorted(np.random.default_rng(cfg.seed).permutation(keep)[: cfg.max_prompts].tolist())
+        keep = [keep[i] for i in seeded_subset(len(keep), cfg.max_prompts, cfg.seed)]
     skipped = [ids[i] for i in range(len(ids)) if len(chat_ids[i]) > cfg.max_prompt_tokens]
     if skipped:
         log.warning("%d prompts longer than max_prompt_tokens=%d skipped (first ids: %s)",

@@ -35,6 +35,17 @@ def chat_prompt_ids(tokenizer: PreTrainedTokenizerBase, messages: Sequence[dict]
 
 
 @torch.no_grad()
+def left_pad(prompts: Sequence[Sequence[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The prompts left-padded with ``pad_id`` to the longest ([n, width] ids) and their attention mask."""
+    width = max(len(p) for p in prompts)
+    ids = torch.full((len(prompts), width), pad_id, dtype=torch.long)
+    mask = torch.zeros_like(ids)
+    for row, prompt in enumerate(prompts):
+        ids[row, width - len(prompt) :] = torch.tensor(prompt, dtype=torch.long)
+        mask[row, width - len(prompt) :] = 1
+    return ids, mask
+
+
 def sample_chat(
     model: PreTrainedModel,
     tokenizer: PreTrainedTokenizerBase,
@@ -48,12 +59,7 @@ def sample_chat(
     """Sample ``n`` responses for each prompt in one left-padded ``generate`` call seeded by ``seed``."""
     pad = tokenizer.pad_token_id
     eos = tokenizer.eos_token_id
-    width = max(len(p) for p in prompt_ids)
-    input_ids = torch.full((len(prompt_ids), width), pad, dtype=torch.long)
-    attn = torch.zeros_like(input_ids)
-    for i, p in enumerate(prompt_ids):
-        input_ids[i, width - len(p) :] = torch.tensor(p)
-        attn[i, width - len(p) :] = 1
+    input_ids, attn = left_pad(prompt_ids, pad)
     torch.manual_seed(seed)
     out = model.generate(
         input_ids=input_ids,
@@ -67,7 +73,7 @@ def sample_chat(
         pad_token_id=pad,
         eos_token_id=eos,
     )
-    new = out[:, width:].tolist()
+    new = out[:, input_ids.shape[1]:].tolist()
     result: list[list[Generation]] = []
     for i, p in enumerate(prompt_ids):
         gens = []

@@ -15,7 +15,7 @@ from typing import Annotated, Any, Literal, Mapping
 
 from pydantic import Field
 
-from cropi_verl.curriculum.schedule import STRATEGIES, StageSchedule
+from cropi_verl.curriculum.schedule import INFLUENCE_STRATEGIES, PASS_RATE_STRATEGIES, STRATEGIES, StageSchedule
 from cropi_verl.influence.gradients import checkpointing_conflict
 from cropi_verl.influence.projection import METHODS
 from cropi_verl.influence.scoring import METRICS
@@ -67,9 +67,9 @@ def _problems(cropi: Mapping[str, Any], trainer: Mapping[str, Any], checkpoint: 
     out = unknown_keys(cropi, CROPI_KEYS, "cropi.") + config_problems(cropi, CROPI_RULES, prefix="cropi.")
     out += _checkpointing_problems(cropi)
     strategy = _checked_strategy(cropi)
-    influence = strategy in ("cropi", "influence_max", "influence_oneshot")
+    influence = strategy in INFLUENCE_STRATEGIES
     train = cropi.get("train_rollouts")
-    if influence or strategy in ("pass_rate", "learnability"):
+    if influence or strategy in PASS_RATE_STRATEGIES:
         if not train:
             out.append("cropi.train_rollouts is not set: collect them with scripts/collect_rollouts.py")
         elif not Path(train).is_file():

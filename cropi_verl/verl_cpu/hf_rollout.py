@@ -50,6 +50,7 @@ from verl.workers.rollout.base import _ROLLOUT_REGISTRY, BaseRollout
 from verl.workers.rollout.replica import RolloutReplica, RolloutReplicaRegistry, TokenOutput
 from verl.workers.rollout.utils import ensure_async_iterator
 
+from cropi_verl.rollout.hf_backend import left_pad
 from cropi_verl.utils.trace import trace
 
 ROLLOUT_NAME = "hf"
@@ -83,17 +84,6 @@ def request_seed(seed: int, replica_rank: int, global_steps: Optional[int], prom
     """A 63-bit generator seed from the request's identity (stable across processes and runs)."""
     key = repr((seed, replica_rank, global_steps, list(prompt_ids), copy)).encode()
     return int.from_bytes(hashlib.blake2b(key, digest_size=8).digest(), "little") >> 1
-
-
-def _left_pad(prompts: list[list[int]]) -> tuple[torch.Tensor, torch.Tensor]:
-    """Left-padded ids (pad id 0; masked, so its value is irrelevant) and the attention mask."""
-    width = max(len(p) for p in prompts)
-    ids = torch.zeros(len(prompts), width, dtype=torch.long)
-    mask = torch.zeros_like(ids)
-    for row, prompt in enumerate(prompts):
-        ids[row, width - len(prompt) :] = torch.tensor(prompt, dtype=torch.long)
-        mask[row, width - len(prompt) :] = 1
-    return ids, mask
 
 
 def _last_logits(model: PreTrainedModel, ids, mask, position, cache: DynamicCache) -> torch.Tensor:
@@ -163,7 +153,7 @@ def decode_batch(
 ) -> list[SamplingResult]:
     """Decode ``requests`` together: a left-padded prefill, then one token per unfinished row per step (KV cache);
     finished rows leave the batch."""
-    ids, mask = _left_pad([r.prompt_ids for r in requests])
+    ids, mask = left_pad([r.prompt_ids for r in requests], pad_id=0)  # masked: the pad id's value is irrelevant
     position = (mask.cumsum(dim=-1) - 1).clamp(min=0)
     cache = DynamicCache(config=model.config)
     logits = _last_logits(model, ids, mask, position, cache)

@@ -65,9 +65,6 @@ class PlatformCPU(PlatformBase):
     def is_available(self) -> bool:
         return True
 
-    def is_platform_available(self, use_smi_check=False) -> bool:
-        return True
-
     def current_device(self) -> str:
         return "cpu"  # verl builds torch devices from it (fsdp_utils: model.to(get_device_id())); 0 would mean CUDA
 
