@@ -14,12 +14,15 @@ One layer's activations of T tokens (rough constant, bf16 flash/SDPA attention, 
 T (ACT_HIDDEN H + ACT_INTERMEDIATE I) x bytes, with ACT_HIDDEN = 16 (norm in/out, q/k/v, attention out, o_proj,
 residuals) and ACT_INTERMEDIATE = 3 (gate, up, act(gate) * up).
 
-Components (``plan``):
+Components at a boundary (``plan``; what is alive at once while the influence worker runs):
 
-- actor: 16 P / n (fp32 params, fp32 grads, two fp32 Adam moments, FSDP-sharded over n GPUs) + activations of
-  ppo_max_token_len_per_gpu tokens under gradient checkpointing: T H 2 L (each layer's input) + one layer's
-  activations (bf16) + T V 4 (fp32 logits). Counted although the worker runs between updates: it is another
-  process, and the actor's caching allocator may keep its peak reserved.
+- actor: 0 with ``offload_actor`` (the trainer moves its optimizer state and parameters to host memory through
+  verl's worker group before the pass, which empties its allocator's cache). Without it, what stays resident: the
+  training peak below, since the caching allocator keeps what it reserved (verl empties it only when it syncs weights).
+  The training peak (``Plan.training``, checked on its own: the worker holds nothing then): 16 P / n (fp32 params,
+  fp32 grads, two fp32 Adam moments, FSDP-sharded over n GPUs) + activations of ppo_max_token_len_per_gpu tokens
+  under gradient checkpointing: T H 2 L (each layer's input) + one layer's activations (bf16) + T V 4 (the fp32
+  logits).
 - rollout: ~0. verl puts the vLLM replicas to sleep before the actor updates and the worker runs (weights offloaded,
   KV cache freed); awake they hold gpu_memory_utilization x GPU memory (``rollout_awake``, for reference only).
 - influence worker (0 when it runs on the CPU: ``WorkerSettings.on_gpu``): P b (whole weights in its dtype,
@@ -138,6 +141,7 @@ class WorkerSettings:
     projection_k: int = 32768
     share_prompt: bool = False
     on_gpu: bool = True  # False: CPU workers, no GPU memory
+    offload_actor: bool = True  # the actor's states leave the GPU during the pass (cropi.workers.offload_actor)
 
 
 @dataclass(frozen=True)
@@ -157,6 +161,7 @@ class Plan:
 
     params: int
     memory: dict[str, int]
+    training: int  # the actor's training peak (the worker released, the replicas asleep)
     rollout_awake: int
     tokens_per_prompt: int
     flops_per_prompt: float
@@ -169,17 +174,20 @@ class Plan:
         return sum(self.memory.values())
 
     def fits(self, gpu_bytes: int | None = None) -> tuple[bool, list[str]]:
-        """(total <= (1 - margin) x GPU memory, the reasons when not): the actor and the worker share the GPU."""
+        """(the boundary's total and the actor's training peak each <= (1 - margin) x GPU memory, the reasons when
+        not): at a boundary the actor and the worker share the GPU."""
         gpu_bytes = self.gpu.memory_bytes if gpu_bytes is None else gpu_bytes
         budget = (1 - self.gpu.margin) * gpu_bytes
-        if self.total <= budget:
-            return True, []
-        parts = " + ".join(f"{k} {v / GIB:.1f}" for k, v in self.memory.items())
-        reasons = [f"{parts} = {self.total / GIB:.1f} GiB > {budget / GIB:.1f} GiB "
-                   f"({1 - self.gpu.margin:.0%} of {gpu_bytes / GIB:.1f} GiB)"]
-        biggest = max(self.memory, key=self.memory.get)
-        reasons.append(f"largest component: {biggest} ({self.memory[biggest] / GIB:.1f} GiB)")
-        return False, reasons
+        of = f"> {budget / GIB:.1f} GiB ({1 - self.gpu.margin:.0%} of {gpu_bytes / GIB:.1f} GiB)"
+        reasons = []
+        if self.total > budget:
+            parts = " + ".join(f"{k} {v / GIB:.1f}" for k, v in self.memory.items())
+            biggest = max(self.memory, key=self.memory.get)
+            reasons += [f"at a boundary {parts} = {self.total / GIB:.1f} GiB {of}",
+                        f"largest component: {biggest} ({self.memory[biggest] / GIB:.1f} GiB)"]
+        if self.training > budget:
+            reasons.append(f"the actor's training peak {self.training / GIB:.1f} GiB {of}")
+        return not reasons, reasons
 
 
 def actor_bytes(m: ModelShape, r: RecipeShape) -> int:
@@ -229,15 +237,16 @@ def plan(m: ModelShape, r: RecipeShape = RecipeShape(), w: WorkerSettings = Work
     """The per-GPU plan (see the module docstring)."""
     if w.dtype not in DTYPE_BYTES:
         raise ValueError(f"plan: dtype must be one of {sorted(DTYPE_BYTES)}, got {w.dtype!r}")
-    memory = {"actor": actor_bytes(m, r), "rollout (asleep)": 0,
+    training = actor_bytes(m, r)
+    memory = {"actor": 0 if w.offload_actor else training, "rollout (asleep)": 0,
               "influence worker": worker_bytes(m, r, w) if w.on_gpu else 0}
     tokens = tokens_per_prompt(r, w.share_prompt)
     flops = pass_flops(m, tokens, w.gradient_checkpointing)
     rate = gpu.peak_flops * gpu.mfu
     step_tokens = r.train_batch_size * r.responses_per_prompt * (r.max_prompt_length + r.max_response_length)
     update = pass_flops(m, step_tokens, True) / r.n_gpus
-    return Plan(m.params(), memory, int(r.gpu_memory_utilization * gpu.memory_bytes), tokens, flops, flops / rate,
-                update / rate, gpu)
+    return Plan(m.params(), memory, training, int(r.gpu_memory_utilization * gpu.memory_bytes), tokens, flops,
+                flops / rate, update / rate, gpu)
 
 
 def read_config(model_dir_or_config_json: str | Path) -> dict:
@@ -283,12 +292,13 @@ def plan_from_files(model: str | Path, recipe: RecipeShape = RecipeShape(), work
 def format_plan(p: Plan) -> list[str]:
     """A short table: one line per component (GiB), the total against the GPU, the verdict, the pass time."""
     gpu = p.gpu.memory_bytes
-    lines = [f"memory plan per GPU ({p.params:,} parameters):"]
+    lines = [f"memory plan per GPU ({p.params:,} parameters), at a boundary:"]
     lines += [f"  {name:<18} {v / GIB:8.2f} GiB" for name, v in p.memory.items()]
     lines.append(f"  {'total':<18} {p.total / GIB:8.2f} GiB of {gpu / GIB:.1f} GiB ({p.total / gpu:.0%})")
     ok, reasons = p.fits()
     lines.append("  fits (margin {:.0%})".format(p.gpu.margin) if ok else "  DOES NOT FIT: " + "; ".join(reasons))
-    lines.append(f"  (rollout awake: {p.rollout_awake / GIB:.1f} GiB, released while the worker runs)")
+    lines.append(f"  (actor training peak: {p.training / GIB:.1f} GiB, its states offloaded during the pass when "
+                 f"the actor line is 0; rollout awake: {p.rollout_awake / GIB:.1f} GiB, released while the worker runs)")
     lines.append(f"influence pass, estimate at MFU {p.gpu.mfu:.2f} of {p.gpu.peak_flops / 1e12:.0f} TFLOP/s: "
                  f"{p.seconds_per_prompt:.2f} s/prompt ({p.tokens_per_prompt} tokens, "
                  f"{p.flops_per_prompt / 1e12:.1f} TFLOP); actor update {p.update_seconds_per_step:.1f} s/step")

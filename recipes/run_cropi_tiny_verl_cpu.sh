@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
-# CROPI on verl's real trainer, on the CPU: the tiny policy on the embedded task (configs/verl_cpu/tiny.yaml over
-# configs/cropi_trainer.yaml).
+# The embedded task on verl's real trainer on the CPU: the tiny policy, the demo's data (configs/verl_cpu/tiny.yaml
+# over configs/cropi_trainer.yaml, with the CPU device keys of configs/device/cpu.yaml). The tests' kill/resume and
+# full-vs-plain-verl runs use it; to check the GPU recipe itself on the CPU, run
+# `DEVICE=cpu bash recipes/run_cropi_qwen1.5b.sh` instead.
 #   bash recipes/run_cropi_tiny_verl_cpu.sh [hydra overrides]
 # Installs .venv on first use. The same command resumes (trainer.resume_mode=auto). Environment:
 #   OUT (outputs/verl_cpu): data, rollouts, checkpoints; PREPARE_ARGS: overrides of the demo config (tiny_cpu.yaml)
@@ -15,14 +17,13 @@ OUT="${OUT:-outputs/verl_cpu}"
 read -r -a PREPARE <<< "${PREPARE_ARGS:-preset=quick}"
 POLICY="$("$PY" -m cropi_verl.verl_cpu.prepare "output_dir=$OUT" "${PREPARE[@]}" | tail -n 1)"
 
-export VERL_PLATFORM=cpu VERL_USE_EXTERNAL_MODULES=cropi_verl.verl_cpu RAY_AUTH_MODE=disabled
-CORES="$(nproc)"  # TransferQueue's threads (8 by default) are capped at the cores, with a warning per call
-export TQ_NUM_THREADS="${TQ_NUM_THREADS:-$(( CORES < 8 ? CORES : 8 ))}"
-exec "$PY" -m "${VERL_MAIN:-cropi_verl.trainer.main}" --config-path "$ROOT/configs" --config-name cropi_trainer +verl_cpu=tiny \
+# shellcheck source=recipes/_cpu_env.sh
+source "$ROOT/recipes/_cpu_env.sh"
+exec "$PY" -m "${VERL_MAIN:-cropi_verl.trainer.main}" --config-path "$ROOT/configs" --config-name cropi_trainer \
+  +device=cpu +verl_cpu=tiny \
   actor_rollout_ref.model.path="$POLICY" \
   data.train_files="$OUT/data/train.parquet" \
   "data.val_files=[$OUT/data/val_add.parquet,$OUT/data/val_sub.parquet,$OUT/data/val_mixed.parquet]" \
-  reward.custom_reward_function.path="$ROOT/cropi_verl/rewards/__init__.py" \
   cropi.train_rollouts="$OUT/rollouts/train/rollouts.parquet" \
   "cropi.val_rollouts={val_add:$OUT/rollouts/val_add/rollouts.parquet,val_sub:$OUT/rollouts/val_sub/rollouts.parquet}" \
   trainer.default_local_dir="$OUT/checkpoints" \

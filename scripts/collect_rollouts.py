@@ -19,7 +19,7 @@ import sys
 
 import torch
 
-from cropi_verl.rollout.collect import LOGPROB_TOKENS, CollectConfig, collect_rollouts, hf_backend
+from cropi_verl.rollout.collect import LOGPROB_TOKENS, MAX_VERIFIER_FAILURES, CollectConfig, collect_rollouts, hf_backend
 from cropi_verl.utils.cli import HelpFormatter, check_writable, one_line_errors, step
 from cropi_verl.utils.config_rules import Count, Fraction, GroupSize, NonNegativeInt, Positive, arg_type
 
@@ -55,6 +55,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--gpu-memory-utilization", type=arg_type(Fraction), default=0.5,
                     help="vllm: share of each GPU for vLLM; the rest holds the HF model for the log-probs")
     ap.add_argument("--threads", type=arg_type(NonNegativeInt), default=0, help="torch CPU threads (0: default)")
+    ap.add_argument("--max-verifier-failures", type=arg_type(Fraction), default=MAX_VERIFIER_FAILURES,
+                    help="share of a shard's responses whose reward math-verify may fail to decide (NaN, dropped and "
+                         "counted); more stops the collection")
     args = ap.parse_args(argv)
     check_writable(args.out, "--out")
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
@@ -80,7 +83,7 @@ def main(argv: list[str] | None = None) -> int:
         backend = vllm_backend(cfg, tokenizer.pad_token_id, args.data_parallel_size, args.logprob_tokens,
                                args.gpu_memory_utilization)
     step(f"collecting into {args.out} (finished shards are kept)")
-    path = collect_rollouts(cfg, args.out, backend, tokenizer)
+    path = collect_rollouts(cfg, args.out, backend, tokenizer, max_verifier_failures=args.max_verifier_failures)
     print(f"wrote {path}")
     return 0
 

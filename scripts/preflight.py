@@ -7,7 +7,10 @@ Reports every problem at once (exit 1), else a summary (exit 0). A ``cropi`` key
 does not define (a mistyped ``+key``) or a rollouts file that is not one (``read_rollouts``: the readers' own
 validation) stops it first with one line ``error: ...`` (exit 2). The checks:
 - the ``cropi:`` config checks (fraction, strategy, files, scoring sets, save_freq vs stage length);
-- ``data.train_files`` / ``data.val_files``: verl-format schema;
+- ``data.train_files`` / ``data.val_files``: verl-format schema; each ``data_source`` scored by the configured reward
+  as verl loads it (``reward.custom_reward_function``, else verl's ``default_compute_score``) on its first row's
+  ground truth, boxed (a right answer: must score 1) and on a number that is not it (a wrong one: must score 0);
+- several nodes (``trainer.nnodes`` > 1): ``trainer.default_local_dir`` absolute, on a filesystem every node shares;
 - ``cropi.train_rollouts``: prompt-id coverage of the training file, the offline pass-rate summary, how many
   responses are excluded (empty or a non-finite reward: ``records.usable_responses``, as scoring does) and how
   many prompts scoring will skip as zero-advantage (``is_zero_advantage`` of the usable rewards: all equal, or
@@ -38,19 +41,20 @@ from omegaconf import OmegaConf
 
 from cropi_verl.data.verl_format import read_verl_parquet, row_ids
 from cropi_verl.influence.gradients import is_zero_advantage
-from cropi_verl.plan import GIB, GpuSpec, RecipeShape, WorkerSettings, format_plan, meta_counts, model_shape, plan
+from cropi_verl.plan import WorkerSettings, format_plan, meta_counts
 from cropi_verl.rollout.records import excluded_responses, read_rollouts, usable_responses
-from cropi_verl.trainer.curriculum_config import CROPI_RULES, check_composed_config, check_cropi_keys
+from cropi_verl.trainer.curriculum_config import CROPI_RULES, check_composed_config, check_cropi_keys, workers_on_gpu
 from cropi_verl.utils.cli import hydra_error_line, one_line, one_line_errors
 from cropi_verl.utils.config_rules import config_problems
-from cropi_verl.workers.group import resolve_worker_precision
+from cropi_verl.trainer.worker_plan import config_plan, resolve_checkpointing, worker_settings
 
 ROOT = Path(__file__).resolve().parents[1]
+WRONG_ANSWERS = ("-987654321", "-987654320")  # preflight's reward check boxes the first that is not the truth
 FSDP_BYTES, ADAM_BYTES = 4, 8  # per parameter in an actor checkpoint: fp32 model shards, Adam's two fp32 moments
 # The cropi keys the memory plan and the log-prob dtype check read (both are skipped while one breaks its rule)
 PLAN_KEYS = ("gpu_memory_gb", "projection.k", "popi.micro_batch_tokens", "popi.logit_chunk_tokens",
              "popi.stream_buffer", "popi.share_prompt", "workers.use_gpu", "workers.dtype",
-             "workers.gradient_checkpointing")
+             "workers.gradient_checkpointing", "workers.offload_actor")
 # What to lower when a plan component does not fit
 LOWER = {"actor": "actor_rollout_ref.actor.ppo_max_token_len_per_gpu (or more GPUs: trainer.n_gpus_per_node)",
          "influence worker": "cropi.popi.micro_batch_tokens, cropi.popi.logit_chunk_tokens, cropi.popi.stream_buffer"}
@@ -105,8 +109,15 @@ def preflight(cfg) -> tuple[list[str], list[str]]:
         check_composed_config(cfg)
     except ValueError as e:
         problems += str(e).removeprefix("bad CROPI config: ").split("; ")
-    worker = None if config_problems(cropi, {key: CROPI_RULES[key] for key in PLAN_KEYS}) else worker_settings(cropi)
+    worker = None
+    if not config_problems(cropi, {key: CROPI_RULES[key] for key in PLAN_KEYS}):
+        gpu = workers_on_gpu(cropi, OmegaConf.to_container(cfg.trainer, resolve=True))
+        checkpointing, why = resolve_checkpointing(cfg, cropi, gpu)
+        worker = worker_settings(cropi, gpu, checkpointing)
+        lines.append(f"influence workers: {worker.dtype} on {'GPUs' if gpu else 'the CPU'}, gradient checkpointing "
+                     f"{'on' if checkpointing else 'off'} ({why})")
     train_ids: set[int] = set()
+    sources: dict[str, tuple[str, dict]] = {}  # data_source -> (file, its first row)
     for key in ("train_files", "val_files"):
         for path in _files(cfg.data[key]):
             try:
@@ -115,8 +126,13 @@ def preflight(cfg) -> tuple[list[str], list[str]]:
                 problems.append(f"data.{key}: {one_line(str(e))}")
                 continue
             lines.append(f"data.{key}: {path}: {len(frame)} prompts")
+            for row in frame.drop_duplicates("data_source").to_dict("records"):
+                sources.setdefault(str(row["data_source"]), (path, row))
             if key == "train_files":
                 train_ids |= set(row_ids(frame))
+    reward_lines, reward_issues = reward_check(cfg, sources)
+    lines += reward_lines
+    problems += reward_issues + node_problems(cfg)
     k = cropi["projection"]["k"]
     scored = 0
     val = {name: path for name, path in (cropi.get("val_rollouts") or {}).items() if Path(path).is_file()}
@@ -156,6 +172,54 @@ def preflight(cfg) -> tuple[list[str], list[str]]:
     memory_problems, memory_lines = memory_plan(cfg, worker)
     return (problems + logprob_dtype_problems(cropi, worker.dtype) + disk_problems + memory_problems,
             lines + disk_lines + memory_lines)
+
+
+def reward_check(cfg, sources: dict[str, tuple[str, dict]]) -> tuple[list[str], list[str]]:
+    """(lines, problems): each data source scored by the configured reward (loaded as verl loads it) on a right
+    answer (its first row's ground truth, boxed) and a wrong one; 1 and 0 expected. A raising reward is a problem
+    that names the source and the file."""
+    from verl.trainer.ppo.reward import get_custom_reward_fn
+    from verl.utils.reward_score import default_compute_score
+
+    custom = cfg.reward.custom_reward_function
+    name = f"{custom.path}:{custom.name}" if custom.get("path") else "verl's default_compute_score"
+    try:
+        score = get_custom_reward_fn(cfg) or default_compute_score
+    except Exception as e:  # noqa: BLE001 - a missing file, module or function: verl would fail at start-up
+        return [], [f"reward.custom_reward_function: cannot load {name}: {type(e).__name__}: {one_line(str(e))}"]
+    problems = []
+    for source, (path, row) in sorted(sources.items()):
+        truth = str(row["reward_model"]["ground_truth"])
+        wrong = next(w for w in WRONG_ANSWERS if w != truth)
+        got = []
+        for answer in (truth, wrong):
+            answer = f"The final answer is \\boxed{{{answer}}}."
+            try:
+                result = score(data_source=source, solution_str=answer, ground_truth=truth,
+                               extra_info=row.get("extra_info"))
+                got.append(float(result["score"] if isinstance(result, dict) else result))
+            except Exception as e:  # noqa: BLE001 - what verl's agent loop would catch and count as a failed group
+                problems.append(f"data_source {source!r} ({path}): the reward ({name}) raised {type(e).__name__}: "
+                                f"{one_line(str(e))}: set reward.custom_reward_function.path=pkg://cropi_verl.rewards")
+                break
+        else:
+            if got != [1.0, 0.0]:
+                problems.append(f"data_source {source!r} ({path}): the reward ({name}) scores a right answer "
+                                f"{got[0]} and a wrong one {got[1]}, expected 1.0 and 0.0 (the offline rollouts' "
+                                "scale): set reward.custom_reward_function.path=pkg://cropi_verl.rewards")
+    lines = [] if problems else [f"reward: {name} scores 1 / 0 on every data source ({', '.join(sorted(sources))})"]
+    return lines, problems
+
+
+def node_problems(cfg) -> list[str]:
+    """Several nodes: each node's influence workers load a boundary's weights from ``trainer.default_local_dir``,
+    which rank 0 of the first node writes."""
+    folder = str(cfg.trainer.default_local_dir)
+    if cfg.trainer.nnodes > 1 and not Path(folder).is_absolute():
+        return [f"trainer.default_local_dir={folder}: with trainer.nnodes={cfg.trainer.nnodes} it must be an absolute "
+                "path on a filesystem every node mounts at the same path (the influence workers of every node load "
+                "global_step_N/actor/huggingface from it)"]
+    return []
 
 
 def model_size(model_path: str) -> tuple[int, torch.dtype]:
@@ -224,34 +288,17 @@ def disk_plan(cfg, store_per_pass: int, passes: int) -> tuple[list[str], list[st
     return problems, lines
 
 
-def recipe_shape(cfg) -> RecipeShape:
-    """The plan's shapes from the composed config (FSDP shards the actor over every GPU of every node)."""
-    data, rollout = cfg.data, cfg.actor_rollout_ref.rollout
-    return RecipeShape(cfg.trainer.n_gpus_per_node * cfg.trainer.nnodes, data.max_prompt_length,
-                       data.max_response_length, rollout.n, data.train_batch_size,
-                       cfg.actor_rollout_ref.actor.ppo_max_token_len_per_gpu, rollout.gpu_memory_utilization)
-
-
-def worker_settings(cropi: dict) -> WorkerSettings:
-    """The influence workers' settings, ``auto`` resolved for their device (``resolve_worker_precision``)."""
-    popi, workers = cropi["popi"], cropi["workers"]
-    dtype, checkpointing = resolve_worker_precision(workers["dtype"], workers["gradient_checkpointing"],
-                                                    workers["use_gpu"])
-    return WorkerSettings(dtype, checkpointing, popi["micro_batch_tokens"], popi["logit_chunk_tokens"],
-                          popi["stream_buffer"], cropi["projection"]["k"], popi["share_prompt"], workers["use_gpu"])
-
-
 def memory_plan(cfg, worker: WorkerSettings) -> tuple[list[str], list[str]]:
     """(problems, lines): the per-GPU memory plan of the model at the configured shapes (``format_plan``); a
     problem, naming the keys to lower, when it does not fit ``cropi.gpu_memory_gb``."""
     model = cfg.actor_rollout_ref.model.path
     try:
-        shape = model_shape(model)
+        p = config_plan(cfg, worker)
     except Exception as e:  # a hub id not downloaded, an unknown architecture: no plan
         return [], [f"memory plan: skipped, cannot read the config of {model} ({type(e).__name__})"]
-    p = plan(shape, recipe_shape(cfg), worker, GpuSpec(memory_bytes=int(cfg.cropi.gpu_memory_gb * GIB)))
     ok, reasons = p.fits()
-    lower = "; ".join(f"{LOWER[name]} ({name})" for name, size in p.memory.items() if size and name in LOWER)
+    sizes = p.memory | {"actor": p.training}  # the actor's training peak must fit even when offloaded for the pass
+    lower = "; ".join(f"{LOWER[name]} ({name})" for name, size in sizes.items() if size and name in LOWER)
     problems = [] if ok else [f"memory plan: does not fit cropi.gpu_memory_gb={cfg.cropi.gpu_memory_gb}: "
                               f"{'; '.join(reasons)}; lower {lower}"]
     return problems, format_plan(p)

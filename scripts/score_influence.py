@@ -21,6 +21,8 @@ from pathlib import Path
 import torch
 
 from cropi_verl.curriculum.influence_pass import influence_pass, store_manifest
+from cropi_verl.curriculum.schedule import StageSchedule
+from cropi_verl.curriculum.settings import SelectionConfig
 from cropi_verl.influence.gradients import PopiConfig, parameter_offsets
 from cropi_verl.influence.pipeline import local_featurizer
 from cropi_verl.influence.projection import METHODS, make_projector
@@ -81,12 +83,11 @@ def main(argv: list[str] | None = None) -> int:
                       logit_chunk_tokens=args.logit_chunk_tokens, share_prompt=args.share_prompt,
                       merge_duplicates=args.merge_duplicates)
     step(f"the influence pass (finished feature-store shards under {args.out / 'features'} are kept)")
-    res = influence_pass(
-        local_featurizer(model, proj, tok.pad_token_id, popi), train, val, args.out / "features",
-        store_manifest(proj, popi, model=str(args.model), model_step=args.model_step),
-        args.strategy, args.fraction, args.seed, args.metric, args.max_val_prompts, args.shard_size, progress=True,
-        val_seed=args.seed,
-    )
+    selection = SelectionConfig(StageSchedule(1, 1, args.fraction, args.strategy),
+                                store_manifest(proj, popi, model=str(args.model), model_step=args.model_step),
+                                args.seed, args.metric, args.max_val_prompts, args.shard_size, progress=True)
+    res = influence_pass(local_featurizer(model, proj, tok.pad_token_id, popi), train, val, args.out / "features",
+                         selection)
     atomic_write_parquet(res.scores, args.out / "scores.parquet")
     atomic_write_json(
         {"strategy": args.strategy, "fraction": args.fraction, "selected": res.selection.prompt_ids.tolist(),

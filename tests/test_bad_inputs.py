@@ -25,6 +25,7 @@ from transformers import AutoTokenizer
 
 from cropi_verl.curriculum.boundary import check_rollout_ids, stage_boundary
 from cropi_verl.curriculum.schedule import StageSchedule
+from cropi_verl.curriculum.settings import SelectionConfig
 from cropi_verl.influence.gradients import parameter_offsets
 from cropi_verl.influence.pipeline import local_featurizer
 from cropi_verl.influence.projection import make_projector
@@ -41,7 +42,7 @@ def _boundary(tmp_path, train, val, fraction=0.2):
     _, dim = parameter_offsets(model)
     featurize = local_featurizer(model, make_projector("sparse_jl", dim, k=32), PAD)
     sched = StageSchedule(num_stages=1, steps_per_stage=1, fraction=fraction, strategy="cropi")
-    return stage_boundary(0, 0, sched, train, val, tmp_path, lambda: featurize, {"m": 0})
+    return stage_boundary(0, 0, SelectionConfig(sched, {"m": 0}), train, val, tmp_path, lambda: featurize)
 
 
 def _solved(n, value):
@@ -95,7 +96,7 @@ def test_bad_responses_are_flagged_and_never_scored(tokens, reward, flag):
                    [1.0, reward], eos_id=None)
     assert row["flag"] == ["", flag] and row["n_valid"] == 1 and row["pass_rate"] == 1.0
     (pr,) = to_prompt_rollouts(pd.DataFrame([row]))
-    assert pr.responses == [[5, 6]] and pr.rewards == [1.0]
+    assert [r.tolist() for r in pr.responses] == [[5, 6]] and pr.rewards == [1.0]
 
 
 # ----- issue 21, through the entry points -----------------------------------------------------------------------------
@@ -165,10 +166,11 @@ def test_a_prompts_file_given_as_rollouts_is_one_line_naming_the_file_and_the_mi
     prompts = toy_prompts(tmp_path / "prompts.parquet")
     score = _score(policy, tmp_path, prompts, "out")  # writes a good val.parquet too
     val = tmp_path / "val.parquet"
-    trainer = subprocess.run([sys.executable, "-m", "cropi_verl.trainer.main", "+verl_cpu=tiny",
+    trainer = subprocess.run([sys.executable, "-m", "cropi_verl.trainer.main", "+device=cpu", "+verl_cpu=tiny",
                               f"cropi.train_rollouts={prompts}", f"cropi.val_rollouts={{v:{val}}}"],
                              cwd=ROOT, capture_output=True, text=True, timeout=300,
-                             env=dict(os.environ, CROPI_DRY_RUN="1"))
+                             env=dict(os.environ, CROPI_DRY_RUN="1", VERL_PLATFORM="cpu",
+                                      VERL_USE_EXTERNAL_MODULES="cropi_verl.verl_cpu"))
     for proc in (score, trainer):
         assert _error_line(proc).startswith(f"error: {prompts}: file: columns: missing prompt_id, ")
 

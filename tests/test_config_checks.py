@@ -92,8 +92,8 @@ def test_the_gpu_recipe_refuses_a_bad_cropi_key():
 
 
 def test_the_gpu_recipe_checks_the_worker_precision_keys():
-    """Bad dtype / checkpointing values are named; ``share_prompt`` is refused where checkpointing resolves to on
-    (``auto`` with GPU workers, or ``true``), since checkpointing drops the prompt's KV cache."""
+    """Bad dtype / checkpointing values are named; ``share_prompt`` is refused with checkpointing set on (``true``),
+    since checkpointing drops the prompt's KV cache; ``auto`` turns checkpointing off with it."""
     def error(*overrides):
         with pytest.raises(ValueError) as e:  # the shipped config lacks rollouts files: always some problem
             check_cropi_config(OmegaConf.to_container(compose_config("cropi_trainer", *overrides).cropi), {})
@@ -102,12 +102,12 @@ def test_the_gpu_recipe_checks_the_worker_precision_keys():
     msg = error("cropi.workers.dtype=fp8", "cropi.workers.gradient_checkpointing=maybe")
     assert ("cropi.workers.dtype='fp8': expected one of auto, float32, bfloat16, float16; "
             "cropi.workers.gradient_checkpointing='maybe': expected auto, true or false") in msg
-    conflict = "cropi.popi.share_prompt=true with cropi.workers.gradient_checkpointing="
-    assert conflict + "auto (use_gpu=True): share_prompt needs the prompt's KV cache" in error(
-        "cropi.popi.share_prompt=true")
-    assert conflict + "True (use_gpu=False)" in error("cropi.popi.share_prompt=true", "cropi.workers.use_gpu=false",
-                                                      "cropi.workers.gradient_checkpointing=true")
-    for ok in [("cropi.popi.share_prompt=true", "cropi.workers.use_gpu=false"),
+    conflict = "cropi.popi.share_prompt=true with cropi.workers.gradient_checkpointing=true: share_prompt needs"
+    assert conflict in error("cropi.popi.share_prompt=true", "cropi.workers.gradient_checkpointing=true")
+    assert conflict in error("cropi.popi.share_prompt=true", "cropi.workers.use_gpu=false",
+                             "cropi.workers.gradient_checkpointing=true")
+    for ok in [("cropi.popi.share_prompt=true",),  # auto: off with share_prompt (worker_plan.resolve_checkpointing)
+               ("cropi.popi.share_prompt=true", "cropi.workers.use_gpu=false"),
                ("cropi.popi.share_prompt=true", "cropi.workers.gradient_checkpointing=false"),
                ("cropi.popi.share_prompt=false",)]:
         assert "share_prompt" not in error(*ok)

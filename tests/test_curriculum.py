@@ -4,6 +4,7 @@ stage-boundary routine's reuse / one-shot / re-draw rules."""
 from __future__ import annotations
 
 import io
+import json
 
 import pytest
 import torch
@@ -12,6 +13,7 @@ from torchdata.stateful_dataloader import StatefulDataLoader
 from cropi_verl.curriculum.boundary import stage_boundary, stage_dir
 from cropi_verl.curriculum.sampler import RankedSubsetSampler
 from cropi_verl.curriculum.schedule import StageSchedule
+from cropi_verl.curriculum.settings import SelectionConfig
 from cropi_verl.curriculum.state import StageState
 from cropi_verl.influence.gradients import parameter_offsets
 from cropi_verl.influence.pipeline import local_featurizer
@@ -114,30 +116,31 @@ def pool():
 def test_boundary_reuses_a_final_selection_and_keeps_one_shot_subsets(tmp_path, pool):
     train, val, featurizer, calls = pool
     sched = StageSchedule(num_stages=2, steps_per_stage=4, fraction=0.2, strategy="influence_oneshot")
-    s0 = stage_boundary(0, 0, sched, train, val, tmp_path, featurizer, {"m": 1})
+    s0 = stage_boundary(0, 0, SelectionConfig(sched, {"m": 1}), train, val, tmp_path, featurizer)
     assert len(calls) == 1 and len(s0.selected_ids) == 6 and s0.stats["n_zero_advantage"] == 6
     assert (stage_dir(tmp_path, 0) / "scores.parquet").is_file()
-    again = stage_boundary(0, 0, sched, train, val, tmp_path, featurizer, {"m": 1})
+    again = stage_boundary(0, 0, SelectionConfig(sched, {"m": 1}), train, val, tmp_path, featurizer)
     assert again == s0 and len(calls) == 1  # a final selection is never recomputed
-    s1 = stage_boundary(1, 4, sched, train, val, tmp_path, featurizer, {"m": 1}, previous=s0)
+    s1 = stage_boundary(1, 4, SelectionConfig(sched, {"m": 1}), train, val, tmp_path, featurizer, previous=s0)
     assert s1.selected_ids == s0.selected_ids and len(calls) == 1
     with pytest.raises(ValueError, match="expected stage 1 at step 8"):
-        stage_boundary(1, 8, sched, train, val, tmp_path, featurizer, {"m": 1}, previous=s0)
+        stage_boundary(1, 8, SelectionConfig(sched, {"m": 1}), train, val, tmp_path, featurizer, previous=s0)
     other = StageSchedule(num_stages=2, steps_per_stage=4, fraction=0.3, strategy="influence_oneshot")
     with pytest.raises(ValueError, match=r"other settings \(fraction=0.2, now 0.3, m=1, now 2, seed=0, now 7\)"):
-        stage_boundary(0, 0, other, train, val, tmp_path, featurizer, {"m": 2}, seed=7)  # never a stale selection
+        stage_boundary(0, 0, SelectionConfig(other, {"m": 2}, seed=7), train, val, tmp_path, featurizer)  # never a stale selection
     assert len(calls) == 1
 
 
 def test_boundary_redraws_random_per_stage_without_gradients(tmp_path, pool):
     train, val, featurizer, calls = pool
     sched = StageSchedule(num_stages=2, steps_per_stage=4, fraction=0.2, strategy="random")
-    a = stage_boundary(0, 0, sched, train, val, tmp_path, featurizer, {}, seed=3)
-    b = stage_boundary(1, 4, sched, train, val, tmp_path, featurizer, {}, previous=a, seed=3)
+    a = stage_boundary(0, 0, SelectionConfig(sched, seed=3), train, val, tmp_path, featurizer)
+    b = stage_boundary(1, 4, SelectionConfig(sched, seed=3), train, val, tmp_path, featurizer, previous=a)
     assert not calls and len(a.selected_ids) == len(b.selected_ids) == 6
     assert a.selected_ids != b.selected_ids and set(a.selected_ids) <= set(train["prompt_id"])
     assert (a.selection_seed, b.selection_seed) == (3, 4)
-    full = stage_boundary(0, 0, StageSchedule(fraction=1.0, strategy="full"), train, val, tmp_path / "f", featurizer, {})
+    full = stage_boundary(0, 0, SelectionConfig(StageSchedule(fraction=1.0, strategy="full")), train, val, tmp_path / "f",
+                          featurizer)
     assert sorted(full.selected_ids) == sorted(train["prompt_id"])
 
 
@@ -153,8 +156,8 @@ def test_every_stage_scores_against_the_same_non_zero_advantage_validation_promp
     sched = StageSchedule(num_stages=3, steps_per_stage=4, fraction=0.2, strategy="cropi")
     state = None
     for stage in range(3):
-        state = stage_boundary(stage, 4 * stage, sched, train, {"v": rollout_table(val_prompts)}, tmp_path,
-                               recording, {"m": 1}, previous=state, seed=5, max_val_prompts=5)
+        state = stage_boundary(stage, 4 * stage, SelectionConfig(sched, {"m": 1}, seed=5, max_val_prompts=5), train,
+                               {"v": rollout_table(val_prompts)}, tmp_path, recording, previous=state)
     val_calls = [ids for ids in seen if min(ids) >= 100 and max(ids) < 112 and len(ids) <= 5]
     assert len(val_calls) == 3 and val_calls[0] == val_calls[1] == val_calls[2]  # drawn once, kept every stage
     assert len(val_calls[0]) == 5 and not {100, 103, 106, 109} & set(val_calls[0])  # after the zero-advantage filter
@@ -168,3 +171,39 @@ def test_stage_dataloader_refuses_a_subset_smaller_than_one_batch():
     assert sorted(sum((list(b) for b in loader), [])) == [0, 3, 5, 7]  # the selected rows, in batches of 2
     with pytest.raises(ValueError, match="stage 1: 4 selected prompts, fewer than the batch size 8; .* lower data.x"):
         stage_dataloader(list(range(10)), 1, [100, 103, 105, 107], 3, ids, 8, lambda b: b, batch_key="data.x")
+
+
+def test_a_stage_made_at_other_weights_is_selected_anew(tmp_path, pool, caplog):
+    """``source`` names the weights (a checkpoint's id): the same id reuses the stage's selection, another id (a rerun
+    from another checkpoint into the same directory) deletes the stage's work and selects again."""
+    train, val, featurizer, calls = pool
+    sched = StageSchedule(num_stages=2, steps_per_stage=4, fraction=0.2, strategy="cropi")
+    first = {"step": 4, "checkpoint_id": "a"}
+    s1 = stage_boundary(1, 4, SelectionConfig(sched, {"m": 1}), train, val, tmp_path, featurizer, source=first)
+    assert len(calls) == 1 and json.loads((stage_dir(tmp_path, 1) / "source.json").read_text()) == first
+    assert stage_boundary(1, 4, SelectionConfig(sched, {"m": 1}), train, val, tmp_path, featurizer, source=first) == s1
+    assert len(calls) == 1  # same weights: reused
+    (stage_dir(tmp_path, 1) / "features" / "stale").write_text("")  # e.g. a shard of the other weights
+    other = {"step": 4, "checkpoint_id": "b"}
+    again = stage_boundary(1, 4, SelectionConfig(sched, {"m": 1}), train, val, tmp_path, featurizer, source=other)
+    assert len(calls) == 2 and "computed at other weights" in caplog.text
+    assert not (stage_dir(tmp_path, 1) / "features" / "stale").exists()
+    assert json.loads((stage_dir(tmp_path, 1) / "source.json").read_text()) == other
+    assert again.selected_ids == s1.selected_ids  # the same weights here: the same selection, recomputed
+
+
+def test_only_the_newest_checkpoints_are_kept_after_a_resume(tmp_path):
+    """verl forgets its saves on a resume and deletes only ``global_step_N/actor``: the trainer keeps the newest
+    ``max_actor_ckpt_to_keep`` whole folders, never the latest, and removes the ones verl emptied."""
+    from cropi_verl.trainer.cropi_trainer import prune_checkpoints
+
+    for n in (2, 4, 6, 8, 10, 12):
+        (tmp_path / f"global_step_{n}" / "actor").mkdir(parents=True)
+        (tmp_path / f"global_step_{n}" / "data.pt").write_text("")
+    (tmp_path / "global_step_10" / "actor").rmdir()  # verl deleted its actor/ and left data.pt
+    (tmp_path / "global_step_x").mkdir()
+    deleted = prune_checkpoints(tmp_path, keep=3, latest=12)
+    assert sorted(p.name for p in deleted) == ["global_step_10", "global_step_2", "global_step_4", "global_step_6"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["global_step_12", "global_step_8", "global_step_x"]
+    assert prune_checkpoints(tmp_path, keep=1, latest=8) == []  # the latest (resumed from) is kept though older
+    assert prune_checkpoints(tmp_path, keep=None, latest=12) == []

@@ -17,7 +17,8 @@ ROOT = Path(__file__).resolve().parents[1]
 ENTRY_POINTS = {
     "cropi_verl.trainer.main": (["-m", "cropi_verl.trainer.main"],
                                 ["cropi.strategy=cropi", "cropi.num_stages=10", "cropi.steps_per_stage=100",
-                                 "cropi.train_rollouts", "cropi.val_rollouts", "+verl_cpu=tiny", "example"]),
+                                 "cropi.train_rollouts", "cropi.val_rollouts", "+device=cpu", "+verl_cpu=tiny",
+                                 "example"]),
     "cropi_verl.local.main": (["-m", "cropi_verl.local.main"],
                               ["preset=default", "preset=quick", "run_name=tiny_cpu", "methods=", "repeats=1",
                                "curriculum.num_stages=6", "eval.k=16", "examples"]),
@@ -36,6 +37,8 @@ ENTRY_POINTS = {
     "gpu_pass_check": (["scripts/gpu_pass_check.py"], ["--tiny", "--pytest", "--out", "example"]),
     "config_reference": (["scripts/config_reference.py"], ["--check", "--write", "examples"]),
     "bench_verl_cpu": (["scripts/bench_verl_cpu.py"], ["--steps", "--batch", "(default: 10)"]),
+    "bench_pool_shipping": (["scripts/bench_pool_shipping.py"], ["--prompts", "--baseline-prompts", "(default: 55000)"]),
+    "cropi_verl.verl_cpu.recipe_inputs": (["-m", "cropi_verl.verl_cpu.recipe_inputs"], ["--raw-dir", "--where"]),
 }
 ENTRY_POINTS = {name: e for name, e in ENTRY_POINTS.items() if e[0][0] == "-m" or (ROOT / e[0][0]).is_file()}
 

@@ -3,6 +3,7 @@ the in-process computation at the weights sent with ``update_weights``."""
 
 from __future__ import annotations
 
+import socket
 from dataclasses import asdict
 
 import pytest
@@ -34,6 +35,10 @@ def test_one_and_two_workers_are_bit_identical(tmp_path, ray_session):
     for n in (1, 2):
         group = InfluenceWorkerGroup(n, threads=1, name_prefix=f"test{n}")
         try:
+            if n == 1:  # a checkpoint this worker's node cannot read: one line with its node and the path
+                with pytest.raises(FileNotFoundError, match=rf"influence worker 0 on node {socket.gethostname()}: "
+                                                            rf"cannot read the policy at {tmp_path}/global_step_4"):
+                    group.init_model(str(tmp_path / "global_step_4"), {"k": 64}, {}, PAD)
             manifest = group.init_model(str(tmp_path / "policy"), {"method": "sparse_jl", "k": 64, "seed": 3}, {}, PAD)
             results[n] = group.update_weights(current)(prompts)
         finally:

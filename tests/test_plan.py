@@ -7,6 +7,8 @@ import json
 import subprocess
 import sys
 
+from dataclasses import replace
+
 import pytest
 import torch
 from transformers import Qwen2Config, Qwen2ForCausalLM
@@ -44,11 +46,13 @@ def test_plan_by_hand():
     assert (m.layer_params(), m.params(), m.largest_param()) == (512, 1192, 160)
     r = RecipeShape(n_gpus=2, max_prompt_length=4, max_response_length=6, responses_per_prompt=8, train_batch_size=4,
                     ppo_max_token_len_per_gpu=30, gpu_memory_utilization=0.5)
-    w = WorkerSettings("bf16", True, micro_batch_tokens=16, logit_chunk_tokens=5, stream_buffer=100, projection_k=8)
+    w = WorkerSettings("bf16", True, micro_batch_tokens=16, logit_chunk_tokens=5, stream_buffer=100, projection_k=8,
+                       offload_actor=False)
     gpu = GpuSpec(memory_bytes=40000, peak_flops=1e6, mfu=0.5, margin=0.1)
     p = plan(m, r, w, gpu)
     # actor: 16*1192/2 = 9536; T = 30: inputs 30*8*2*2 = 960, one layer 30*(16*8 + 3*12)*2 = 9840, logits 30*20*4 = 2400
-    assert p.memory["actor"] == 9536 + 960 + 9840 + 2400 == 22736
+    # (not offloaded: its training peak stays resident through the pass, cached logits included)
+    assert p.memory["actor"] == p.training == 9536 + 960 + 9840 + 2400 == 22736
     assert p.memory["rollout (asleep)"] == 0 and p.rollout_awake == 20000
     # worker: (1192 + 160)*2 = 2704 weights + largest grad; staging min(100, 1192)*4 = 400; a micro-batch holds
     # 16 // (4 + 6) = 1 row, 10 tokens: inputs 10*8*2*2 = 320 + one layer 10*164*2 = 3280; logits 3*4*20*min(5, 6)
@@ -60,7 +64,12 @@ def test_plan_by_hand():
     assert p.update_seconds_per_step == pytest.approx(8 * 1192 * (4 * 8 * 10) / 2 / 5e5)
     assert p.total == 30736 and p.fits() == (True, [])  # <= 0.9 * 40000
     ok, reasons = p.fits(34000)  # 0.9 * 34000 = 30600 < 30736
-    assert not ok and "90% of" in reasons[0] and "largest component: actor" in reasons[1]
+    assert not ok and "90% of" in reasons[0] and "largest component: actor" in reasons[1] and len(reasons) == 2
+    offloaded = plan(m, r, replace(w, offload_actor=True), gpu)  # the actor's states leave the GPU for the pass
+    assert offloaded.memory["actor"] == 0 and offloaded.total == 8000 and offloaded.training == 22736
+    assert offloaded.fits(34000) == (True, [])
+    ok, reasons = offloaded.fits(25000)  # 0.9 * 25000 = 22500: the pass fits, the training peak does not
+    assert not ok and reasons == ["the actor's training peak 0.0 GiB > 0.0 GiB (90% of 0.0 GiB)"]
 
 
 def test_plan_without_checkpointing_fp32_shared_prompt():
@@ -86,7 +95,7 @@ def test_plan_from_files_and_format(tmp_path):
     tight = plan_from_files(tmp_path, recipe, gpu=GpuSpec(memory_bytes=1000))
     assert "DOES NOT FIT" in format_plan(tight)[5]
     cpu_workers = plan_from_files(tmp_path, recipe, WorkerSettings(on_gpu=False))
-    assert cpu_workers.memory["influence worker"] == 0 and cpu_workers.memory["actor"] == by_dir.memory["actor"]
+    assert cpu_workers.memory["influence worker"] == 0 and cpu_workers.training == by_dir.training
 
 
 @pytest.mark.parametrize("name, config", [
@@ -151,3 +160,26 @@ def test_gpu_pass_check_records_a_failing_pass(monkeypatch):
     part = check.run_pass("tiny", tiny=True, budget_s=60)
     assert part["error"] == "RuntimeError: CUDA out of memory" and not part["features_ok"]
     assert part["warmup_s"] is None and part["plan_worker_bytes"] > 0 and not check.part_ok(part)
+
+
+def test_auto_checkpointing_is_off_exactly_where_the_plan_fits_without_it(tmp_path):
+    """``cropi.workers.gradient_checkpointing=auto`` on GPU workers: off when the boundary's plan without it fits
+    ``cropi.gpu_memory_gb`` (90%), on when it does not; off on CPU workers and with share_prompt, as set otherwise."""
+    from demo_helpers import compose_config
+    from omegaconf import OmegaConf
+
+    from cropi_verl.trainer.worker_plan import config_plan, resolve_checkpointing, worker_settings
+
+    Qwen2Config(**dict(SMALL, tie_word_embeddings=False)).save_pretrained(tmp_path)
+    cfg = compose_config("cropi_trainer", f"actor_rollout_ref.model.path={tmp_path}", "data.max_prompt_length=4",
+                         "data.max_response_length=6", "actor_rollout_ref.actor.ppo_max_token_len_per_gpu=30")
+    cropi = OmegaConf.to_container(cfg.cropi, resolve=True)
+    need = config_plan(cfg, worker_settings(cropi, True, False)).total / 0.9 / (1 << 30)  # GiB it just fits in
+    for gb, on in ((need * 1.01, False), (need * 0.99, True)):
+        cfg.cropi.gpu_memory_gb = gb
+        assert resolve_checkpointing(cfg, cropi, True)[0] is on, gb
+    assert resolve_checkpointing(cfg, cropi, False) == (False, "auto: CPU workers")
+    shared = cropi | {"popi": cropi["popi"] | {"share_prompt": True}}
+    assert resolve_checkpointing(cfg, shared, True)[0] is False
+    forced = cropi | {"workers": cropi["workers"] | {"gradient_checkpointing": False}}
+    assert resolve_checkpointing(cfg, forced, True) == (False, "cropi.workers.gradient_checkpointing=False")

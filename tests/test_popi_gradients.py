@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 
 import pytest
 import torch
@@ -256,3 +257,34 @@ def test_popi_on_cuda_matches_the_cpu_reference(buffer):
     model.cpu()
     for pr, feat in zip(prompts, res.features):
         torch.testing.assert_close(feat, proj.project(reference_gradient(model, pr)), rtol=1e-4, atol=1e-6)
+
+
+@pytest.mark.parametrize("merge", [True, False])
+def test_drift_meter_against_a_hand_computed_ess(merge):
+    """Behaviour log-probs = the model's own (a direct HF forward) minus c_k per token: the sequence-level log ratio of
+    response k is c_k |y_k|, its token ratios exp(c_k), so ESS/K = (sum w)^2 / (K sum w^2) with w_k = exp(c_k |y_k|)
+    and w_k = exp(c_k); the largest token ratio is exp(max c_k). At beta itself (c = 0) all three are 1."""
+    import numpy as np
+
+    model = tiny_model()
+    base = make_prompts(3, k=4, duplicates=True)  # identical responses: merged into one row, each copy its own ratio
+    offsets = [[0.0, 0.3, -0.2, 0.1], [0.0, 0.0, 0.0, 0.0], [0.5, -0.5, 0.25, 0.0]]
+    prompts = []
+    for p, c in zip(base, offsets):
+        beh = []
+        for r, ck in zip(p.responses, c):
+            ids = torch.tensor([list(p.prompt_ids) + list(r)])
+            logp = torch.log_softmax(model(ids).logits[0].double(), -1)  # position t predicts token t + 1
+            own = [float(logp[len(p.prompt_ids) - 1 + t, tok]) for t, tok in enumerate(r)]
+            beh.append([x - ck for x in own])
+        prompts.append(replace(p, behaviour_logprobs=beh))
+    _, dim = parameter_offsets(model)
+    res = popi_features(model, prompts, make_projector("sparse_jl", dim, k=16), PAD,
+                        PopiConfig(merge_duplicates=merge))
+    assert res.prompt_ids == [p.prompt_id for p in prompts]
+    for row, p, c in zip(res.drift.numpy(), prompts, offsets):
+        lengths, c = np.array([len(r) for r in p.responses]), np.array(c)
+        ess = lambda w: w.sum() ** 2 / (w * w).sum() / len(w)  # noqa: E731
+        expected = [ess(np.exp(c * lengths)), ess(np.exp(c)), np.exp(c.max())]
+        assert row == pytest.approx(expected, rel=1e-5, abs=1e-6)
+    assert res.drift[1].tolist() == pytest.approx([1.0, 1.0, 1.0], abs=1e-6)  # at beta

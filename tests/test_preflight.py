@@ -8,6 +8,7 @@ import json
 import math
 from dataclasses import replace
 
+import pandas as pd
 import torch
 from transformers import AutoTokenizer
 
@@ -142,10 +143,11 @@ def test_the_memory_plan_is_printed_after_the_disk_plan(tmp_path):
     out = run_script("preflight.py", *_args(tmp_path, train, f"actor_rollout_ref.model.path={policy}",
                                             "data.max_prompt_length=64", "data.max_response_length=32"))
     lines = out.stdout.splitlines()
-    start = lines.index("memory plan per GPU (22,144 parameters):")  # the meta-device count of the tiny policy
+    start = lines.index("memory plan per GPU (22,144 parameters), at a boundary:")  # the tiny policy's meta count
     assert start > max(i for i, line in enumerate(lines) if line.startswith("disk plan:"))
     assert [line.split()[0] for line in lines[start + 1 : start + 5]] == ["actor", "rollout", "influence", "total"]
     assert "of 80.0 GiB" in lines[start + 4] and "fits (margin 10%)" in lines[start + 5]
+    assert "influence workers: bfloat16 on GPUs, gradient checkpointing off (auto: the plan fits (" in out.stdout
     assert "preflight: ok" in out.stdout
 
 
@@ -156,11 +158,12 @@ def test_a_plan_that_cannot_fit_is_refused(tmp_path):
                                             "cropi.gpu_memory_gb=0.001"), check=False)
     assert out.returncode == 1 and "preflight: 1 problem(s)" in out.stderr
     (line,) = [line for line in out.stderr.splitlines() if line.startswith("  - ")]
-    assert line.startswith("  - memory plan: does not fit cropi.gpu_memory_gb=0.001: actor ")
-    for part in ("influence worker", "largest component: actor",
+    assert line.startswith("  - memory plan: does not fit cropi.gpu_memory_gb=0.001: at a boundary actor 0.0 ")
+    for part in ("influence worker", "largest component: influence worker", "the actor's training peak",
                  "lower actor_rollout_ref.actor.ppo_max_token_len_per_gpu", "cropi.popi.micro_batch_tokens"):
         assert part in line, part
     assert "DOES NOT FIT" in out.stdout
+    assert "gradient checkpointing on (auto: the plan needs it (" in out.stdout  # it does not fit without it either
 
 
 def test_rollouts_with_log_probs_of_another_dtype_are_refused(tmp_path):
@@ -205,3 +208,27 @@ def test_a_mistyped_override_is_one_line():
     assert line.startswith("error: bad override cropi.fractoin: cropi has unknown keys ['fractoin']: expected "
                            "['train_rollouts', 'val_rollouts', ")  # no advice to add it with "+"
     assert line.endswith("'workers']  (CROPI_DEBUG=1 shows the traceback)")
+
+
+def test_a_reward_that_fails_or_misscores_a_data_source_and_a_relative_dir_on_nodes_are_refused(tmp_path):
+    """verl's default reward (``reward.custom_reward_function.path=null``) raises for the embedded task's sources and
+    scores ``aime24`` -1 / +1 (math_dapo): both named with their file. Several nodes need an absolute, shared
+    ``trainer.default_local_dir``. The shipped config (``pkg://cropi_verl.rewards``) scores every source 1 / 0."""
+    train = _setup(tmp_path)
+    val = pd.read_parquet(train).iloc[:3].assign(data_source=["aime24", "gsm8k", "math500"])
+    val.to_parquet(tmp_path / "val.parquet")
+    args = list(_args(tmp_path, train))
+    args[1] = f"data.val_files={tmp_path / 'val.parquet'}"
+    good = run_script("preflight.py", *args)
+    assert ("reward: pkg://cropi_verl.rewards:compute_score scores 1 / 0 on every data source (aime24, cropi_toy/add, "
+            "cropi_toy/max, cropi_toy/mul, cropi_toy/rev, cropi_toy/sub, gsm8k, math500)") in good.stdout
+    bad = run_script("preflight.py", *args, "reward.custom_reward_function.path=null", "trainer.nnodes=2",
+                     "trainer.default_local_dir=ckpt/run", check=False)
+    assert bad.returncode == 1
+    assert (f"data_source 'aime24' ({tmp_path / 'val.parquet'}): the reward (verl's default_compute_score) scores a "
+            "right answer 1.0 and a wrong one -1.0, expected 1.0 and 0.0") in bad.stderr
+    assert (f"data_source 'cropi_toy/add' ({train}): the reward (verl's default_compute_score) raised "
+            "NotImplementedError") in bad.stderr
+    assert f"data_source 'gsm8k' ({tmp_path / 'val.parquet'}): the reward (verl's default_compute_score) raised" \
+        in bad.stderr  # verl knows GSM8K as openai/gsm8k only
+    assert "trainer.default_local_dir=ckpt/run: with trainer.nnodes=2 it must be an absolute path" in bad.stderr

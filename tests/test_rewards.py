@@ -47,3 +47,26 @@ def test_other_sources_fall_back_to_verl_default():
     assert compute_score("math_dapo", "so Answer: 71", "72") == -1.0
     with pytest.raises(NotImplementedError):
         compute_score("no_such_source", "\\boxed{1}", "1")
+
+
+def test_a_verifier_failure_is_not_a_wrong_answer(monkeypatch):
+    """math-verify timing out (a stand-in for its own TimeoutException: nothing here can make sympy hang on cue) is a
+    ``VerifierError`` for verl (which then counts the group as failed) and a NaN for the collection and evaluation
+    (dropped and counted), never a 0.0; a response math-verify cannot parse is a wrong answer."""
+    import math
+
+    import math_verify
+    from math_verify.errors import TimeoutException
+
+    from cropi_verl.rewards import VerifierError, score_or_nan
+
+    assert compute_score("gsm8k", "\\boxed{\\frac{1}{", "10") == 0.0
+
+    def timed_out(*args, **kwargs):
+        raise TimeoutException("Operation timed out!")
+
+    monkeypatch.setattr(math_verify, "parse", timed_out)
+    with pytest.raises(VerifierError, match="math-verify timed out"):
+        compute_score("gsm8k", "\\boxed{10}", "10")
+    assert math.isnan(score_or_nan("gsm8k", "\\boxed{10}", "10"))
+    assert score_or_nan("cropi_toy/add", "\\boxed{10}", "10") == 1.0  # the toy check does not use math-verify

@@ -116,7 +116,8 @@ def test_empty_and_nan_are_flagged_not_scored():
     assert row["n_valid"] == 2 and row["pass_rate"] == 0.5 and row["reward_std"] == 0.5
     assert row["truncated"] == [False, False, False, True]
     (pr,) = to_prompt_rollouts(pd.DataFrame([row]))
-    assert pr.rewards == [1.0, 0.0] and pr.responses == [[8, eos], [9]]
+    assert pr.rewards == [1.0, 0.0] and [r.tolist() for r in pr.responses] == [[8, eos], [9]]
+    assert all(r.dtype == np.int64 for r in pr.responses) and pr.behaviour_logprobs[0].dtype == np.float64
 
 
 def test_vllm_output_conversion_on_hand_built_objects():
@@ -222,3 +223,24 @@ def test_records_hold_arrays_with_the_plain_list_parquet_types():
     plain = dict(row, prompt_token_ids=[1, 2], response_ids=[[4, 5, 2]], logprobs=[[-1.0, -2.0, -0.5]])
     schema = lambda r: pa.Table.from_pandas(pd.DataFrame([r], columns=list(RECORD_COLUMNS))).schema.remove_metadata()  # noqa: E731
     assert schema(row) == schema(plain)
+
+
+def test_verifier_failures_are_dropped_and_counted_and_too_many_stop_the_collection(setup, tmp_path, monkeypatch):
+    """A response the verifier fails on gets a NaN reward (flagged, never scored); a shard where more than the allowed
+    share fails is not written and the collection stops with one error. The verifier's failure is a stand-in
+    (``score_or_nan`` returning NaN for every third response): it shows the collection's handling only."""
+    import cropi_verl.rollout.collect as collect
+
+    policy, prompts = setup
+    tok = AutoTokenizer.from_pretrained(policy)
+    calls = iter(range(10**6))
+    monkeypatch.setattr(collect, "score_or_nan", lambda *a: float("nan") if next(calls) % 3 == 0 else 1.0)
+    cfg = CollectConfig(model=str(policy), input=str(prompts), n=3, max_new_tokens=4, shard_size=6)
+    fake = lambda ps, seed: [[Response([5, tok.eos_token_id], "x", [-1.0, -1.0], False)] * 3 for _ in ps]  # noqa: E731
+    with pytest.raises(collect.VerifierFailures, match=r"shard 0: the verifier \(math-verify\) failed on 6 of 18"):
+        collect_rollouts(cfg, tmp_path / "strict", fake, tok, progress=False)
+    assert not (tmp_path / "strict" / "shards").exists()  # nothing half-decided is kept
+    path = collect_rollouts(cfg, tmp_path / "lenient", fake, tok, progress=False, max_verifier_failures=0.5)
+    flags = pd.read_parquet(path)["flag"]
+    assert [list(f) for f in flags[:2]] == [["nan_reward", "", ""]] * 2  # every third response, in order
+    assert json.loads((tmp_path / "lenient" / "manifest.json").read_text())["n_flagged_responses"] == 24 * 3 // 3

@@ -99,10 +99,15 @@ def test_boundary_weights_must_be_real_hf_weights(tmp_path):
 # ----- CROPITrainer inside verl's real fit() on CPU -----------------------------------------------------------------
 class FakeActorWG:
     """Stands in for the FSDP actor worker group: saves the HF model as verl's hf_model checkpoint does (weights in
-    ``actor/huggingface``) and records the steps it saved. It has no optimizer, so it cannot show the LR itself."""
+    ``actor/huggingface``) and records the steps it saved, and the offloads (``to``) it was asked for into ``events``.
+    It has no optimizer and moves nothing, so it cannot show the LR itself nor what an offload frees (the verl-CPU
+    run's trace shows the real worker group's ``to`` around every pass)."""
 
-    def __init__(self, model):
-        self.model, self.saved = model, []
+    def __init__(self, model, events: list):
+        self.model, self.saved, self.events = model, [], events
+
+    def to(self, device, model=True, optimizer=True, grad=True):
+        self.events.append(("to", device, model, optimizer))
 
     def save_checkpoint(self, local_path, hdfs_path=None, global_step=0, max_ckpt_to_keep=None):
         self.model.save_pretrained(Path(local_path) / "huggingface")
@@ -222,13 +227,50 @@ def _run(recipe, ckpt: Path, monkeypatch, kill_at_boundary=None):
     t = _fit_trainer_cls()(cfg)
     t.events, t.batches, t.logged, t.kill_at_boundary = [], [], {}, kill_at_boundary
     t.checkpoint_manager = RecordingCheckpointManager(t.events)
-    actor = FakeActorWG(AutoModelForCausalLM.from_pretrained(policy))
+    actor = FakeActorWG(AutoModelForCausalLM.from_pretrained(policy), t.events)
     try:
         _init_as_verl(t, actor)
         t.fit(agent_loop_manager=None)
     except Killed:
         t._close_influence()  # a real kill ends the process and its workers with it
     return t, actor
+
+
+def test_the_verl_internals_the_trainer_relies_on_are_checked():
+    """The installed verl passes; a verl without a piece, or calling hooks in another order, is one line naming it."""
+    from verl.trainer.main_ppo import TaskRunnerV1
+    from verl.trainer.ppo.v1.trainer_sync import PPOTrainerSync
+    from verl.workers.engine_workers import ActorRolloutRefWorker
+
+    from cropi_verl.trainer.verl_contract import check_verl, contract_problem
+
+    check_verl()
+    ok = ("0.9.1", PPOTrainerSync, ActorRolloutRefWorker, TaskRunnerV1)
+    assert contract_problem(*ok) is None
+    assert "verl 0.10.0 is installed" in contract_problem("0.10.0", *ok[1:])
+
+    class Renamed(PPOTrainerSync):
+        _consume_sync_metrics = None  # as if verl renamed it
+
+    assert contract_problem("0.9.1", Renamed, *ok[2:]) == "Renamed._consume_sync_metrics is missing"
+
+    class Reordered(PPOTrainerSync):
+        def fit(self):
+            self.step({}, {})
+            self.on_step_end()
+            self._save_checkpoint()
+            self._consume_sync_metrics()
+
+    assert contract_problem("0.9.1", Reordered, *ok[2:]) == (
+        "Reordered.fit no longer calls step, _save_checkpoint, on_step_end, _consume_sync_metrics in this order")
+
+    class NoIterator(PPOTrainerSync):
+        def _init_dataloader(self):
+            self.train_dataloader = None
+
+    assert contract_problem("0.9.1", NoIterator, *ok[2:]) == (
+        "NoIterator._init_dataloader no longer sets self.train_dataloader_it")
+    assert "modified_class" in contract_problem("0.9.1", PPOTrainerSync, ActorRolloutRefWorker, object)
 
 
 def test_init_order_the_trainer_relies_on_is_verls():
@@ -248,8 +290,9 @@ def test_fit_passes_run_while_replicas_sleep_and_a_boundary_resume_matches(recip
     assert [(p[1], p[2]) for p in passes] == [(0, False), (2, False)]  # never while a replica is awake
     assert passes[0][3] == str(policy)  # stage 0 scores the initial weights, not a global_step_1 copy of them
     assert passes[1][3] == str(tmp_path / "a" / "global_step_2" / "actor" / "huggingface")
-    i = a.events.index(passes[1])
-    assert a.events[i - 2:i] == [("sleep",), ("train", 2)] and a.events[i + 1] == ("wake", 2)
+    i = a.events.index(passes[1])  # the actor's optimizer state, then its parameters, leave the GPU for the pass
+    assert a.events[i - 4:i] == [("sleep",), ("train", 2), ("to", "cpu", False, True), ("to", "cpu", True, False)]
+    assert a.events[i + 1:i + 3] == [("to", "device", True, True), ("wake", 2)]
     assert [e[1] for e in a.events if e[0] == "train"] == [1, 2, 3, 4] and actor_a.saved == [1, 2, 3, 4]
     assert (tmp_path / "a" / "latest_checkpointed_iteration.txt").read_text().strip() == "4"
     assert a.influence_group is None  # closed after the last step (fit() returns without on_train_end)

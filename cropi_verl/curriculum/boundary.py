@@ -12,6 +12,11 @@ It decides the stage's subset and returns its ``StageState``:
 
 Then ``state.json`` is written atomically; it is the last thing written, so a kill before it redoes (and resumes)
 the stage's work and a kill after it reuses it.
+
+``source`` names the weights the stage is selected at (the verl trainer: the initial model, or the id of the
+checkpoint saved at the boundary). It is written first, into ``stage_<s>/source.json``; a stage directory made at
+other weights (a rerun with ``resume_mode=disable``, or from an earlier checkpoint, in the same directory) is
+deleted, with a warning, and the stage is selected anew: its selection and features are never reused.
 """
 
 from __future__ import annotations
@@ -19,6 +24,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import shutil
 import time
 from pathlib import Path
 from typing import Callable, Iterable, Mapping
@@ -27,11 +33,11 @@ import numpy as np
 import pandas as pd
 
 from cropi_verl.curriculum.influence_pass import influence_pass, pool_for_selection
-from cropi_verl.curriculum.schedule import StageSchedule
+from cropi_verl.curriculum.settings import SelectionConfig
 from cropi_verl.curriculum.state import StageState
 from cropi_verl.influence.pipeline import Featurizer
 from cropi_verl.influence.selection import select
-from cropi_verl.utils.atomic import atomic_write_parquet
+from cropi_verl.utils.atomic import atomic_write_json, atomic_write_parquet
 from cropi_verl.utils.faults import kill_point
 
 log = logging.getLogger(__name__)
@@ -39,6 +45,19 @@ log = logging.getLogger(__name__)
 
 def stage_dir(curriculum_dir: str | Path, stage: int) -> Path:
     return Path(curriculum_dir) / f"stage_{stage:03d}"
+
+
+def start_clean_unless_from(out: Path, source: dict) -> None:
+    """``out`` (a stage directory) holds work from the weights ``source`` only: a directory from other weights, or
+    without ``source.json``, is deleted first (a warning names both); then ``source.json`` records ``source``."""
+    record = out / "source.json"
+    recorded = json.loads(record.read_text()) if record.is_file() else None
+    if recorded == source:
+        return
+    if out.exists():
+        log.warning("%s was computed at other weights (%s; now %s): selecting this stage anew", out, recorded, source)
+        shutil.rmtree(out)
+    atomic_write_json(source, record)
 
 
 def check_rollout_ids(train_rollouts: pd.DataFrame, prompt_ids: Iterable[int], label: str) -> None:
@@ -50,39 +69,37 @@ def check_rollout_ids(train_rollouts: pd.DataFrame, prompt_ids: Iterable[int], l
                          f"{unknown[:5]}); were the rollouts collected from another dataset?")
 
 
-def selection_settings(schedule: StageSchedule, train: pd.DataFrame, val: Mapping[str, pd.DataFrame], manifest: dict,
-                       seed: int, metric: str, max_val_prompts: int) -> dict:
+def selection_settings(cfg: SelectionConfig, train: pd.DataFrame, val: Mapping[str, pd.DataFrame]) -> dict:
     """What decides a stage's selection, besides the policy: the schedule, the seeds and scoring settings, the pool
     (its prompt ids, hashed), the validation sets, and the feature stores' manifest (model, projector, POPI)."""
     pool = hashlib.sha256(np.ascontiguousarray(train["prompt_id"].to_numpy(np.int64)).tobytes()).hexdigest()[:16]
-    settings = {"fraction": schedule.fraction, "rescore": schedule.rescore, "seed": seed, "metric": metric,
-                "max_val_prompts": max_val_prompts, "pool": pool, "val_sets": sorted(val), **manifest}
+    settings = {"fraction": cfg.schedule.fraction, "rescore": cfg.schedule.rescore, "seed": cfg.seed,
+                "metric": cfg.metric, "max_val_prompts": cfg.max_val_prompts, "pool": pool, "val_sets": sorted(val),
+                **cfg.manifest}
     return json.loads(json.dumps(settings, default=str))  # as state.json will hold it
 
 
 def stage_boundary(
     stage: int,
     step: int,
-    schedule: StageSchedule,
+    cfg: SelectionConfig,
     train: pd.DataFrame,
     val: Mapping[str, pd.DataFrame],
     curriculum_dir: str | Path,
     featurizer: Callable[[], Featurizer],
-    manifest: dict,
     previous: StageState | None = None,
-    seed: int = 0,
-    metric: str = "cosine",
-    max_val_prompts: int = 100,
-    shard_size: int = 256,
-    progress: bool = False,
+    source: dict | None = None,
 ) -> StageState:
     """The subset for stage ``stage`` starting at global step ``step`` (see the module docstring).
 
-    ``train``/``val`` are offline rollout tables; ``manifest`` identifies the feature stores (model, projector,
-    POPI settings); ``model_step`` is added here.
+    ``train``/``val`` are offline rollout tables; ``cfg.manifest`` identifies the feature stores (model, projector,
+    POPI settings); ``model_step`` is added here. ``source``: the weights' identity (None: not checked).
     """
     out = stage_dir(curriculum_dir, stage)
-    settings = selection_settings(schedule, train, val, manifest, seed, metric, max_val_prompts)
+    if source is not None:
+        start_clean_unless_from(out, source)
+    schedule = cfg.schedule
+    settings = selection_settings(cfg, train, val)
     if (out / "state.json").is_file():
         state = StageState.load(out / "state.json")
         if state.stage != stage or state.start_step != step or state.strategy != schedule.strategy:
@@ -97,19 +114,18 @@ def stage_boundary(
         log.info("stage %d: selection already final (%d prompts), reusing %s", stage, len(state.selected_ids), out)
         return state
     t0 = time.time()
-    sel_seed = seed + stage
+    sel_seed = cfg.stage_seed(stage)
     stats: dict = {"n_pool": len(train)}
     score_file = None
     if schedule.needs_pass(stage):
-        res = influence_pass(featurizer(), train, val, out / "features", manifest | {"model_step": step},
-                             schedule.select_strategy, schedule.fraction, sel_seed, metric, max_val_prompts,
-                             shard_size, progress, val_seed=seed)
+        res = influence_pass(featurizer(), train, val, out / "features", cfg, stage=stage,
+                             manifest=cfg.manifest | {"model_step": step})
         score_file = str(atomic_write_parquet(res.scores, out / "scores.parquet"))
         kill_point("scores_written")
         selected = res.selection.prompt_ids.tolist()
         stats |= {"n_zero_advantage": res.n_zero_advantage, "n_nonfinite": res.n_nonfinite,
                   "n_excluded_responses": res.n_excluded, "shortfall": res.selection.shortfall,
-                  "pass_seconds": res.seconds}
+                  "pass_seconds": res.seconds, "drift": res.drift}
     elif schedule.uses_influence:
         if previous is None:
             raise ValueError(f"stage {stage}: one-shot influence needs the previous stage's state")
@@ -117,7 +133,7 @@ def stage_boundary(
     else:
         selected = select(schedule.select_strategy, pool_for_selection(train), schedule.fraction, sel_seed).prompt_ids.tolist()
     stats["seconds"] = round(time.time() - t0, 3)
-    state = StageState(stage, step, schedule.strategy, [int(i) for i in selected], sel_seed, seed * 1000 + stage,
+    state = StageState(stage, step, schedule.strategy, [int(i) for i in selected], sel_seed, cfg.seed * 1000 + stage,
                        score_file, stats, settings)
     state.save(out / "state.json")
     log.info("stage %d (step %d): %s selected %d of %d prompts in %.1fs", stage, step, schedule.strategy,

@@ -9,6 +9,7 @@ refused. The gradients come from a ``Featurizer``: in process (``local_featurize
 from __future__ import annotations
 
 import logging
+import math
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -16,8 +17,17 @@ from typing import Mapping
 
 import numpy as np
 import pandas as pd
+import torch
 
-from cropi_verl.influence.gradients import PopiConfig, PopiResult, PromptRollouts, is_zero_advantage, validation_gradient
+from cropi_verl.curriculum.settings import SelectionConfig
+from cropi_verl.influence.gradients import (
+    DRIFT_COLUMNS,
+    PopiConfig,
+    PopiResult,
+    PromptRollouts,
+    is_zero_advantage,
+    validation_gradient,
+)
 from cropi_verl.influence.pipeline import Featurizer, features_into_store
 from cropi_verl.influence.projection import Projector
 from cropi_verl.influence.scoring import influence_scores
@@ -27,6 +37,7 @@ from cropi_verl.rollout.records import excluded_responses, to_prompt_rollouts
 from cropi_verl.utils.draw import seeded_subset
 
 log = logging.getLogger(__name__)
+ESS_LOW = 0.25  # a prompt whose sequence-level ESS/K is below this: few of its responses carry the weight
 
 
 @dataclass
@@ -37,6 +48,7 @@ class InfluencePass:
     n_nonfinite: int
     n_excluded: int  # responses of the pool excluded (empty or non-finite reward: ``records.usable_responses``)
     seconds: dict[str, float] = field(default_factory=dict)  # val_features, pool_features, scoring
+    drift: dict[str, float] = field(default_factory=dict)  # ``drift_summary`` of the scored pool prompts
 
 
 def pool_for_selection(train: pd.DataFrame, scores: Mapping[str, np.ndarray] | None = None) -> SelectionPool:
@@ -69,26 +81,23 @@ def influence_pass(
     train: pd.DataFrame,
     val: Mapping[str, pd.DataFrame],
     store_root: str | Path,
-    manifest: dict,
-    strategy: str = "cropi",
-    fraction: float = 0.1,
-    seed: int = 0,
-    metric: str = "cosine",
-    max_val_prompts: int = 100,
-    shard_size: int = 256,
-    progress: bool = False,
-    val_seed: int = 0,
+    cfg: SelectionConfig,
+    stage: int = 0,
+    manifest: dict | None = None,
 ) -> InfluencePass:
-    """Features, scores and selection at the policy ``featurize`` runs (see the module docstring); ``seed`` breaks
-    the selection's ties, ``val_seed`` draws the validation prompts (``validation_prompts``). A pool of which no
-    prompt can be scored is a ``ValueError`` that names the cause (``nothing_scored``)."""
+    """Features, scores and selection at the policy ``featurize`` runs (see the module docstring), selecting with
+    ``cfg.schedule``'s strategy and fraction and ``cfg.stage_seed(stage)`` (ties); the validation prompts are drawn
+    with ``cfg.seed`` (``validation_prompts``). ``manifest``: the feature stores' (default ``cfg.manifest``). A pool
+    of which no prompt can be scored is a ``ValueError`` that names the cause (``nothing_scored``)."""
+    manifest = cfg.manifest if manifest is None else manifest
     root = Path(store_root)
     val_grads = {}
     t0 = time.perf_counter()
     for name, frame in val.items():
-        prompts = validation_prompts(frame, max_val_prompts, val_seed)
-        ids, feats, _ = features_into_store(
-            featurize, prompts, FeatureStore(root / f"val_{name}", manifest | {"set": name}), shard_size, progress,
+        prompts = validation_prompts(frame, cfg.max_val_prompts, cfg.seed)
+        ids, feats, _, _ = features_into_store(
+            featurize, prompts, FeatureStore(root / f"val_{name}", manifest | {"set": name}), cfg.shard_size,
+            cfg.progress,
         )
         try:
             val_grads[name] = validation_gradient(PopiResult(ids.tolist(), feats))
@@ -96,15 +105,16 @@ def influence_pass(
             raise ValueError(f"validation set {name!r}: {e} ({len(frame)} prompts, {len(prompts)} with a non-zero "
                              "advantage)") from None
     t1 = time.perf_counter()
-    ids, feats, skipped = features_into_store(
-        featurize, to_prompt_rollouts(train), FeatureStore(root / "train", manifest | {"set": "train"}), shard_size, progress
+    ids, feats, skipped, drift = features_into_store(
+        featurize, to_prompt_rollouts(train), FeatureStore(root / "train", manifest | {"set": "train"}),
+        cfg.shard_size, cfg.progress,
     )
     t2 = time.perf_counter()
     n_zero, n_nonfinite = len(skipped.get("zero_advantage", [])), len(skipped.get("nonfinite", []))
     n_excluded = excluded_responses(train)
     if not len(ids):
         raise ValueError(nothing_scored(train, n_zero, n_nonfinite, n_excluded))
-    per_set = influence_scores(feats, val_grads, metric)
+    per_set = influence_scores(feats, val_grads, cfg.metric)
     pos = {int(p): i for i, p in enumerate(train["prompt_id"])}
     table = pd.DataFrame({"prompt_id": train["prompt_id"].to_numpy(np.int64),
                           "pass_rate": train["pass_rate"].to_numpy(np.float64)})
@@ -112,18 +122,35 @@ def influence_pass(
         col = np.full(len(train), np.nan)
         col[[pos[int(i)] for i in ids]] = s.numpy()
         table[f"score_{name}"] = col
+    for c, column in enumerate(DRIFT_COLUMNS):
+        col = np.full(len(train), np.nan)
+        col[[pos[int(i)] for i in ids]] = drift[:, c].numpy()
+        table[column] = col
     table["skipped"] = ""
     for reason, lst in skipped.items():
         table.loc[table["prompt_id"].isin(lst), "skipped"] = reason
     scores = {n: table[f"score_{n}"].to_numpy() for n in per_set}
-    result = select(strategy, pool_for_selection(train, scores), fraction, seed)
+    result = select(cfg.schedule.select_strategy, pool_for_selection(train, scores), cfg.schedule.fraction,
+                    cfg.stage_seed(stage))
     table["selected_rank"] = -1
     table.loc[[pos[int(i)] for i in result.prompt_ids], "selected_rank"] = np.arange(len(result.prompt_ids))
     log.info("influence pass: %d prompts scored, %d zero-advantage removed, %d non-finite, %d responses excluded "
              "(empty or non-finite reward), %d selected", len(ids), n_zero, n_nonfinite, n_excluded,
              len(result.prompt_ids))
     seconds = {"val_features": t1 - t0, "pool_features": t2 - t1, "scoring": time.perf_counter() - t2}
-    return InfluencePass(table, result, n_zero, n_nonfinite, n_excluded, {k: round(v, 3) for k, v in seconds.items()})
+    return InfluencePass(table, result, n_zero, n_nonfinite, n_excluded, {k: round(v, 3) for k, v in seconds.items()},
+                         drift_summary(drift))
+
+
+def drift_summary(drift: torch.Tensor) -> dict[str, float]:
+    """Over the scored pool prompts' drift rows (``DRIFT_COLUMNS``; rows of NaN, from shards written before the meter,
+    left out): the mean sequence-level and token-mean ESS/K, the share of prompts whose sequence-level ESS/K is below
+    ``ESS_LOW`` and the largest token ratio (NaN when no row has them)."""
+    rows = drift[~torch.isnan(drift).any(1)]
+    if not len(rows):
+        return {"ess_seq_mean": math.nan, "ess_popi_mean": math.nan, "ess_low_share": math.nan, "rho_max": math.nan}
+    return {"ess_seq_mean": float(rows[:, 0].mean()), "ess_popi_mean": float(rows[:, 1].mean()),
+            "ess_low_share": float((rows[:, 0] < ESS_LOW).double().mean()), "rho_max": float(rows[:, 2].max())}
 
 
 def nothing_scored(train: pd.DataFrame, n_zero: int, n_nonfinite: int, n_excluded: int) -> str:

@@ -8,7 +8,9 @@ For stage s with subset S_s (from its ``StageState``):
   states on disk, so it survives a resume);
 - ``cropi/stage``, ``cropi/n_pool``, ``cropi/n_selected`` = |S_s|, ``cropi/n_zero_advantage``, ``cropi/n_nonfinite``,
   ``cropi/n_excluded_responses`` (empty or non-finite reward), ``cropi/shortfall``;
-- ``cropi/overlap_prev`` = |S_s ∩ S_{s-1}| / |S_s| (absent at stage 0).
+- ``cropi/overlap_prev`` = |S_s ∩ S_{s-1}| / |S_s| (absent at stage 0);
+- the drift meter of the boundary's pass (``influence_pass.drift_summary``): ``cropi/ess_seq_mean``,
+  ``cropi/ess_popi_mean``, ``cropi/ess_low_share``, ``cropi/rho_max`` (absent without a pass).
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ def boundary_metrics(state: StageState, previous: StageState | None, curriculum_
     out |= {f"cropi/{k}": stats[k] for k in COUNTS if k in stats}
     out |= {f"timing_s/cropi_{name}": stats["pass_seconds"][k] for k, name in PASS_PARTS.items()
             if k in stats.get("pass_seconds", {})}
+    out |= {f"cropi/{k}": v for k, v in stats.get("drift", {}).items()}
     if previous is not None and state.selected_ids:
         out["cropi/overlap_prev"] = len(set(state.selected_ids) & set(previous.selected_ids)) / len(state.selected_ids)
     done = [StageState.load(p) for p in sorted(Path(curriculum_dir).glob("stage_*/state.json"))]

@@ -1,11 +1,13 @@
 """avg@k accuracy of an HF policy on a verl-format frame.
 
 avg@k(row) = (1/k) sum_{j<k} r(y_j), y_j ~ pi(. | prompt) at the given temperature; a set's accuracy is the
-mean over its rows.
+mean over its rows. A response the verifier fails on (``rewards.score_or_nan``) is left out of its row's mean,
+counted and logged (a row whose every response failed is NaN).
 """
 
 from __future__ import annotations
 
+import logging
 from collections import defaultdict
 
 import numpy as np
@@ -14,8 +16,10 @@ import torch
 from tqdm.auto import tqdm
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from cropi_verl.rewards import compute_score
+from cropi_verl.rewards import score_or_nan
 from cropi_verl.rollout.hf_backend import chat_prompt_ids, sample_chat
+
+log = logging.getLogger(__name__)
 
 
 def avg_at_k(
@@ -32,7 +36,7 @@ def avg_at_k(
     """Per-row avg@k accuracy, shape ``[len(frame)]``; batch ``b`` is sampled with seed ``seed + b``."""
     model.eval()
     prompts = [chat_prompt_ids(tokenizer, list(p)) for p in frame["prompt"]]
-    acc = np.zeros(len(frame))
+    acc, failed = np.zeros(len(frame)), 0
     starts = range(0, len(prompts), batch_size)
     for b, s in enumerate(tqdm(starts, desc="eval", unit="batch", disable=not progress)):
         with torch.no_grad():
@@ -40,9 +44,15 @@ def avg_at_k(
         for i, group in enumerate(gens):
             row = frame.iloc[s + i]
             gt = row["reward_model"]["ground_truth"]
-            scores = [compute_score(row["data_source"], tokenizer.decode(g.response_ids, skip_special_tokens=True), gt)
-                      for g in group]
-            acc[s + i] = float(np.mean(scores))
+            scores = np.array([score_or_nan(row["data_source"], tokenizer.decode(g.response_ids,
+                                                                                  skip_special_tokens=True), gt)
+                               for g in group])
+            decided = scores[~np.isnan(scores)]
+            failed += len(scores) - len(decided)
+            acc[s + i] = float(decided.mean()) if len(decided) else float("nan")
+    if failed:
+        log.warning("the verifier failed on %d responses: left out of their prompts' accuracy (NaN where all failed)",
+                    failed)
     return acc
 
 

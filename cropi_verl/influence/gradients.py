@@ -26,6 +26,11 @@ log_softmax(W h_t)[y_t] in fp32 whatever the model's dtype, each chunk under act
 [n, V] logits are alive at a time, in backward too. With HF gradient checkpointing on, the model runs in train mode
 (HF checkpoints its layers only there): refused when any dropout is active, which would change the surrogate.
 
+Drift (``drift_stats``), from the log-probs the loss already computes (no extra forward): per scored prompt, the
+effective sample size of its K responses, ESS = (sum_k w_k)^2 / sum_k w_k^2, divided by K, with w_k the
+sequence-level ratio exp(sum_t (log pi_k,t - log beta_k,t)) (how off-policy the responses are) and with w_k the
+token-mean ratio (1/|y_k|) sum_t rho_k,t that POPI applies; and the largest token ratio max rho_k,t. At beta all are 1.
+
 Two exact savings (``PopiConfig``), both on by default:
 
 - ``merge_duplicates`` (no clip only): identical responses u = {k : y_k = y_u} become one row. With b_u the first
@@ -43,6 +48,7 @@ import math
 from dataclasses import dataclass, field
 from typing import Iterable, Sequence
 
+import numpy as np
 import torch
 from torch.utils.checkpoint import checkpoint
 from tqdm.auto import tqdm
@@ -54,13 +60,14 @@ from cropi_verl.influence.projection import Projector
 @dataclass
 class PromptRollouts:
     """One prompt's K usable offline responses (finite rewards; module docstring). ``behaviour_logprobs[k][t]`` is
-    log beta of ``responses[k][t]``."""
+    log beta of ``responses[k][t]``. Token ids and log-probs are sequences: lists, or the integer / float numpy
+    arrays a rollouts file holds (shipped to the workers as they are, never as per-token Python objects)."""
 
     prompt_id: int
-    prompt_ids: list[int]
-    responses: list[list[int]]
-    behaviour_logprobs: list[list[float]]
-    rewards: list[float]
+    prompt_ids: Sequence[int]
+    responses: Sequence[Sequence[int]]
+    behaviour_logprobs: Sequence[Sequence[float]]
+    rewards: Sequence[float]
 
 
 @dataclass(frozen=True)
@@ -74,14 +81,23 @@ class PopiConfig:
     stream_buffer: int = 1 << 20  # fp32 coordinates per staging segment (small tensors projected together)
 
 
+DRIFT_COLUMNS = ("ess_seq", "ess_popi", "rho_max")  # ``drift_stats``, per scored prompt
+
+
 @dataclass
 class PopiResult:
-    """``features[i]`` is P g_s for ``prompt_ids[i]``; skipped prompts are listed by reason."""
+    """``features[i]`` is P g_s for ``prompt_ids[i]`` and ``drift[i]`` its ``DRIFT_COLUMNS``; skipped prompts are
+    listed by reason."""
 
     prompt_ids: list[int]
     features: torch.Tensor  # [N, k] float32
     zero_advantage: list[int] = field(default_factory=list)
     nonfinite: list[int] = field(default_factory=list)
+    drift: torch.Tensor | None = None  # [N, 3] float64: ESS/K sequence-level, ESS/K token-mean, max token ratio
+
+    def __post_init__(self) -> None:
+        if self.drift is None:
+            self.drift = torch.full((len(self.prompt_ids), len(DRIFT_COLUMNS)), float("nan"), dtype=torch.float64)
 
 
 def group_advantages(rewards: Sequence[float], eps: float) -> torch.Tensor:
@@ -200,14 +216,21 @@ def prompt_cached_logprobs(
     return _token_logprobs(model, hidden, targets, mask, chunk_tokens), mask
 
 
+def token_key(tokens: Sequence[int]) -> bytes:
+    """A hashable key of a token sequence, equal for equal sequences (a list or an integer array)."""
+    return np.asarray(tokens, dtype=np.int64).tobytes()
+
+
 @dataclass
 class ResponseRow:
     """One row of the POPI loss: response tokens, reference log-probs ``ref[t]`` and coefficients ``coef[t]``;
-    the row contributes -(1/K) sum_t f(exp(log pi_t - ref_t), coef_t), f(rho, c) = rho c (or the clipped min)."""
+    the row contributes -(1/K) sum_t f(exp(log pi_t - ref_t), coef_t), f(rho, c) = rho c (or the clipped min).
+    ``copies``: the responses k it stands for (one, or every identical response when merged)."""
 
     tokens: list[int]
     ref: list[float]
     coef: list[float]
+    copies: list[int] = field(default_factory=list)
 
 
 def response_rows(pr: PromptRollouts, adv: Sequence[float], merge: bool) -> list[ResponseRow]:
@@ -217,14 +240,15 @@ def response_rows(pr: PromptRollouts, adv: Sequence[float], merge: bool) -> list
     rows: dict[tuple, ResponseRow] = {}
     out: list[ResponseRow] = []
     for k, (resp, beh) in enumerate(zip(pr.responses, pr.behaviour_logprobs)):
-        if not resp:
+        if not len(resp):
             continue
-        key = tuple(resp)
+        key = token_key(resp)
         if merge and key in rows:
             row = rows[key]
             row.coef = [c + float(adv[k]) * math.exp(r - b) / len(resp) for c, r, b in zip(row.coef, row.ref, beh)]
+            row.copies.append(k)
             continue
-        row = ResponseRow(list(resp), list(beh), [float(adv[k]) / len(resp)] * len(resp))
+        row = ResponseRow(list(resp), list(beh), [float(adv[k]) / len(resp)] * len(resp), [k])
         rows[key] = row
         out.append(row)
     return out
@@ -328,6 +352,29 @@ class _StreamingProjection:
             h.remove()
 
 
+def response_log_ratios(logp: torch.Tensor, chunk: Sequence[ResponseRow],
+                        behaviour: Sequence[Sequence[float]]) -> list[tuple[int, torch.Tensor]]:
+    """(k, log pi_k,t - log beta_k,t over its |y_k| tokens, fp64) for every response k that the rows of ``chunk``
+    stand for, ``logp`` their ``[B, T]`` log pi (detached here)."""
+    out = []
+    for i, row in enumerate(chunk):
+        lp = logp[i, : len(row.tokens)].detach().double().cpu()
+        out += [(k, lp - torch.as_tensor(np.asarray(behaviour[k], dtype=np.float64))) for k in row.copies]
+    return out
+
+
+def drift_stats(log_ratios: Sequence[torch.Tensor]) -> tuple[float, float, float]:
+    """(ESS/K of the sequence-level ratios exp(sum_t d_k,t), ESS/K of the token-mean ratios (1/|y_k|) sum_t
+    exp(d_k,t), max_k,t exp(d_k,t)) of K responses' per-token log ratios d_k; ESS = (sum w)^2 / sum w^2, the
+    sequence ratios scaled by their largest (ESS is scale-free) so that none overflows."""
+    seq = torch.stack([d.sum() for d in log_ratios])
+    w_seq = torch.exp(seq - seq.max())
+    w_tok = torch.stack([torch.exp(d).mean() for d in log_ratios])
+    k = len(log_ratios)
+    ess = lambda w: float(w.sum() ** 2 / (w * w).sum()) / k  # noqa: E731
+    return ess(w_seq), ess(w_tok), float(max(torch.exp(d).max() for d in log_ratios))
+
+
 def micro_batches(lengths: Sequence[int], prompt_len: int, budget: int, share_prompt: bool) -> list[list[int]]:
     """Row indices, longest first, cut greedily into micro-batches of at most ``budget`` tokens (one row at least):
     n rows of longest response T cost n (|s| + T) tokens padded, or |s| + n T with ``share_prompt``."""
@@ -390,7 +437,7 @@ def popi_features(
     """P g_s for every prompt with a non-zero advantage (see the module docstring)."""
     train = _train_mode(model, cfg.share_prompt)
     stream = _StreamingProjection(model, projector, cfg.stream_buffer)
-    ids, feats, zero, nonfinite = [], [], [], []
+    ids, feats, zero, nonfinite, drift = [], [], [], [], []
     was_training = model.training
     model.train(train)  # without dropout either way: the deterministic surrogate's gradient
     try:
@@ -401,6 +448,7 @@ def popi_features(
             adv = group_advantages(pr.rewards, cfg.adv_eps).tolist()
             rows = response_rows(pr, adv, cfg.merge_duplicates and cfg.clip_ratio is None)
             lengths = [len(r.tokens) for r in rows]
+            ratios = []
             for batch in micro_batches(lengths, len(pr.prompt_ids), cfg.micro_batch_tokens, cfg.share_prompt):
                 chunk = [rows[i] for i in batch]
                 resp = [r.tokens for r in chunk]
@@ -411,17 +459,19 @@ def popi_features(
                                                    cfg.logit_chunk_tokens)
                 ref, coef = _padded([r.ref for r in chunk], logp), _padded([r.coef for r in chunk], logp)
                 popi_loss(logp, ref, mask, coef, len(pr.responses), cfg.clip_ratio).backward()
+                ratios += response_log_ratios(logp, chunk, pr.behaviour_logprobs)
             f = stream.take()
             if not bool(torch.isfinite(f).all()):
                 nonfinite.append(pr.prompt_id)
                 continue
             ids.append(pr.prompt_id)
             feats.append(f)
+            drift.append(drift_stats([d for _, d in sorted(ratios, key=lambda kd: kd[0])]))
     finally:
         stream.close()
         model.train(was_training)
     features = torch.stack(feats) if feats else torch.zeros(0, projector.k)
-    return PopiResult(ids, features, zero, nonfinite)
+    return PopiResult(ids, features, zero, nonfinite, torch.tensor(drift, dtype=torch.float64).reshape(-1, 3))
 
 
 def validation_gradient(result: PopiResult, max_prompts: int | None = None) -> torch.Tensor:

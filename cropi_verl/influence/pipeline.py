@@ -38,8 +38,9 @@ def features_into_store(
     store: FeatureStore,
     shard_size: int = 256,
     progress: bool = False,
-) -> tuple[torch.Tensor, torch.Tensor, dict[str, list[int]]]:
-    """Compute the missing shards; return all shards concatenated (each finished shard is read once)."""
+) -> tuple[torch.Tensor, torch.Tensor, dict[str, list[int]], torch.Tensor]:
+    """Compute the missing shards; return all shards concatenated (each finished shard is read once): prompt ids,
+    features, skipped ids by reason, drift rows."""
     n_shards = (len(prompts) + shard_size - 1) // shard_size
     shards = [store.read_shard(j) for j in range(n_shards)]
     todo = [j for j, obj in enumerate(shards) if obj is None]
@@ -51,7 +52,8 @@ def features_into_store(
         chunk = prompts[j * shard_size : (j + 1) * shard_size]
         res = featurize(chunk)
         skipped = {"zero_advantage": res.zero_advantage, "nonfinite": res.nonfinite}
-        shards[j] = store.write_shard(j, torch.tensor(res.prompt_ids, dtype=torch.int64), res.features, skipped)
+        shards[j] = store.write_shard(j, torch.tensor(res.prompt_ids, dtype=torch.int64), res.features, skipped,
+                                      res.drift)
         kill_point("feature_shard")
         bar.update(len(chunk))
     bar.close()
@@ -59,4 +61,4 @@ def features_into_store(
     if skipped.get("nonfinite"):
         log.warning("%d prompts had a non-finite gradient and were left out: %s",
                     len(skipped["nonfinite"]), skipped["nonfinite"][:10])
-    return ids, feats, skipped
+    return ids, feats, skipped, store.concat_drift(shards)

@@ -4,7 +4,8 @@ Layout of a store directory::
 
     manifest.json          what the features are: model step, projector config, seed, k, ... (written first)
     shard_00000.pt ...     {"shard": i, "prompt_ids": [n] int64, "features": [n, k] float32,
-                            "skipped": {reason: [m] int64}}, each written atomically
+                            "skipped": {reason: [m] int64}, "drift": [n, 3] float64}, each written atomically
+                           (``drift``: the prompts' ``DRIFT_COLUMNS``; NaN in shards written before it existed)
 
 Opening a store with a manifest that differs from the one on disk is a ``FeatureStoreMismatch`` naming the
 differing keys: features from another model step or projector are never mixed. A shard that cannot be read
@@ -28,6 +29,10 @@ log = logging.getLogger(__name__)
 
 class FeatureStoreMismatch(ValueError):
     pass
+
+
+def _nan_drift(n: int) -> torch.Tensor:
+    return torch.full((n, 3), float("nan"), dtype=torch.float64)
 
 
 class FeatureStore:
@@ -70,13 +75,15 @@ class FeatureStore:
         return self.read_shard(i) is not None
 
     def write_shard(
-        self, i: int, prompt_ids: torch.Tensor, features: torch.Tensor, skipped: dict[str, list[int]] | None = None
+        self, i: int, prompt_ids: torch.Tensor, features: torch.Tensor, skipped: dict[str, list[int]] | None = None,
+        drift: torch.Tensor | None = None,
     ) -> None:
         obj = {
             "shard": i,
             "prompt_ids": prompt_ids.to(torch.int64),
             "features": features.float(),
             "skipped": {r: torch.tensor(v, dtype=torch.int64) for r, v in (skipped or {}).items()},
+            "drift": _nan_drift(len(prompt_ids)) if drift is None else drift.double(),
         }
         buf = io.BytesIO()
         torch.save(obj, buf)
@@ -92,6 +99,12 @@ class FeatureStore:
                 raise FileNotFoundError(f"{self.shard_path(i)}: shard missing or unreadable; rerun to complete the store")
             shards.append(got)
         return self.concat(shards)
+
+    @staticmethod
+    def concat_drift(shards: list[dict[str, Any]]) -> torch.Tensor:
+        """The shards' drift rows (in order), ``[N, 3]``; NaN for a shard written without them."""
+        parts = [got.get("drift", _nan_drift(len(got["prompt_ids"]))) for got in shards]
+        return torch.cat(parts) if parts else _nan_drift(0)
 
     def concat(self, shards: list[dict[str, Any]]) -> tuple[torch.Tensor, torch.Tensor, dict[str, list[int]]]:
         """Shard objects (in order) as (prompt_ids, features, skipped ids by reason)."""

@@ -35,6 +35,7 @@ from omegaconf import DictConfig, OmegaConf
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from cropi_verl.curriculum.schedule import INFLUENCE_STRATEGIES, PASS_RATE_STRATEGIES, StageSchedule
+from cropi_verl.curriculum.settings import SelectionConfig
 from cropi_verl.data.toy_task import TARGETED_SETS, UNTARGETED_SETS, ToyTaskConfig, build_toy_task
 from cropi_verl.data.verl_format import row_ids, write_verl_parquet
 from cropi_verl.eval.plots import plot_run
@@ -177,11 +178,11 @@ def run_method(cfg: DictConfig, strategy: str, seed: int, frames: dict, policy_d
     inf = cfg.influence
     run = LocalRun(
         policy_dir=policy_dir, prompts=frames["train"], train_rollouts=train_roll, val_rollouts=val_roll,
-        val_prompts={n: frames[n] for n in VAL_SETS}, targeted=list(TARGETED_SETS), schedule=schedule,
+        val_prompts={n: frames[n] for n in VAL_SETS}, targeted=list(TARGETED_SETS),
+        selection=SelectionConfig(schedule, manifest, seed, inf.metric, inf.max_val_prompts, inf.shard_size),
         grpo=dataclass_from(GRPOConfig, cfg.grpo), out_dir=out,
         eval=dataclass_from(EvalConfig, cfg.eval, ("speedup_gain_fraction",)),
-        featurizer=group.update_weights, manifest=manifest, seed=seed, ckpt_every=cfg.train.ckpt_every,
-        influence_kw={"metric": inf.metric, "max_val_prompts": inf.max_val_prompts, "shard_size": inf.shard_size},
+        featurizer=group.update_weights, ckpt_every=cfg.train.ckpt_every,
         loggers=tuple(cfg.train.loggers), log_every=cfg.train.log_every,
     )
     log.info("=== %s (seed %d): %d stages x %d steps, fraction %.2f ===", strategy, seed, cur.num_stages,
@@ -271,6 +272,9 @@ def summarize(cfg: DictConfig, results: dict[str, dict], collect: Mapping[str, f
                                  **{f"{k}_seconds": v for k, v in parts.items()},
                                  "pool_features_over_stage": (float(np.mean(parts["pool_features"])) / per_stage_train
                                                               if parts["pool_features"] else None)}
+        # the drift meter of each scored stage (influence_pass.drift_summary: ESS/K of beta's responses at theta)
+        out["drift"] = [{"stage": s["stage"], "start_step": s["start_step"], **s["stats"]["drift"]}
+                        for s in res["stages"] if s.get("score_file") and "drift" in s["stats"]]
     return out
 
 
@@ -322,6 +326,11 @@ def print_table(pool: dict, summary: dict) -> None:
             print(f"  of which pool gradients {np.mean(c['pool_features_seconds']):.1f}s "
                   f"({c['pool_features_over_stage']:.0%} of a stage), validation gradients "
                   f"{np.mean(c['val_features_seconds']):.1f}s")
+    if summary.get("drift"):
+        print("drift of beta's responses at cropi's weights (ESS/K sequence-level, token-mean; share below 1/4; "
+              "largest token ratio): " + "; ".join(
+                  f"step {d['start_step']}: {d['ess_seq_mean']:.2f}, {d['ess_popi_mean']:.2f}, "
+                  f"{d['ess_low_share']:.0%}, {d['rho_max']:.3g}" for d in summary["drift"]))
 
 
 @hydra.main(config_path="../../configs", config_name="tiny_cpu", version_base=None)

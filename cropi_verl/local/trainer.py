@@ -32,6 +32,7 @@ from verl.utils.tracking import Tracking
 from cropi_verl.curriculum.boundary import check_rollout_ids, stage_boundary
 from cropi_verl.curriculum.sampler import stage_dataloader
 from cropi_verl.curriculum.schedule import StageSchedule
+from cropi_verl.curriculum.settings import SelectionConfig
 from cropi_verl.curriculum.state import StageState
 from cropi_verl.data.verl_format import row_ids
 from cropi_verl.eval.accuracy import avg_at_k
@@ -62,17 +63,22 @@ class LocalRun:
     val_rollouts: Mapping[str, pd.DataFrame]
     val_prompts: Mapping[str, pd.DataFrame]  # evaluated every eval.every steps
     targeted: list[str]
-    schedule: StageSchedule
+    selection: SelectionConfig  # the schedule, the feature stores' manifest, the seed (also training's) and scoring
     grpo: GRPOConfig
     eval: EvalConfig
     out_dir: Path
     featurizer: Callable[[torch.nn.Module], Featurizer]
-    manifest: dict
-    seed: int = 0
     ckpt_every: int = 10
-    influence_kw: dict = field(default_factory=dict)  # metric, max_val_prompts, shard_size for stage_boundary
     loggers: tuple[str, ...] = ("console",)
     log_every: int = 10
+
+    @property
+    def schedule(self) -> StageSchedule:
+        return self.selection.schedule
+
+    @property
+    def seed(self) -> int:
+        return self.selection.seed
 
 
 class _Positions(Dataset):
@@ -171,10 +177,8 @@ class LocalCurriculumTrainer:
     def _boundary(self) -> None:
         run = self.run
         stage = run.schedule.stage_of(self.step)
-        self.state = stage_boundary(
-            stage, self.step, run.schedule, run.train_rollouts, run.val_rollouts, run.out_dir / "curriculum",
-            lambda: run.featurizer(self.model), run.manifest, self.state, run.seed, **run.influence_kw,
-        )
+        self.state = stage_boundary(stage, self.step, run.selection, run.train_rollouts, run.val_rollouts,
+                                    run.out_dir / "curriculum", lambda: run.featurizer(self.model), self.state)
         kill_point("selection_done")
         self.stage_states.append(self.state.to_dict())
         self.loader, self.batches = stage_loader(run, self.state, self.id_to_pos), None

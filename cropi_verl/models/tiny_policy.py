@@ -1,6 +1,10 @@
 """The tiny policy: a random-init ``Qwen2ForCausalLM`` + a locally trained ChatML tokenizer, warmed up by a short
 supervised pass on the embedded task so that GRPO groups are not all-zero.
 
+Its prompts (``prompt``): ``toy``, the embedded task's one user turn (the demo); ``paper``, the paper's system turn
+and the question as ``scripts/prepare_data.py`` writes them (the ``DEVICE=cpu`` GPU recipes, whose raw data is the
+embedded task in public datasets' formats: ``cropi_verl.data.raw_fixtures``).
+
 ``build_tiny_policy(cfg)`` returns a directory loadable with ``AutoModelForCausalLM.from_pretrained`` /
 ``AutoTokenizer.from_pretrained``, cached under ``cache_root()/tiny_policy/<hash of cfg>``.
 """
@@ -21,6 +25,7 @@ import torch
 from tqdm.auto import tqdm
 from transformers import PreTrainedTokenizerFast, Qwen2Config, Qwen2ForCausalLM
 
+from cropi_verl.data.preprocess import paper_prompt
 from cropi_verl.data.toy_task import ToyTaskConfig, build_toy_task
 from cropi_verl.models.tokenizer import train_chatml_tokenizer
 from cropi_verl.rollout.hf_backend import chat_prompt_ids
@@ -29,6 +34,7 @@ from cropi_verl.utils.cache import cache_root
 
 log = logging.getLogger(__name__)
 
+PROMPT_FORMATS = ("toy", "paper")
 VERSION = 1  # bump when the build procedure changes, so cached policies are rebuilt
 
 
@@ -48,6 +54,11 @@ class TinyPolicyConfig:
     warmup_batch_size: int = 64
     warmup_lr: float = 3e-3
     seed: int = 0
+    prompt: str = "toy"  # toy | paper (module docstring)
+
+    def __post_init__(self) -> None:
+        if self.prompt not in PROMPT_FORMATS:
+            raise ValueError(f"policy prompt {self.prompt!r}: expected one of {', '.join(PROMPT_FORMATS)}")
 
     def key(self) -> str:
         blob = json.dumps({"version": VERSION, **asdict(self)}, sort_keys=True)
@@ -74,11 +85,20 @@ def random_init_policy(cfg: TinyPolicyConfig, tokenizer: PreTrainedTokenizerFast
 
 
 def _corpus(frame) -> list[str]:
-    """Tokenizer training text: each row as a full ChatML conversation (so role headers merge)."""
+    """Tokenizer training text: each row as a full ChatML conversation (so role headers and a system turn merge)."""
     return [
-        f"<|im_start|>user\n{p[-1]['content']}<|im_end|>\n<|im_start|>assistant\n{e['solution']}<|im_end|>\n"
+        "".join(f"<|im_start|>{m['role']}\n{m['content']}<|im_end|>\n" for m in p)
+        + f"<|im_start|>assistant\n{e['solution']}<|im_end|>\n"
         for p, e in zip(frame["prompt"], frame["extra_info"])
     ]
+
+
+def warmup_corpus(cfg: TinyPolicyConfig):
+    """The warm-up rows: the embedded task's ``sft`` split, its prompts in the ``cfg.prompt`` format."""
+    sft = build_toy_task(cfg.task)["sft"]  # excludes this task's pool and validation problems
+    if cfg.prompt == "paper":
+        sft = sft.assign(prompt=[paper_prompt(p[-1]["content"]) for p in sft["prompt"]])
+    return sft
 
 
 def _sft_examples(tokenizer: PreTrainedTokenizerFast, frame) -> list[tuple[list[int], list[int]]]:
@@ -138,8 +158,7 @@ def build_tiny_policy(cfg: TinyPolicyConfig = TinyPolicyConfig(), cache_dir: Pat
     if (out / "build_info.json").is_file():
         return out
     t0 = time.time()
-    frames = build_toy_task(cfg.task)  # the warm-up corpus excludes this task's pool and validation problems
-    sft = frames["sft"]
+    sft = warmup_corpus(cfg)
     tokenizer = train_chatml_tokenizer(_corpus(sft), cfg.vocab_size)
     model = random_init_policy(cfg, tokenizer)
     torch.manual_seed(cfg.seed)

@@ -5,14 +5,24 @@ Routing by ``data_source``:
 - ``cropi_toy/<family>`` (the embedded task): 1.0 if the last ``\\boxed{n}`` of the response is the integer
   ground truth, else 0.0 (a missing or non-integer box is 0.0).
 - every real math source this project prepares (GSM8K, MATH, DeepScaleR, MATH500, AIME24, AMC23,
-  Gaokao2023en, OlympiadBench): ``verl.utils.reward_score.math_verify`` (math-verify against
-  ``\\boxed{ground_truth}``), the same check the paper's code uses.
+  Gaokao2023en, OlympiadBench): ``math_score``, the math-verify library's ``parse`` and ``verify`` against
+  ``\\boxed{ground_truth}`` (the check the paper's code and verl's ``math_verify`` scorer run), called in process.
 - anything else: ``verl.utils.reward_score.default_compute_score``.
+
+A verifier failure is not a wrong answer. verl's ``math_verify.compute_score`` runs math-verify in a spawned process
+pool with a 30 s timeout and returns 0.0 when the pool breaks or times out, which a busy host does at start-up (seen
+on verl's CPU trainer: a first validation of 0.0 on every set whose responses math-verify scores 0.11 in process).
+``math_score`` raises ``VerifierError`` instead when math-verify times out: verl then counts the group as failed
+(``cropi/reward_failed_samples``), and the collection and evaluation record a NaN reward (``score_or_nan``), which
+they drop and count. Its timeout uses ``signal.alarm`` (math-verify's own), so it applies in a main thread only;
+verl's reward workers call the scorer from a thread pool, where math-verify runs without one.
 """
 
 from __future__ import annotations
 
+import math
 import re
+import threading
 from typing import Any
 
 from cropi_verl.data.toy_task import DATA_SOURCE_PREFIX
@@ -35,6 +45,13 @@ MATH_VERIFY_SOURCES = frozenset(
     }
 )
 
+VERIFY_TIMEOUT_S = 10  # math-verify's parse and verify, each (main thread only: module docstring)
+
+
+class VerifierError(RuntimeError):
+    """The verifier could not decide (math-verify timed out): neither a right nor a wrong answer."""
+
+
 _BOXED_INT = re.compile(r"\\boxed\{\s*(-?\d+)\s*\}")
 _BOXED_ANY = re.compile(r"\\boxed\{")
 
@@ -46,6 +63,34 @@ def toy_score(solution_str: str, ground_truth: str) -> float:
     last_box = solution_str[[m.start() for m in _BOXED_ANY.finditer(solution_str)][-1] :]
     m = _BOXED_INT.match(last_box)
     return float(m is not None and int(m.group(1)) == int(ground_truth))
+
+
+def math_score(solution_str: str, ground_truth: str) -> float:
+    """1.0 iff math-verify finds an answer of ``solution_str`` equal to ``\\boxed{ground_truth}``, else 0.0 (no
+    answer found, or a parse error of the response: a wrong answer); ``VerifierError`` when math-verify times out."""
+    from math_verify import ExprExtractionConfig, LatexExtractionConfig, parse, verify
+    from math_verify.errors import TimeoutException
+
+    timeout = VERIFY_TIMEOUT_S if threading.current_thread() is threading.main_thread() else None
+    try:
+        gold = parse("\\boxed{" + str(ground_truth) + "}", (LatexExtractionConfig(),), parsing_timeout=timeout,
+                     raise_on_error=True)
+        pred = parse(solution_str, (ExprExtractionConfig(), LatexExtractionConfig()), parsing_timeout=timeout,
+                     raise_on_error=True)
+        return float(bool(gold and pred) and verify(gold, pred, timeout_seconds=timeout, raise_on_error=True))
+    except TimeoutException as e:
+        raise VerifierError(f"math-verify timed out ({e})") from None
+    except Exception:  # noqa: BLE001 - math-verify's own parse or comparison error on this response: no answer
+        return 0.0
+
+
+def score_or_nan(data_source: str, solution_str: str, ground_truth: str, extra_info: dict | None = None) -> float:
+    """``compute_score``, with a verifier failure as NaN: the offline collection and the evaluation drop such a
+    response and count it (``rollout.records.usable_responses``)."""
+    try:
+        return compute_score(data_source, solution_str, ground_truth, extra_info)
+    except VerifierError:
+        return math.nan
 
 
 def compute_score(
@@ -62,9 +107,7 @@ def compute_score(
     if data_source == DATA_SOURCE_PREFIX or data_source.startswith(DATA_SOURCE_PREFIX + "/"):
         return toy_score(solution_str, ground_truth)
     if data_source in MATH_VERIFY_SOURCES:
-        from verl.utils.reward_score import math_verify
-
-        return float(math_verify.compute_score(solution_str, str(ground_truth)))
+        return math_score(solution_str, str(ground_truth))
     from verl.utils.reward_score import default_compute_score
 
     res = default_compute_score(data_source, solution_str, ground_truth, extra_info)

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -31,7 +32,7 @@ import pandas as pd
 from tqdm.auto import tqdm
 
 from cropi_verl.data.verl_format import read_verl_parquet, row_ids
-from cropi_verl.rewards import compute_score
+from cropi_verl.rewards import score_or_nan
 from cropi_verl.rollout.records import RECORD_COLUMNS, Response, make_row
 from cropi_verl.utils.atomic import atomic_write_json, atomic_write_parquet
 from cropi_verl.utils.draw import seeded_subset
@@ -63,8 +64,15 @@ Backend = Callable[[Sequence[list[int]], int], list[list[Response]]]
 LOGPROB_TOKENS = 16384  # padded tokens per forward when recomputing beta's log-probs (bounds the activations)
 
 
+MAX_VERIFIER_FAILURES = 0.01  # share of a shard's responses whose reward the verifier may fail to decide
+
+
 class RolloutManifestMismatch(ValueError):
     pass
+
+
+class VerifierFailures(ValueError):
+    """Too many responses of a shard whose reward the verifier could not decide."""
 
 
 def _manifest(cfg: CollectConfig) -> dict:
@@ -108,8 +116,13 @@ def _read_shard(path: Path, expected_ids: list[int]) -> pd.DataFrame | None:
         return None
 
 
-def collect_rollouts(cfg: CollectConfig, out_dir: str | Path, backend: Backend, tokenizer, progress: bool = True) -> Path:
-    """Collect ``cfg.n`` responses per prompt of ``cfg.input`` into ``out_dir``; returns the rollouts parquet."""
+def collect_rollouts(cfg: CollectConfig, out_dir: str | Path, backend: Backend, tokenizer, progress: bool = True,
+                     max_verifier_failures: float = MAX_VERIFIER_FAILURES) -> Path:
+    """Collect ``cfg.n`` responses per prompt of ``cfg.input`` into ``out_dir``; returns the rollouts parquet.
+
+    A response the verifier fails on (``rewards.VerifierError``) gets a NaN reward (dropped and counted like any
+    non-finite reward); a shard in which more than ``max_verifier_failures`` of the responses fail is not written,
+    and the collection stops with a ``VerifierFailures`` error (a rerun collects that shard again)."""
     out = Path(out_dir)
     prompts = read_verl_parquet(cfg.input)  # bad input fails before anything is written
     manifest = _open_manifest(out, cfg)
@@ -138,14 +151,20 @@ def collect_rollouts(cfg: CollectConfig, out_dir: str | Path, backend: Backend, 
     for j in todo:
         rows = shards[j]
         gens = backend([chat_ids[i] for i in rows], cfg.seed * 1_000_003 + j)
-        records = []
+        records, failed = [], 0
         for i, group in zip(rows, gens):
             rec = prompts.iloc[i]
             gt = rec["reward_model"]["ground_truth"]
-            rewards = [compute_score(rec["data_source"], r.text, gt, rec["extra_info"]) for r in group]
+            rewards = [score_or_nan(rec["data_source"], r.text, gt, rec["extra_info"]) for r in group]
+            failed += sum(math.isnan(x) for x in rewards)
             records.append(make_row(ids[i], rec["data_source"], rec["extra_info"].get("split", ""), gt, chat_ids[i],
                                     group, rewards, tokenizer.eos_token_id))
             n_tokens += sum(len(r.token_ids) for r in group)
+        scored = sum(len(g) for g in gens)
+        if failed > max_verifier_failures * scored:
+            raise VerifierFailures(f"{out}: shard {j}: the verifier (math-verify) failed on {failed} of {scored} "
+                                   f"responses, more than the share {max_verifier_failures} allowed; the shard is not "
+                                   "written (finished shards are kept): check the verifier, then rerun to resume")
         frames[j] = pd.DataFrame(records, columns=list(RECORD_COLUMNS))
         atomic_write_parquet(frames[j], out / "shards" / f"shard_{j:05d}.parquet")
         kill_point("rollout_shard")

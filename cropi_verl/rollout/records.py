@@ -123,16 +123,18 @@ def excluded_responses(frame: pd.DataFrame) -> int:
 
 
 def to_prompt_rollouts(frame: pd.DataFrame) -> list[PromptRollouts]:
-    """The usable responses of each record (``usable_responses``), as POPI inputs (order of ``frame``)."""
+    """The usable responses of each record (``usable_responses``), as POPI inputs (order of ``frame``). Token ids and
+    log-probs stay the file's int64 / float64 arrays (no per-token Python object is made: at 55k prompts x 8 x 800
+    tokens that was gigabytes and minutes per pass; ``scripts/bench_pool_shipping.py``)."""
     out = []
     for row in frame.itertuples(index=False):
         keep = usable_responses(row.response_ids, row.reward, row.flag)
         out.append(
             PromptRollouts(
                 prompt_id=int(row.prompt_id),
-                prompt_ids=list(row.prompt_token_ids),
-                responses=[list(row.response_ids[i]) for i in keep],
-                behaviour_logprobs=[list(row.logprobs[i]) for i in keep],
+                prompt_ids=np.asarray(row.prompt_token_ids, dtype=np.int64),
+                responses=[np.asarray(row.response_ids[i], dtype=np.int64) for i in keep],
+                behaviour_logprobs=[np.asarray(row.logprobs[i], dtype=np.float64) for i in keep],
                 rewards=[float(row.reward[i]) for i in keep],
             )
         )

@@ -24,12 +24,25 @@ GPU):
 - ``_consume_sync_metrics``: each boundary's ``timing_s/cropi_*`` seconds and ``cropi/*`` counts join the metrics
   verl logs for that step (stage 0's join step 1's). A boundary after step N is inside step N's ``timing_s/step``;
   stage 0's (in ``on_init_end``) is outside every step.
+
+Around every pass the FSDP actor's optimizer state, then its parameters and gradients, go to host memory through
+verl's worker group (``actor_rollout_wg.to``; the second call empties the allocator's cache), and come back after
+(``cropi.workers.offload_actor``). A selection records the checkpoint it was computed from (``source``: the initial
+model, or ``global_step_N``'s ``cropi_checkpoint.json`` id, new at every save), so a rerun from another checkpoint
+(``resume_mode=disable``, an earlier ``resume_from_path``) starts that stage clean instead of reusing it. After each
+save, whole ``global_step_*`` folders beyond ``trainer.max_actor_ckpt_to_keep`` are deleted (verl forgets its list of
+saves on a resume, and deletes ``global_step_N/actor`` only). ``_balance_batch`` counts the samples verl's agent loop
+dropped because their reward (or generation) raised (``cropi/failed_samples``, a warning on each such step), and
+``_validate`` warns when a validation data source got no metric.
 """
 
 from __future__ import annotations
 
+import gc
+import json
 import logging
 import os
+import uuid
 from functools import partial
 from pathlib import Path
 
@@ -42,21 +55,48 @@ from verl.utils.dataset.rl_dataset import collate_fn
 from cropi_verl.curriculum.boundary import check_rollout_ids, stage_boundary
 from cropi_verl.curriculum.metrics import boundary_metrics
 from cropi_verl.curriculum.sampler import stage_dataloader
+from cropi_verl.curriculum.settings import SelectionConfig
 from cropi_verl.curriculum.state import StageState
 from cropi_verl.rollout.records import read_rollouts
-from cropi_verl.trainer.curriculum_config import check_composed_config
+from cropi_verl.trainer.curriculum_config import check_composed_config, workers_on_gpu
+from cropi_verl.utils.atomic import atomic_write_json
 from cropi_verl.utils.faults import kill_point
 from cropi_verl.utils.trace import trace
-from cropi_verl.workers.group import resolve_worker_precision
+from cropi_verl.trainer.worker_plan import resolve_checkpointing, worker_settings
 
 log = logging.getLogger(__name__)
 STAGE_FILE = "cropi_stage.json"
+CHECKPOINT_ID_FILE = "cropi_checkpoint.json"  # {"id": a new uuid at every save, "step": N}
 
 
 def has_hf_weights(folder: Path) -> bool:
     """An HF model folder with its config and weight files (verl writes ``config.json`` on every save)."""
     return (folder / "config.json").is_file() and any(
         any(folder.glob(pattern)) for pattern in ("*.safetensors", "pytorch_model*.bin"))
+
+
+def checkpoint_steps(root: Path) -> list[int]:
+    """The N of every ``global_step_N`` folder under ``root``, ascending."""
+    steps = []
+    for folder in root.glob("global_step_*"):
+        suffix = folder.name.removeprefix("global_step_")
+        if folder.is_dir() and suffix.isdigit():
+            steps.append(int(suffix))
+    return sorted(steps)
+
+
+def prune_checkpoints(root: Path, keep: int | None, latest: int) -> list[Path]:
+    """Delete the ``global_step_N`` folders of ``root`` beyond the newest ``keep`` (None: keep all) and those verl
+    left without ``actor/`` (it deletes ``global_step_N/actor`` only), never ``global_step_<latest>``; returns them."""
+    import shutil
+
+    steps = checkpoint_steps(root)
+    kept = set(steps[-keep:]) if keep else set(steps)
+    doomed = [root / f"global_step_{n}" for n in steps
+              if n != latest and (n not in kept or not (root / f"global_step_{n}" / "actor").is_dir())]
+    for folder in doomed:
+        shutil.rmtree(folder, ignore_errors=True)
+    return doomed
 
 
 def dataset_row_ids(dataset) -> dict[int, int]:
@@ -87,8 +127,15 @@ class CROPITrainer(PPOTrainerSync):
         self.curriculum_dir = Path(cropi["output_dir"])
         self.influence_group = None
         self._cropi_metrics: dict[str, float] = {}
-        workers = self.config.cropi.workers  # (dtype, gradient checkpointing) of the influence workers, auto resolved
-        self.worker_precision = resolve_worker_precision(workers.dtype, workers.gradient_checkpointing, workers.use_gpu)
+        self.workers_on_gpu = workers_on_gpu(cropi, OmegaConf.to_container(self.config.trainer, resolve=True))
+        checkpointing, why = resolve_checkpointing(self.config, cropi, self.workers_on_gpu)
+        log.info("influence workers: gradient checkpointing %s (%s)", "on" if checkpointing else "off", why)
+        self.worker_precision = (worker_settings(cropi, self.workers_on_gpu, checkpointing).dtype, checkpointing)
+        self.val_sources = sorted({str(s) for s in self.val_dataset.dataframe["data_source"]})
+        manifest = {"model": self.config.actor_rollout_ref.model.path, "dtype": self.worker_precision[0],
+                    "projection": cropi["projection"], "popi": cropi["popi"]}
+        self.selection = SelectionConfig(self.schedule, manifest, cropi["seed"], cropi["metric"],
+                                         cropi["max_val_prompts"], cropi["shard_size"], progress=True)
 
     def _pool(self) -> pd.DataFrame:
         """The selection pool: the offline rollouts, or every dataset row (``full``, and strategies without them)."""
@@ -110,12 +157,25 @@ class CROPITrainer(PPOTrainerSync):
             self.train_dataloader_it = None
         self.stage_state = state
 
+    def _checkpoint_folder(self, step: int) -> Path:
+        """``global_step_<step>`` under ``trainer.default_local_dir``, absolute (the workers may run elsewhere)."""
+        return Path(os.path.abspath(self.config.trainer.default_local_dir)) / f"global_step_{step}"
+
+    def _weights_source(self, step: int) -> dict:
+        """What a selection at the policy after ``step`` steps is computed from: the initial model (step 0), else the
+        id that ``_save_checkpoint`` wrote into ``global_step_<step>`` (None: saved without it)."""
+        if step == 0:
+            return {"step": 0, "model": str(self.config.actor_rollout_ref.model.path)}
+        record = self._checkpoint_folder(step) / CHECKPOINT_ID_FILE
+        return {"step": step, "checkpoint_id": json.loads(record.read_text())["id"] if record.is_file() else None}
+
     def _boundary_weights(self, step: int) -> str:
         """The policy after ``step`` steps: ``actor_rollout_ref.model.path`` at step 0, else the ``hf_model`` that
-        verl saved at ``global_step_<step>`` (its weight files must be there, not only verl's config.json)."""
+        verl saved at ``global_step_<step>`` (its weight files must be there, not only verl's config.json), as an
+        absolute path."""
         if step == 0:
             return str(self.config.actor_rollout_ref.model.path)
-        folder = Path(self.config.trainer.default_local_dir) / f"global_step_{step}" / "actor" / "huggingface"
+        folder = self._checkpoint_folder(step) / "actor" / "huggingface"
         if not has_hf_weights(folder):
             raise ValueError(f"{folder}: no model weights (*.safetensors / pytorch_model*.bin) for the stage boundary "
                              f"after step {step}; the actor must save hf_model there (actor_rollout_ref.actor."
@@ -131,8 +191,8 @@ class CROPITrainer(PPOTrainerSync):
         workers = cropi.workers
         if self.influence_group is None:
             n = workers.n or self.config.trainer.nnodes * self.config.trainer.n_gpus_per_node
-            pool = self.resource_pool_manager.get_resource_pool(self._actor_role()) if workers.use_gpu else None
-            self.influence_group = InfluenceWorkerGroup(n, use_gpu=workers.use_gpu, threads=workers.threads,
+            pool = self.resource_pool_manager.get_resource_pool(self._actor_role()) if self.workers_on_gpu else None
+            self.influence_group = InfluenceWorkerGroup(n, use_gpu=self.workers_on_gpu, threads=workers.threads,
                                                         resource_pool=pool)
         trace("influence_pass", phase="begin", step=step)
         dtype, checkpointing = self.worker_precision
@@ -140,6 +200,27 @@ class CROPITrainer(PPOTrainerSync):
                                         OmegaConf.to_container(cropi.popi), self.tokenizer.pad_token_id,
                                         dtype=dtype, gradient_checkpointing=checkpointing)
         return self.influence_group
+
+    def _offload_actor(self, step: int) -> bool:
+        """Before a pass: the actor's optimizer state, then its parameters and gradients, to host memory (verl's
+        ``to``; the parameters' offload empties the allocator's cache, the optimizer's blocks included). False when
+        ``cropi.workers.offload_actor`` is off or FSDP2's offload policy places the parameters itself."""
+        fsdp = self.config.actor_rollout_ref.actor.get("fsdp_config", {})
+        if not self.config.cropi.workers.offload_actor or fsdp.get("offload_policy"):
+            return False
+        self.actor_rollout_wg.to("cpu", model=False, optimizer=True, grad=False)
+        self.actor_rollout_wg.to("cpu", model=True, optimizer=False, grad=True)
+        trace("actor_offload", step=step)
+        return True
+
+    def _reload_actor(self, step: int) -> None:
+        """After a pass: back to the device what verl keeps there (not what ``param_offload`` /
+        ``optimizer_offload`` keep on the host)."""
+        fsdp = self.config.actor_rollout_ref.actor.get("fsdp_config", {})
+        params, optimizer = not fsdp.get("param_offload", False), not fsdp.get("optimizer_offload", False)
+        if params or optimizer:
+            self.actor_rollout_wg.to("device", model=params, optimizer=optimizer, grad=params)
+        trace("actor_reload", step=step)
 
     def _actor_role(self):
         from verl.trainer.ppo.utils import Role
@@ -151,20 +232,23 @@ class CROPITrainer(PPOTrainerSync):
 
     def _run_boundary(self, stage: int, step: int) -> None:
         """Select stage ``stage`` at the policy after ``step`` steps, install its dataloader, record its metrics."""
-        cropi = self.config.cropi
-        manifest = {"model": self.config.actor_rollout_ref.model.path, "dtype": self.worker_precision[0],
-                    "projection": OmegaConf.to_container(cropi.projection), "popi": OmegaConf.to_container(cropi.popi)}
         previous = self.stage_state
+        offloaded = False
+
+        def featurizer():
+            nonlocal offloaded
+            offloaded = self._offload_actor(step)
+            return self._featurizer(step)
+
         try:
-            state = stage_boundary(
-                stage, step, self.schedule, self._pool(), self.val_rollouts, self.curriculum_dir,
-                partial(self._featurizer, step), manifest, previous, cropi.seed, cropi.metric, cropi.max_val_prompts,
-                cropi.shard_size, progress=True,
-            )
+            state = stage_boundary(stage, step, self.selection, self._pool(), self.val_rollouts, self.curriculum_dir,
+                                   featurizer, previous, source=self._weights_source(step))
         finally:
             if self.influence_group is not None:
                 self.influence_group.release()  # the model and the allocator's cache leave the GPU
                 trace("influence_pass", phase="end", step=step)
+            if offloaded:
+                self._reload_actor(step)
         self._install_stage(state)
         self._cropi_metrics |= boundary_metrics(state, previous, self.curriculum_dir)
 
@@ -173,6 +257,14 @@ class CROPITrainer(PPOTrainerSync):
         stage = self.schedule.stage_of(self.global_steps)
         if self.stage_state is None or self.stage_state.stage != stage:
             self._run_boundary(stage, stage * self.schedule.steps_per_stage)
+
+    def _close_dataloader(self) -> None:
+        """End the train dataloader's worker processes (``data.dataloader_num_workers``) once no step needs them: its
+        iterator's finaliser joins them (a ``StatefulDataLoader`` keeps its iterator too, for ``state_dict``). Left
+        running, Ray's shutdown kills them before the task runner, whose torch SIGCHLD handler then prints
+        "DataLoader worker ... is killed by signal" after a run that succeeded."""
+        self.train_dataloader_it = self.train_dataloader = None
+        gc.collect()
 
     def _close_influence(self) -> None:
         if self.influence_group is not None:
@@ -194,18 +286,47 @@ class CROPITrainer(PPOTrainerSync):
         super().on_step_end()  # verl: sync the new weights to the rollout replicas (wakes them)
         if self.global_steps >= self.total_training_steps:
             self._close_influence()  # fit() returns after the last step without calling on_train_end
+            self._close_dataloader()
 
     def _consume_sync_metrics(self) -> dict:
         metrics, self._cropi_metrics = self._cropi_metrics, {}
         return super()._consume_sync_metrics() | metrics
 
+    def _balance_batch(self, batch, metrics, **kwargs):
+        """Count, before verl pads the step's batch, the samples its agent loop dropped: a session whose reward (or
+        generation) raised writes no sample, and its group trains with fewer than ``rollout.n``."""
+        expected = self.config.data.train_batch_size // self.parameter_sync_step * self.config.actor_rollout_ref.rollout.n
+        failed = expected - len(batch.keys)
+        metrics["cropi/failed_samples"] = failed
+        if failed:
+            log.warning("step %d: verl dropped %d of %d samples: their reward or generation raised (the agent-loop "
+                        "workers' log has the tracebacks)", self.global_steps, failed, expected)
+        return super()._balance_batch(batch, metrics, **kwargs)
+
+    def _validate(self, *args, **kwargs):
+        """verl's validation; a data source of ``data.val_files`` without a ``val-core`` metric (every sample's reward
+        raised) is a warning and ``cropi/val_sources_missing``."""
+        metrics = super()._validate(*args, **kwargs)
+        if metrics:
+            missing = [s for s in self.val_sources if not any(k.startswith(f"val-core/{s}/") for k in metrics)]
+            metrics["cropi/val_sources_missing"] = len(missing)
+            if missing:
+                log.warning("validation: no metric for data sources %s: their reward raised on every sample",
+                            missing)
+        return metrics
+
     # ----- checkpoints -------------------------------------------------------------------------------------------
     def _save_checkpoint(self) -> None:
-        folder = Path(self.config.trainer.default_local_dir) / f"global_step_{self.global_steps}"
+        folder = self._checkpoint_folder(self.global_steps)
         if self.stage_state is not None:
             self.stage_state.save(folder / STAGE_FILE)
+        atomic_write_json({"id": uuid.uuid4().hex, "step": self.global_steps}, folder / CHECKPOINT_ID_FILE)
         super()._save_checkpoint()
         kill_point("checkpoint_saved")
+        pruned = prune_checkpoints(folder.parent, self.config.trainer.get("max_actor_ckpt_to_keep"), self.global_steps)
+        if pruned:
+            log.info("deleted %s (trainer.max_actor_ckpt_to_keep=%s)", ", ".join(p.name for p in pruned),
+                     self.config.trainer.get("max_actor_ckpt_to_keep"))
 
     def _resume_folder(self) -> str | None:
         """The checkpoint folder verl's ``_load_checkpoint`` will load (same rules: resume_mode auto / resume_path)."""

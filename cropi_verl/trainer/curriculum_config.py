@@ -32,7 +32,7 @@ from cropi_verl.utils.config_rules import (
     shipped_keys,
     unknown_keys,
 )
-from cropi_verl.workers.group import WORKER_DTYPES, resolve_worker_precision
+from cropi_verl.workers.group import WORKER_DTYPES
 
 AutoFlag = Annotated[Literal["auto"] | Flag, Field(description="auto, true or false")]
 
@@ -44,8 +44,8 @@ CROPI_RULES = {
     "projection.subset_ratio": Fraction, "projection.native": Flag,
     "popi.micro_batch_tokens": Count, "popi.logit_chunk_tokens": Count, "popi.clip_ratio": OptionalPositive,
     "popi.adv_eps": Positive, "popi.share_prompt": Flag, "popi.merge_duplicates": Flag, "popi.stream_buffer": Count,
-    "workers.n": OptionalCount, "workers.use_gpu": Flag, "workers.threads": Count,
-    "workers.dtype": one_of(WORKER_DTYPES), "workers.gradient_checkpointing": AutoFlag,
+    "workers.n": OptionalCount, "workers.use_gpu": AutoFlag, "workers.threads": Count,
+    "workers.dtype": one_of(WORKER_DTYPES), "workers.gradient_checkpointing": AutoFlag, "workers.offload_actor": Flag,
 }
 
 
@@ -93,16 +93,20 @@ def _checked_strategy(cropi: Mapping[str, Any]) -> str:
     return strategy if strategy in STRATEGIES else "cropi"
 
 
+def workers_on_gpu(cropi: Mapping[str, Any], trainer: Mapping[str, Any]) -> bool:
+    """``cropi.workers.use_gpu`` resolved: ``auto`` is true unless verl's ``trainer.device`` is cpu."""
+    use = (cropi.get("workers") or {}).get("use_gpu")
+    return trainer.get("device", "cuda") != "cpu" if use == "auto" else use is True
+
+
 def _checkpointing_problems(cropi: Mapping[str, Any]) -> list[str]:
-    """``popi.share_prompt`` with the workers' gradient checkpointing as resolved for their device (``auto``: on
-    with a GPU)."""
+    """``popi.share_prompt`` with the workers' gradient checkpointing turned on (``auto`` leaves it off with
+    ``share_prompt``: ``worker_plan.resolve_checkpointing``)."""
     workers, share = cropi.get("workers") or {}, (cropi.get("popi") or {}).get("share_prompt")
-    _, ckpt = resolve_worker_precision("auto", workers.get("gradient_checkpointing"), workers.get("use_gpu") is True)
-    conflict = checkpointing_conflict(share is True, ckpt)
+    conflict = checkpointing_conflict(share is True, workers.get("gradient_checkpointing") is True)
     if not conflict:
         return []
-    return [f"cropi.popi.share_prompt=true with cropi.workers.gradient_checkpointing="
-            f"{workers.get('gradient_checkpointing')} (use_gpu={workers.get('use_gpu')}): {conflict}"]
+    return [f"cropi.popi.share_prompt=true with cropi.workers.gradient_checkpointing=true: {conflict}"]
 
 
 def _trainer_problems(trainer: Mapping[str, Any], cropi: Mapping[str, Any], checkpoint: Mapping[str, Any]) -> list[str]:

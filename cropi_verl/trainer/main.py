@@ -1,7 +1,8 @@
 """Hydra entry point of the verl recipe: ``python -m cropi_verl.trainer.main [overrides]`` (configs/cropi_trainer.yaml).
 
 Validates verl's config, the ``cropi:`` group and its rollouts files (``read_rollouts``; one clear error before any
-GPU work), then runs
+GPU work) and the verl internals the trainer relies on (``verl_contract.check_verl``), makes
+``trainer.default_local_dir`` absolute (every node's workers read the boundary weights there), then runs
 ``CROPITaskRunner`` through verl's ``run_ppo`` (Ray init, runtime env). ``CROPI_DRY_RUN=1`` prints the composed
 config and exits after the checks. A refused override, bad input, Ctrl-C or SIGTERM end it with one line
 (``cropi_verl.utils.cli``); an interruption's line names the latest checkpoint a rerun resumes from.
@@ -18,6 +19,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from cropi_verl.rollout.records import read_rollouts
 from cropi_verl.trainer.curriculum_config import check_composed_config
+from cropi_verl.trainer.verl_contract import check_verl
 from cropi_verl.utils.cli import one_line_errors, run_hydra, sigterm_handler_kept_across_ray_init, step
 
 
@@ -73,6 +75,16 @@ def check(config: DictConfig) -> None:
             read_rollouts(path)
 
 
+def check_cpu_platform(config: DictConfig) -> None:
+    """``trainer.device=cpu`` (``+device=cpu``) runs verl on the CPU platform of ``cropi_verl.verl_cpu``, which verl
+    loads from the environment in every process; without it verl would silently switch the device to cuda."""
+    modules = os.environ.get("VERL_USE_EXTERNAL_MODULES", "").split(",")
+    if config.trainer.device == "cpu" and (os.environ.get("VERL_PLATFORM", "").strip().lower() != "cpu"
+                                           or "cropi_verl.verl_cpu" not in modules):
+        raise ValueError("trainer.device=cpu needs VERL_PLATFORM=cpu and VERL_USE_EXTERNAL_MODULES=cropi_verl.verl_cpu "
+                         "in the environment (source recipes/_cpu_env.sh, or run a recipe with DEVICE=cpu)")
+
+
 def resume_point(config: DictConfig) -> str:
     """Where a rerun of the same command goes on from: verl's latest checkpoint with ``trainer.resume_mode=auto``."""
     tracker = Path(config.trainer.default_local_dir) / "latest_checkpointed_iteration.txt"
@@ -93,8 +105,11 @@ def main(config: DictConfig) -> None:
     from verl.utils.device import auto_set_device
 
     step("the config and rollouts checks")
+    check_cpu_platform(config)
     auto_set_device(config)
     check(config)
+    check_verl()
+    config.trainer.default_local_dir = os.path.abspath(config.trainer.default_local_dir)
     if os.environ.get("CROPI_DRY_RUN"):
         print(DRY_RUN_HEADER)
         print(OmegaConf.to_yaml(config))

@@ -44,6 +44,12 @@ def atomic_write_json(obj: Any, path: Path) -> Path:
     return Path(path)
 
 
+def atomic_write_text(text: str, path: Path) -> Path:
+    with atomic_path(path) as tmp:
+        tmp.write_text(text)
+    return Path(path)
+
+
 def atomic_write_bytes(data: bytes, path: Path) -> Path:
     with atomic_path(path) as tmp:
         tmp.write_bytes(data)

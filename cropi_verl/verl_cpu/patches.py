@@ -25,6 +25,15 @@ def _check_cpus_available(self) -> None:
                          "ray_kwargs.ray_init.num_cpus (logical CPUs; the host's cores are shared)")
 
 
+def _unpinned_offload_policy(pin_memory: bool = True):
+    """Replaces ``CPUOffloadPolicy`` in verl/workers/engine/fsdp/transformer_impl.py: verl shards the reference
+    policy (forward only) with ``CPUOffloadPolicy(pin_memory=True)``, and pinned memory needs an accelerator ("Cannot
+    access accelerator device when none is available"); on the CPU the parameters are in host memory either way."""
+    from torch.distributed.fsdp import CPUOffloadPolicy
+
+    return CPUOffloadPolicy(pin_memory=False)
+
+
 def apply() -> None:
     """Patch verl for the CPU platform (idempotent)."""
     import verl
@@ -43,6 +52,7 @@ def apply() -> None:
     # verl/trainer/ppo/v1/replay_buffer.py ReplayBuffer.__init__: the sync trainer waits for a finished batch by
     # polling TransferQueue every poll_interval=2.0 s (no config key), which is most of a CPU step; poll every 0.05 s.
     ReplayBuffer.__init__.__defaults__ = (POLL_INTERVAL_S, *ReplayBuffer.__init__.__defaults__[1:])
+    transformer_impl.CPUOffloadPolicy = _unpinned_offload_policy  # the reference policy's (actor.use_kl_loss=true)
     # verl/workers/engine/fsdp/transformer_impl.py registers its FSDP engines for devices cuda and npu only;
     # the same classes run on CPU with FSDP2 and gloo.
     for model_type, cls in (("language_model", transformer_impl.FSDPEngineWithLMHead),

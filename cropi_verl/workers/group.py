@@ -17,7 +17,7 @@ import ray
 import torch
 from verl.single_controller.ray import RayClassWithInitArgs, RayResourcePool, RayWorkerGroup
 
-from cropi_verl.influence.gradients import PopiResult, PromptRollouts, is_zero_advantage
+from cropi_verl.influence.gradients import PopiResult, PromptRollouts, is_zero_advantage, token_key
 from cropi_verl.utils.cli import sigterm_handler_kept_across_ray_init
 from cropi_verl.workers.influence_worker import InfluenceWorker, rollouts_to_proto
 
@@ -97,17 +97,19 @@ class InfluenceWorkerGroup:
         row = {int(i): r for r, i in enumerate(out.non_tensor_batch["prompt_id"]) if i >= 0}
         status = [out.non_tensor_batch["status"][row[p.prompt_id]] for p in work]
         ok = [p.prompt_id for p, s in zip(work, status) if s == "ok"]
+        rows = [row[i] for i in ok]
         return PopiResult(
             ok,
-            out.batch["features"][[row[i] for i in ok]] if ok else torch.zeros(0, self.k),
+            out.batch["features"][rows] if ok else torch.zeros(0, self.k),
             [p.prompt_id for p in zero],
             [p.prompt_id for p, s in zip(work, status) if s == "nonfinite"],
+            out.batch["drift"][rows] if ok else None,
         )
 
 
 def popi_cost(p: PromptRollouts) -> int:
     """Tokens one POPI gradient runs through: the prompt once, each distinct response once."""
-    return len(p.prompt_ids) + sum(len(r) for r in {tuple(r) for r in p.responses})
+    return len(p.prompt_ids) + sum(len(r) for r in {token_key(r): r for r in p.responses}.values())
 
 
 def balanced_order(costs: Sequence[float], n_ranks: int) -> list[int]:

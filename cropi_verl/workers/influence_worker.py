@@ -3,12 +3,13 @@
 Driven by a ``RayWorkerGroup`` (``InfluenceWorkerGroup``):
 
 - ``init_model(model_path, ..., dtype, gradient_checkpointing)`` (ONE_TO_ALL): free the previous model, load the
-  policy architecture and weights in ``dtype`` (HF gradient checkpointing optional), build the projector;
+  policy architecture and weights in ``dtype`` (HF gradient checkpointing optional), build the projector; a local
+  (absolute) path this worker cannot read fails with one line naming its rank, node and the path;
 - ``update_weights(state_dict)`` (ONE_TO_ALL): receive the *current* policy weights at a stage boundary, so no
   worker restarts between stages;
 - ``compute_features(data)`` (DP_COMPUTE_PROTO): the batch of prompts is split across ranks; each rank returns,
-  per prompt, its feature ``P g_s`` (``[k]`` float32; zeros when skipped) and a status (``ok``, ``zero_advantage``,
-  ``nonfinite``);
+  per prompt, its feature ``P g_s`` (``[k]`` float32; zeros when skipped), its drift (``DRIFT_COLUMNS``; NaN when
+  skipped) and a status (``ok``, ``zero_advantage``, ``nonfinite``);
 - ``release()`` (ONE_TO_ALL): free the model and projector (and the CUDA cache) between passes.
 
 Each prompt's feature is computed alone (``popi_features``), and every worker runs with the same thread count, so the
@@ -18,6 +19,8 @@ result is bit-identical for any number of workers.
 from __future__ import annotations
 
 import gc
+import os
+import socket
 
 import numpy as np
 import torch
@@ -27,6 +30,7 @@ from verl.single_controller.base.decorator import Dispatch, register
 
 from cropi_verl.curriculum.influence_pass import store_manifest
 from cropi_verl.influence.gradients import (
+    DRIFT_COLUMNS,
     PopiConfig,
     PromptRollouts,
     checkpointing_conflict,
@@ -73,6 +77,10 @@ class InfluenceWorker(Worker):
         (``store_manifest``, with ``dtype``)."""
         from transformers import AutoModelForCausalLM
 
+        if os.path.isabs(model_path) and not os.path.isfile(os.path.join(model_path, "config.json")):
+            raise FileNotFoundError(f"influence worker {self.rank} on node {socket.gethostname()}: cannot read the "
+                                    f"policy at {model_path}: on several nodes trainer.default_local_dir must be on a "
+                                    "filesystem that every node mounts at the same path")
         popi_cfg = PopiConfig(**popi)
         conflict = checkpointing_conflict(popi_cfg.share_prompt, gradient_checkpointing)
         if conflict:
@@ -115,13 +123,14 @@ class InfluenceWorker(Worker):
         res = popi_features(self._loaded(), prompts, self.projector, self.pad_id, self.popi)
         row = {int(p): i for i, p in enumerate(res.prompt_ids)}
         feats = torch.zeros(len(prompts), self.projector.k)
+        drift = torch.full((len(prompts), len(DRIFT_COLUMNS)), float("nan"), dtype=torch.float64)
         status = np.empty(len(prompts), dtype=object)
         zero = set(res.zero_advantage)
         for i, p in enumerate(prompts):
             if p.prompt_id in row:
-                feats[i] = res.features[row[p.prompt_id]]
+                feats[i], drift[i] = res.features[row[p.prompt_id]], res.drift[row[p.prompt_id]]
                 status[i] = "ok"
             else:
                 status[i] = "zero_advantage" if p.prompt_id in zero else "nonfinite"
-        return DataProto.from_single_dict({"features": feats, "prompt_id": data.non_tensor_batch["prompt_id"],
-                                           "status": status})
+        return DataProto.from_single_dict({"features": feats, "drift": drift,
+                                           "prompt_id": data.non_tensor_batch["prompt_id"], "status": status})
