@@ -20,6 +20,15 @@ The last line is one JSON object (ratios against ``naive`` measured in the same 
 
     python scripts/bench_gradients.py [--model tiny] [--prompts 32] [--k-resp 8] [--tokens 32] [--distinct 8]
                                       [--prompt-batch 8]
+
+``--lengths realistic`` measures padding instead: per prompt ``--k-resp`` responses whose lengths are drawn from a
+log-normal (median ``--median-frac`` x ``--cap``, sigma 0.8, cut at the cap) with a share ``--at-cap`` set to the cap
+(truncated generations), after prompts of 64-256 tokens (GSM8K, MATH and DeepScaleR questions with a chat template).
+It runs ``popi_features`` without the prompt cache twice, rows right-padded and rows packed (``PopiConfig.pack``),
+alternately, in one process, and reports padded and packed positions over real tokens, s/prompt of each (the
+fastest of ``--repeats``), their ratio, and the packed features' largest relative difference from the padded ones.
+
+    python scripts/bench_gradients.py --lengths realistic [--model medium] [--cap 512] [--prompts 16]
 """
 
 from __future__ import annotations
@@ -40,8 +49,12 @@ from cropi_verl.utils.cli import HelpFormatter, one_line_errors
 MODELS = {
     "tiny": dict(hidden_size=128, intermediate_size=384, num_hidden_layers=2, num_attention_heads=4,
                  num_key_value_heads=2, vocab_size=400),
+    "medium": dict(hidden_size=512, intermediate_size=1536, num_hidden_layers=2, num_attention_heads=8,
+                   num_key_value_heads=2, vocab_size=4096),
     "qwen2.5-1.5b": dict(hidden_size=1536, intermediate_size=8960, num_hidden_layers=28, num_attention_heads=12,
                          num_key_value_heads=2, vocab_size=151936),
+    "qwen2.5-7b": dict(hidden_size=3584, intermediate_size=18944, num_hidden_layers=28, num_attention_heads=28,
+                       num_key_value_heads=4, vocab_size=152064),
 }
 
 MODES = ["naive", "streamed_plain", "streamed", "streamed_compiled", "packed_sum", "packed_vmap"]
@@ -192,6 +205,76 @@ def run_mode(args) -> dict:
     return out
 
 
+def realistic_prompts(n: int, k: int, cap: int, median_frac: float, at_cap: float, vocab: int, seed: int = 0) -> list:
+    """``n`` prompts of 64-256 tokens with ``k`` distinct responses each: log-normal lengths (median
+    ``median_frac`` x ``cap``, sigma 0.8) cut at ``cap``, a share ``at_cap`` set to ``cap``; rewards 0/1 alternating."""
+    import numpy as np
+
+    from cropi_verl.influence.gradients import PromptRollouts
+
+    rng = np.random.default_rng(seed)
+    out = []
+    for i in range(n):
+        lengths = np.minimum(cap, np.maximum(1, rng.lognormal(np.log(median_frac * cap), 0.8, k).astype(int)))
+        lengths[rng.random(k) < at_cap] = cap
+        responses = [rng.integers(0, vocab, m).tolist() for m in lengths]
+        out.append(PromptRollouts(i, rng.integers(0, vocab, rng.integers(64, 257)).tolist(), responses,
+                                  [[-2.0] * m for m in lengths], [float(j % 2) for j in range(k)]))
+    return out
+
+
+def run_realistic(args) -> dict:
+    """Padded against packed rows on ``realistic_prompts`` (module docstring)."""
+    from transformers import Qwen2Config, Qwen2ForCausalLM
+
+    from cropi_verl.influence.gradients import micro_batches, parameter_offsets, popi_features, processed_tokens
+    from cropi_verl.influence.projection import make_projector
+
+    torch.manual_seed(0)
+    cfg = Qwen2Config(**MODELS[args.model], max_position_embeddings=max(4096, 2 * args.cap), tie_word_embeddings=True)
+    with torch.device(args.device):
+        model = Qwen2ForCausalLM(cfg).to(torch.bfloat16 if args.device == "cuda" else torch.float32)
+    _, dim = parameter_offsets(model)
+    proj = make_projector("sparse_jl", dim, args.k)
+    prompts = realistic_prompts(args.prompts, args.k_resp, args.cap, args.median_frac, args.at_cap, cfg.vocab_size)
+    real = sum(len(p.prompt_ids) + len(r) for p in prompts for r in p.responses)
+    positions, seconds, feats = {}, {}, {}
+    for pack in (False, True):
+        lengths = [[len(r) for r in p.responses] for p in prompts]
+        positions[pack] = sum(processed_tokens(len(p.prompt_ids), [n[i] for i in b], False, pack)
+                              for p, n in zip(prompts, lengths)
+                              for b in micro_batches(n, len(p.prompt_ids), args.micro_batch_tokens, False, pack))
+    popi = {pack: PopiConfig(micro_batch_tokens=args.micro_batch_tokens, share_prompt=False, pack=pack,
+                             stream_buffer=args.stream_buffer) for pack in (False, True)}
+    popi_features(model, prompts[:1], proj, 0, popi[True])  # warm-up (allocator, kernels)
+    for _ in range(args.repeats):
+        for pack in (False, True):
+            t = time.perf_counter()
+            res = popi_features(model, prompts, proj, 0, popi[pack])
+            if args.device == "cuda":
+                torch.cuda.synchronize()
+            seconds[pack] = min(seconds.get(pack, float("inf")), time.perf_counter() - t)
+            feats[pack] = res.features
+    rel = ((feats[True] - feats[False]).norm(dim=1) / feats[False].norm(dim=1)).max()
+    return {"model": args.model, "params": dim, "device": args.device, "prompts": args.prompts, "cap": args.cap,
+            "real_tokens": real, "padded_positions": positions[False], "packed_positions": positions[True],
+            "token_ratio_padded": round(positions[False] / real, 3), "token_ratio_packed": round(positions[True] / real, 3),
+            "s_per_prompt_padded": round(seconds[False] / args.prompts, 4),
+            "s_per_prompt_packed": round(seconds[True] / args.prompts, 4),
+            "packed_speedup": round(seconds[False] / seconds[True], 2), "max_rel_err": float(rel)}
+
+
+def print_realistic(out: dict) -> None:
+    print(f"model={out['model']} ({out['params']:,} params) device={out['device']} {out['prompts']} prompts, response "
+          f"cap {out['cap']}: {out['real_tokens']:,} real tokens")
+    print(f"{'rows':<8}{'positions':>11}{'over real':>11}{'s/prompt':>10}")
+    for name in ("padded", "packed"):
+        print(f"{name:<8}{out[f'{name}_positions']:>11,}{out[f'token_ratio_{name}']:>11.3f}"
+              f"{out[f's_per_prompt_{name}']:>10.4f}")
+    print(f"packed speed-up {out['packed_speedup']:.2f}x, largest relative feature difference {out['max_rel_err']:.1e}")
+    print(json.dumps(out))
+
+
 @one_line_errors(resumes=False)
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter, epilog=(
@@ -218,7 +301,16 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--warmup", action=argparse.BooleanOptionalAction, default=True,
                     help="run one prompt (one batch for packed_*) before timing")
     ap.add_argument("--mode", choices=MODES, default=None, help=argparse.SUPPRESS)
+    ap.add_argument("--lengths", choices=["fixed", "realistic"], default="fixed",
+                    help="realistic: padded against packed rows on drawn lengths (module docstring)")
+    ap.add_argument("--cap", type=int, default=512, help="realistic: the response token cap")
+    ap.add_argument("--median-frac", type=float, default=0.3, help="realistic: median response length / cap")
+    ap.add_argument("--at-cap", type=float, default=0.1, help="realistic: share of responses at the cap")
+    ap.add_argument("--repeats", type=int, default=2, help="realistic: timed runs per layout (the fastest counts)")
     args = ap.parse_args(argv)
+    if args.lengths == "realistic":
+        print_realistic(run_realistic(args))
+        return 0
     if args.mode:
         print(json.dumps(run_mode(args)))
         return 0

@@ -4,7 +4,9 @@
 #      tqdm, numpy, pandas, pyarrow, pydantic, pyyaml, pytest; pyproject.toml's bounds), never touching torch;
 #   2. runs scripts/gpu_pass_check.py --pytest: the tests marked gpu, then the influence pass on random-init
 #      Qwen2.5-1.5B and -7B against cropi_verl/plan.py; each part is recorded, errors included, in
-#      $OUT/gpu_check.json (./gpu_check.json without OUT), which is also printed.
+#      $OUT/gpu_check.json (./gpu_check.json without OUT), which is also printed;
+#   3. scripts/bench_gradients.py --lengths realistic at Qwen2.5-1.5B (cap 2,048) and -7B (cap 4,096) shapes: rows
+#      padded against packed, one JSON line each appended to $OUT/bench_gradients_realistic.jsonl (and printed).
 #   bash scripts/gpu_check.sh [more gpu_pass_check.py arguments]
 # Environment: PYTHON (python); CROPI_WHEELS=DIR installs from local wheels only (pip --no-index --find-links DIR),
 # for a machine without network access.
@@ -50,6 +52,17 @@ else
   echo "all required packages present" >>"$SETUP_LOG"
 fi
 
-LEFT=$((TOTAL_S - SECONDS))
+BENCH_S=130        # step 3's share
+LEFT=$((TOTAL_S - BENCH_S - SECONDS))
 timeout "$LEFT" "$PYTHON" scripts/gpu_pass_check.py --pytest --total-budget-s $((LEFT - 15)) \
   --setup-log "$SETUP_LOG" "$@"
+STATUS=$?
+BENCH_OUT="${OUT:-.}/bench_gradients_realistic.jsonl"
+for shape in "qwen2.5-1.5b 2048 8" "qwen2.5-7b 4096 4"; do
+  read -r model cap prompts <<< "$shape"
+  LEFT=$((TOTAL_S - SECONDS))
+  (( LEFT > 20 )) || { echo "{\"model\": \"$model\", \"skipped\": \"no time left\"}" | tee -a "$BENCH_OUT"; continue; }
+  timeout "$LEFT" "$PYTHON" scripts/bench_gradients.py --lengths realistic --device cuda --model "$model" \
+    --cap "$cap" --prompts "$prompts" --repeats 1 --k 32768 2>&1 | tail -n 1 | tee -a "$BENCH_OUT"
+done
+exit "$STATUS"

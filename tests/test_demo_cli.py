@@ -50,6 +50,30 @@ def test_quick_demo_writes_summary_with_all_methods(quick_run):
     stages = json.loads((quick_run / "cropi" / "result.json").read_text())["stages"]
     assert [len(s["selected_ids"]) for s in stages] == [15, 15]  # 10% of 150, at each of the 2 stages
     assert_wallclock(summary, json.loads((quick_run / "rollouts" / "collect_seconds.json").read_text()), stages)
+    assert_compute(summary, quick_run, stages)
+
+
+def assert_compute(summary: dict, run: Path, cropi_stages: list[dict]) -> None:
+    """Every method's FLOPs by each eval: its collection charge (4 P per pool / targeted-set token: sampled, then
+    beta's log-probs) + its GRPO steps + its influence passes, the last two as recorded; the speed-up reads them."""
+    import pandas as pd
+    from transformers import AutoModelForCausalLM
+
+    params = sum(p.numel() for p in AutoModelForCausalLM.from_pretrained(summary["policy_dir"]).parameters())
+    tokens = {}
+    for split in ("train", "val_add", "val_sub"):
+        frame = pd.read_parquet(run / "rollouts" / split / "rollouts.parquet")
+        tokens[split] = sum(len(p) + len(r) for p, resp in zip(frame["prompt_token_ids"], frame["response_ids"])
+                            for r in resp)
+    charge = {"full": 0, "random": 0, "pass_rate": tokens["train"], "learnability": tokens["train"],
+              "cropi": sum(tokens.values())}
+    for name, curve in summary["curves"].items():
+        assert summary["spent_flops"][name] == pytest.approx(
+            [4 * params * charge[name] + r["train_flops"] + r["select_flops"] for r in curve])
+        assert curve[0]["train_flops"] == 0 and curve[-1]["train_flops"] > 0
+    passes = [s["stats"]["pass_flops"] for s in cropi_stages]
+    assert [r["select_flops"] for r in summary["curves"]["cropi"]] == pytest.approx([0, passes[0], sum(passes)])
+    assert set(summary["compute_speedup"]) == METHODS - {"full"}
 
 
 def assert_wallclock(summary: dict, collect: dict, cropi_stages: list[dict]) -> None:
@@ -162,9 +186,11 @@ def test_repeats_average_curves_and_keep_each_seed():
 
 
 def _timed(targeted: list[float], train: list[float], select: list[float]) -> dict:
-    """A result with evals at steps 0, 5, 10 and the cumulative seconds at each; one stage, no influence scores."""
+    """A result with evals at steps 0, 5, 10 and the cumulative seconds at each (and FLOPs: 1e9 x the seconds); one
+    stage, no influence scores."""
     return {"history": [{"step": 5 * i, "targeted": t, "untargeted": 0.5, "val": {}, "train_seconds": tr,
-                         "select_seconds": se} for i, (t, tr, se) in enumerate(zip(targeted, train, select))],
+                         "select_seconds": se, "train_flops": tr * 1e9, "select_flops": se * 1e9}
+                        for i, (t, tr, se) in enumerate(zip(targeted, train, select))],
             "stages": [{"selected_ids": [], "stats": {"seconds": select[-1]}}], "train_seconds": train[-1]}
 
 
@@ -176,6 +202,7 @@ def test_summary_wallclock_speedup_charges_each_method_its_costs(capsys):
 
     cfg = OmegaConf.create({"eval": {"speedup_gain_fraction": 0.9}, "curriculum": {"num_stages": 1}})
     collect = {"train": 3.0, "val_add": 1.0, "val_sub": 1.0}
+    collect_flops = {k: v * 1e9 for k, v in collect.items()}
     # full: 2 s per step -> its best 0.3 at step 10, 20 s. All others reach 0.3 at step 5 (2x in steps), each at
     # 1 s per step: cropi 5 (collection, all splits) + 5 + 2 (its boundary) = 12 s; pass_rate 3 (the pool's) + 5 = 8 s;
     # random 5 s (no collection)
@@ -183,22 +210,26 @@ def test_summary_wallclock_speedup_charges_each_method_its_costs(capsys):
                "cropi": _timed([0.1, 0.3, 0.3], [0, 5, 10], [0, 2, 2]),
                "pass_rate": _timed([0.1, 0.3, 0.3], [0, 5, 10], [0, 0, 0]),
                "random": _timed([0.1, 0.3, 0.3], [0, 5, 10], [0, 0, 0])}
-    summary = summarize(cfg, results, collect)
+    summary = summarize(cfg, results, collect, collect_flops)
     wall = summary["wallclock_speedup"]
     assert {m: (w["seconds_to_reach"], w["collect_seconds"]) for m, w in wall.items()} == {
         "cropi": (12.0, 5.0), "pass_rate": (8.0, 3.0), "random": (5.0, 0.0)}
     assert {m: w["speedup"] for m, w in wall.items()} == pytest.approx({"cropi": 20 / 12, "pass_rate": 2.5,
                                                                          "random": 4.0})
     assert summary["speedup"]["cropi"]["speedup"] == 2.0 and summary["elapsed_seconds"]["cropi"] == [5.0, 12.0, 17.0]
+    compute = summary["compute_speedup"]  # the same charges in FLOPs (1e9 per second here)
+    assert {m: (c["flops_to_reach"], c["collect_flops"]) for m, c in compute.items()} == {
+        "cropi": (12e9, 5e9), "pass_rate": (8e9, 3e9), "random": (5e9, 0.0)}
+    assert {m: c["speedup"] for m, c in compute.items()} == pytest.approx({m: w["speedup"] for m, w in wall.items()})
     # full's best at step 0: no speed-up (0/0), not 1.00x, in summary.json and in the table
     results["full"] = _timed([0.3, 0.2, 0.25], [0, 10, 20], [0, 0, 0])
-    summary = summarize(cfg, results, collect)
-    for key in ("speedup", "speedup_at_gain", "wallclock_speedup"):
+    summary = summarize(cfg, results, collect, collect_flops)
+    for key in ("speedup", "speedup_at_gain", "wallclock_speedup", "compute_speedup"):
         assert all(e["speedup"] is None and e["speedup_note"] == UNDEFINED for e in summary[key].values())
     print_table({"mean": 0.5, "by_family": {}, "zero_advantage_fraction": 0.0}, summary)
     lines = capsys.readouterr().out.splitlines()
     cropi = next(line for line in lines if line.startswith("cropi "))
-    assert cropi.split()[-3:] == ["-", "-", "-"] and "x" not in cropi
+    assert cropi.split()[-4:] == ["-", "-", "-", "-"] and "x" not in cropi
     assert f"  -: {UNDEFINED}" in lines
 
 
@@ -208,3 +239,13 @@ def test_bad_demo_keys_fail_in_one_line_before_any_work(tmp_path):
     assert proc.stderr.strip().splitlines()[-1].startswith(
         "error: bad demo config: repeats=0: expected an integer >= 1; eval.every=0: expected an integer >= 1")
     assert not (tmp_path / "bad" / "data").exists()
+
+
+def test_collection_flops_by_hand():
+    """4 P per prompt and response token of every response: 2 P sampled, 2 P again for beta's log-probs."""
+    import pandas as pd
+
+    from cropi_verl.local.main import collection_flops
+
+    frame = pd.DataFrame({"prompt_token_ids": [[1, 2, 3], [4]], "response_ids": [[[5, 6], [7]], [[8, 9, 10]]]})
+    assert collection_flops(frame, params=10) == 4 * 10 * ((3 + 2) + (3 + 1) + (1 + 3))

@@ -22,8 +22,7 @@ def test_interrupted_pass_resumes_and_matches(tmp_path):
     _, dim = parameter_offsets(model)
     proj = make_projector("sparse_jl", dim, k=32)
     real = local_featurizer(model, proj, PAD)
-    ref_ids, ref_feats, ref_skipped, ref_drift = features_into_store(real, prompts,
-                                                                     FeatureStore(tmp_path / "a", _manifest(proj)), 3)
+    ref = features_into_store(real, prompts, FeatureStore(tmp_path / "a", _manifest(proj)), 3)
     calls = []
 
     def dying(chunk):  # the third shard "crashes"
@@ -38,10 +37,11 @@ def test_interrupted_pass_resumes_and_matches(tmp_path):
     assert sorted(p.name for p in (tmp_path / "b").iterdir()) == ["manifest.json", "shard_00000.pt", "shard_00001.pt"]
     calls.clear()
     counting = lambda chunk: (calls.append(1), real(chunk))[1]  # noqa: E731
-    ids, feats, skipped, drift = features_into_store(counting, prompts, FeatureStore(tmp_path / "b", _manifest(proj)), 3)
+    got = features_into_store(counting, prompts, FeatureStore(tmp_path / "b", _manifest(proj)), 3)
     assert len(calls) == 2  # only shards 2 and 3 recomputed
-    assert torch.equal(ids, ref_ids) and torch.equal(feats, ref_feats) and torch.equal(drift, ref_drift)
-    assert skipped == ref_skipped and skipped["zero_advantage"] == [100, 104, 108]
+    assert torch.equal(got.prompt_ids, ref.prompt_ids) and torch.equal(got.features, ref.features)
+    assert torch.equal(got.drift, ref.drift) and got.flops == ref.flops > 0  # as if computed in one go
+    assert got.skipped == ref.skipped and got.skipped["zero_advantage"] == [100, 104, 108]
 
 
 def test_corrupt_shard_is_redone(tmp_path):
@@ -51,11 +51,11 @@ def test_corrupt_shard_is_redone(tmp_path):
     proj = make_projector("sparse_jl", dim, k=16)
     store = FeatureStore(tmp_path, _manifest(proj))
     featurize = local_featurizer(model, proj, PAD)
-    _, ref, _, _ = features_into_store(featurize, prompts, store, 2)
+    ref = features_into_store(featurize, prompts, store, 2).features
     data = store.shard_path(1).read_bytes()
     store.shard_path(1).write_bytes(data[: len(data) // 2])  # truncated on disk
     assert not store.has_shard(1)
-    _, again, _, _ = features_into_store(featurize, prompts, store, 2)
+    again = features_into_store(featurize, prompts, store, 2).features
     assert torch.equal(again, ref)
 
 

@@ -32,12 +32,13 @@ ENTRY_POINTS = {
     "plot": (["scripts/plot.py"], ["run", "output_dir"]),
     "bench_projection": (["scripts/bench_projection.py"], ["--quick", "--dim", "--k", "(default: 8192)"]),
     "bench_gradients": (["scripts/bench_gradients.py"], ["--model", "--modes", "--prompt-batch", "(default: tiny)",
-                                                          "examples"]),
+                                                          "--lengths", "examples"]),
     "projection_fidelity": (["scripts/projection_fidelity.py"], ["--quick", "--policy", "--pool"]),
     "gpu_pass_check": (["scripts/gpu_pass_check.py"], ["--tiny", "--pytest", "--out", "example"]),
     "config_reference": (["scripts/config_reference.py"], ["--check", "--write", "examples"]),
     "bench_verl_cpu": (["scripts/bench_verl_cpu.py"], ["--steps", "--batch", "(default: 10)"]),
     "bench_pool_shipping": (["scripts/bench_pool_shipping.py"], ["--prompts", "--baseline-prompts", "(default: 55000)"]),
+    "plan": (["scripts/plan.py"], ["--model", "--zero-share", "--step-seconds", "published", "assumption"]),
     "cropi_verl.verl_cpu.recipe_inputs": (["-m", "cropi_verl.verl_cpu.recipe_inputs"], ["--raw-dir", "--where"]),
 }
 ENTRY_POINTS = {name: e for name, e in ENTRY_POINTS.items() if e[0][0] == "-m" or (ROOT / e[0][0]).is_file()}

@@ -71,3 +71,21 @@ def test_kl_loss_needs_a_reference_model(policy):
         grpo_step(model, tok, torch.optim.SGD(model.parameters(), lr=0.0), batch,
                   GRPOConfig(batch_size=2, n=2, max_new_tokens=4, use_kl_loss=True), seed=0)
 
+
+
+def test_step_flops_count_the_tokens_the_step_processed(policy):
+    """2 P per prompt and response token sampled (the same samples, by seed) + 6 P per position of the update's
+    right-padded [B, W] batch (+ 2 P per position for the reference's forward with the KL loss), by hand."""
+    model, tok = policy
+    batch = build_toy_task(TASK)["train"].iloc[:3]
+    params = sum(p.numel() for p in model.parameters())
+    for kl in (False, True):
+        cfg = GRPOConfig(batch_size=3, n=4, max_new_tokens=8, use_kl_loss=kl)
+        prompts = [chat_prompt_ids(tok, list(p)) for p in batch["prompt"]]
+        gens = sample_chat(model, tok, prompts, cfg.n, cfg.temperature, 1.0, cfg.max_new_tokens, 7)
+        lengths = [len(g.prompt_ids) + len(g.response_ids) for group in gens for g in group]
+        expected = 2 * params * sum(lengths) + (6 + 2 * kl) * params * len(lengths) * max(lengths)
+        trained = copy.deepcopy(model)
+        metrics = grpo_step(trained, tok, torch.optim.SGD(trained.parameters(), lr=0.0), batch, cfg, seed=7,
+                            ref_model=model if kl else None)
+        assert metrics["compute/flops"] == expected

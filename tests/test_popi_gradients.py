@@ -47,22 +47,26 @@ def reference_gradient(model, pr, eps=1e-4, clip=None) -> torch.Tensor:
     return torch.cat([g.reshape(-1) for g in grads])
 
 
-@pytest.mark.parametrize("clip, tokens, chunk, share_prompt, merge, buffer", [
-    (None, 1 << 14, 1024, True, True, 1 << 20), (None, 1, 1, True, True, 1 << 20), (None, 22, 3, False, True, 300),
-    (None, 1 << 14, 5, True, False, 64), (None, 30, 1024, False, False, 1), (0.2, 20, 2, True, True, 1 << 20),
-    (0.2, 1 << 14, 1024, False, False, 300),
+@pytest.mark.parametrize("clip, tokens, chunk, share_prompt, merge, buffer, pack", [
+    (None, 1 << 14, 1024, True, True, 1 << 20, True), (None, 1, 1, True, True, 1 << 20, True),
+    (None, 22, 3, False, True, 300, True), (None, 22, 3, False, True, 300, False),
+    (None, 1 << 14, 5, True, False, 64, True), (None, 30, 1024, False, False, 1, True),
+    (None, 30, 1024, False, False, 1, False), (0.2, 20, 2, True, True, 1 << 20, True),
+    (0.2, 1 << 14, 1024, False, False, 300, True), (0.2, 1 << 14, 1024, False, False, 300, False),
 ])
-def test_popi_matches_autograd_reference(clip, tokens, chunk, share_prompt, merge, buffer):
-    """Every path (prompt KV cache or not, duplicates merged or not, micro-batches of one row to all rows, logits
-    in chunks of one token to all, clip, gradient staging in one segment, in several, or none) gives the reference
-    gradient; the prompts repeat responses with different behaviour log-probs, and include 1-token prompts."""
+def test_popi_matches_autograd_reference(clip, tokens, chunk, share_prompt, merge, buffer, pack):
+    """Every path (prompt KV cache, rows packed into one or right-padded, duplicates merged or not, micro-batches of
+    one row to all rows, logits in chunks of one token to all, clip, gradient staging in one segment, in several, or
+    none) gives the reference gradient; the prompts repeat responses with different behaviour log-probs, have
+    responses of 1 to 6 tokens (ragged rows) and include 1-token prompts."""
     model = tiny_model(layers=2)
     prompts = make_prompts(5, k=5, seed=3, duplicates=True, min_prompt=1)
     assert min(len(p.prompt_ids) for p in prompts) == 1
     _, dim = parameter_offsets(model)
     res = popi_features(model, prompts, make_projector("identity", dim), PAD,
                         PopiConfig(clip_ratio=clip, micro_batch_tokens=tokens, logit_chunk_tokens=chunk,
-                                   share_prompt=share_prompt, merge_duplicates=merge, stream_buffer=buffer))
+                                   share_prompt=share_prompt, merge_duplicates=merge, stream_buffer=buffer,
+                                   pack=pack))
     assert res.prompt_ids == [p.prompt_id for p in prompts]
     for pr, feat in zip(prompts, res.features):
         ref = reference_gradient(model, pr, clip=clip)
@@ -155,6 +159,8 @@ def test_micro_batches_hand_computed():
     assert micro_batches([3, 5, 1, 5], 2, 12, share_prompt=True) == [[1, 3], [0, 2]]
     assert micro_batches([3, 5, 1, 5], 2, 1, share_prompt=True) == [[1], [3], [0], [2]]  # a row over budget alone
     assert micro_batches([3, 5, 1, 5], 2, 1 << 20, share_prompt=False) == [[1, 3, 0, 2]]
+    # packed, budget 19: [1, 3, 0] costs (2 + 5) + (2 + 5) + (2 + 3) = 19 real tokens (padded: 21), + row 2: 22
+    assert micro_batches([3, 5, 1, 5], 2, 19, share_prompt=False, packed=True) == [[1, 3, 0], [2]]
 
 
 @pytest.mark.parametrize("share_prompt", [True, False])
@@ -288,3 +294,25 @@ def test_drift_meter_against_a_hand_computed_ess(merge):
         expected = [ess(np.exp(c * lengths)), ess(np.exp(c)), np.exp(c.max())]
         assert row == pytest.approx(expected, rel=1e-5, abs=1e-6)
     assert res.drift[1].tolist() == pytest.approx([1.0, 1.0, 1.0], abs=1e-6)  # at beta
+
+
+@pytest.mark.parametrize("share, pack", [(False, False), (False, True), (True, True)])
+def test_pass_flops_count_the_positions_each_micro_batch_runs(share, pack):
+    """With a budget that fits a prompt's K responses in one micro-batch: K rows of prompt + longest response, their
+    real tokens (packed), or the prompt's prefix once and K rows of its last token + the longest response; 6 P per
+    position, 8 P with gradient checkpointing (the forward again in backward). Zero-advantage prompts cost nothing."""
+    model = tiny_model()
+    prompts = make_prompts(5, k=3, zero_every=4)  # prompts 0 and 4 are zero-advantage
+    _, dim = parameter_offsets(model)
+    cfg = PopiConfig(share_prompt=share, merge_duplicates=False, micro_batch_tokens=10**6, pack=pack)
+    res = popi_features(model, prompts, make_projector("sparse_jl", dim, k=16), PAD, cfg)
+    positions = 0
+    for p in prompts[1:4]:
+        longest, n_p = max(len(r) for r in p.responses), len(p.prompt_ids)
+        positions += (n_p - 1 + 3 * longest if share else sum(n_p + len(r) for r in p.responses) if pack
+                      else 3 * (n_p + longest))
+    assert res.zero_advantage == [100, 104] and res.flops == 6 * dim * positions
+    if not share and not pack:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        again = popi_features(model, prompts, make_projector("sparse_jl", dim, k=16), PAD, cfg)
+        assert again.flops == 8 * dim * positions

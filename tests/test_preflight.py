@@ -46,6 +46,8 @@ def test_good_run_passes_with_a_summary(tmp_path):
     assert "60 prompts, covering 60/60 of the training file" in out.stdout
     assert "zero-advantage 30 (50%) -> 30 can be scored" in out.stdout
     assert "cropi.val_rollouts.v: 5 prompts, 5 usable" in out.stdout
+    assert ("reward: pkg://cropi_verl.rewards:compute_score scores 1 / 0 on every data source (cropi_toy/add, "
+            "cropi_toy/max, cropi_toy/mul, cropi_toy/rev, cropi_toy/sub)") in out.stdout
 
 
 def test_every_problem_is_listed_at_once(tmp_path):
@@ -213,15 +215,13 @@ def test_a_mistyped_override_is_one_line():
 def test_a_reward_that_fails_or_misscores_a_data_source_and_a_relative_dir_on_nodes_are_refused(tmp_path):
     """verl's default reward (``reward.custom_reward_function.path=null``) raises for the embedded task's sources and
     scores ``aime24`` -1 / +1 (math_dapo): both named with their file. Several nodes need an absolute, shared
-    ``trainer.default_local_dir``. The shipped config (``pkg://cropi_verl.rewards``) scores every source 1 / 0."""
+    ``trainer.default_local_dir``. (The shipped config, ``pkg://cropi_verl.rewards``, scores every source 1 / 0:
+    ``test_good_run_passes_with_a_summary``.)"""
     train = _setup(tmp_path)
     val = pd.read_parquet(train).iloc[:3].assign(data_source=["aime24", "gsm8k", "math500"])
     val.to_parquet(tmp_path / "val.parquet")
     args = list(_args(tmp_path, train))
     args[1] = f"data.val_files={tmp_path / 'val.parquet'}"
-    good = run_script("preflight.py", *args)
-    assert ("reward: pkg://cropi_verl.rewards:compute_score scores 1 / 0 on every data source (aime24, cropi_toy/add, "
-            "cropi_toy/max, cropi_toy/mul, cropi_toy/rev, cropi_toy/sub, gsm8k, math500)") in good.stdout
     bad = run_script("preflight.py", *args, "reward.custom_reward_function.path=null", "trainer.nnodes=2",
                      "trainer.default_local_dir=ckpt/run", check=False)
     assert bad.returncode == 1

@@ -54,6 +54,7 @@ def _launch_config(stdout: str):
         return compose(config_name="cropi_trainer", overrides=command[3:])
 
 
+@pytest.mark.slow  # the default suite runs the recipe's config checks by dry runs; DEVICE=cpu runs it whole (-m slow)
 def test_recipe_runs_on_local_fixtures_up_to_the_trainer_launch(tmp_path, fixtures_dir):
     policy = saved_random_policy(tmp_path / "policy")
     first = _recipe(tmp_path, policy, fixtures_dir)

@@ -13,14 +13,17 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, Qwen2ForCausalLM
 from cropi_verl.data.toy_task import ToyTaskConfig, build_toy_task
 from cropi_verl.eval.accuracy import avg_at_k, mean_by
 from cropi_verl.models.tiny_policy import TinyPolicyConfig, build_tiny_policy, random_init_policy
+from cropi_verl.utils.cache import cache_root
 
 TASK = ToyTaskConfig(n_train=150, n_val=16, n_sft=2000)
 CFG = TinyPolicyConfig(task=TASK, warmup_steps=300)
 
 
 @pytest.fixture(scope="module")
-def built(tmp_path_factory):
-    cache = tmp_path_factory.mktemp("policy_cache")
+def built():
+    """The quick preset's policy (``CFG`` is its config) in the shared cache: the demo's and verl-on-CPU tests use the
+    same one, so the suite warms it up once."""
+    cache = cache_root() / "tiny_policy"
     return build_tiny_policy(CFG, cache), cache
 
 

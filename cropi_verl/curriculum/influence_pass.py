@@ -49,6 +49,7 @@ class InfluencePass:
     n_excluded: int  # responses of the pool excluded (empty or non-finite reward: ``records.usable_responses``)
     seconds: dict[str, float] = field(default_factory=dict)  # val_features, pool_features, scoring
     drift: dict[str, float] = field(default_factory=dict)  # ``drift_summary`` of the scored pool prompts
+    flops: float = 0.0  # of the pass's forward and backward passes, validation sets and pool (``pass_flops``)
 
 
 def pool_for_selection(train: pd.DataFrame, scores: Mapping[str, np.ndarray] | None = None) -> SelectionPool:
@@ -91,24 +92,26 @@ def influence_pass(
     of which no prompt can be scored is a ``ValueError`` that names the cause (``nothing_scored``)."""
     manifest = cfg.manifest if manifest is None else manifest
     root = Path(store_root)
-    val_grads = {}
+    val_grads, flops = {}, 0.0
     t0 = time.perf_counter()
     for name, frame in val.items():
         prompts = validation_prompts(frame, cfg.max_val_prompts, cfg.seed)
-        ids, feats, _, _ = features_into_store(
+        stored = features_into_store(
             featurize, prompts, FeatureStore(root / f"val_{name}", manifest | {"set": name}), cfg.shard_size,
             cfg.progress,
         )
+        flops += stored.flops
         try:
-            val_grads[name] = validation_gradient(PopiResult(ids.tolist(), feats))
+            val_grads[name] = validation_gradient(PopiResult(stored.prompt_ids.tolist(), stored.features))
         except ValueError as e:
             raise ValueError(f"validation set {name!r}: {e} ({len(frame)} prompts, {len(prompts)} with a non-zero "
                              "advantage)") from None
     t1 = time.perf_counter()
-    ids, feats, skipped, drift = features_into_store(
+    pool = features_into_store(
         featurize, to_prompt_rollouts(train), FeatureStore(root / "train", manifest | {"set": "train"}),
         cfg.shard_size, cfg.progress,
     )
+    ids, feats, skipped, drift = pool.prompt_ids, pool.features, pool.skipped, pool.drift
     t2 = time.perf_counter()
     n_zero, n_nonfinite = len(skipped.get("zero_advantage", [])), len(skipped.get("nonfinite", []))
     n_excluded = excluded_responses(train)
@@ -139,7 +142,7 @@ def influence_pass(
              len(result.prompt_ids))
     seconds = {"val_features": t1 - t0, "pool_features": t2 - t1, "scoring": time.perf_counter() - t2}
     return InfluencePass(table, result, n_zero, n_nonfinite, n_excluded, {k: round(v, 3) for k, v in seconds.items()},
-                         drift_summary(drift))
+                         drift_summary(drift), flops + pool.flops)
 
 
 def drift_summary(drift: torch.Tensor) -> dict[str, float]:

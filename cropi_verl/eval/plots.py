@@ -1,8 +1,8 @@
 """Plots (matplotlib, Agg): accuracy curves per method, and what each stage selected.
 
 - ``plot_curves``: targeted and untargeted validation accuracy vs step, one line per method, and targeted accuracy
-  vs wall-clock seconds (training, stage boundaries and the offline collection a method selects from); the step
-  (second) at which full-data GRPO reaches its best and the step (second) at which CROPI reaches it are marked.
+  vs wall-clock seconds and vs FLOPs (training, stage boundaries and the offline collection a method selects from);
+  the step (second, FLOP) at which full-data GRPO reaches its best and the one at which CROPI reaches it are marked.
 - ``plot_selection``: per stage of one run, the offline pass-rate histogram of the selected prompts, the influence
   score distribution (pool vs selected), the overlap |S_s ∩ S_{s-1}| / |S_s| with the previous stage, and the
   skill-family mix.
@@ -22,11 +22,18 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
 
+# the cost panels: summary key of the cumulative cost, its speed-up entry, the unit, the panel's title and axis
+COST_PANELS = (("elapsed_seconds", "wallclock_speedup", "seconds", "targeted accuracy against wall-clock",
+                "seconds (training + stage boundaries + offline collection)"),
+               ("spent_flops", "compute_speedup", "flops", "targeted accuracy against compute",
+                "FLOPs (sampling, updates, influence passes, offline collection)"))
+
+
 def plot_curves(methods: Mapping[str, dict], summary: Mapping, path: str | Path) -> Path:
     """``methods[name]["history"]`` = [{"step", "targeted", "untargeted"}, ...]; ``summary``: summary.json's
-    ``speedup``, ``wallclock_speedup`` and ``elapsed_seconds`` (each optional; the seconds panel needs the last)."""
-    elapsed = summary.get("elapsed_seconds")
-    fig, axes = plt.subplots(1, 3 if elapsed else 2, figsize=(16.5 if elapsed else 11, 4))
+    ``speedup`` and the ``COST_PANELS`` keys (each optional; a cost panel is drawn when its cost is there)."""
+    panels = [p for p in COST_PANELS if summary.get(p[0])]
+    fig, axes = plt.subplots(1, 2 + len(panels), figsize=(5.5 * (2 + len(panels)), 4))
     steps = {name: [r["step"] for r in res["history"]] for name, res in methods.items()}
     for ax, key in zip(axes, ("targeted", "untargeted")):
         _lines(ax, methods, steps, key)
@@ -34,13 +41,13 @@ def plot_curves(methods: Mapping[str, dict], summary: Mapping, path: str | Path)
         ax.set_xlabel("GRPO step")
     if sp := summary.get("speedup", {}).get("cropi"):
         _mark_reach(axes[0], sp, sp["baseline_best_step"], sp["steps_to_reach"])
-    if elapsed:
-        _lines(axes[2], methods, elapsed, "targeted")
-        axes[2].set_title("targeted accuracy against wall-clock")
-        axes[2].set_xlabel("seconds (training + stage boundaries + offline collection)")
-        if wc := summary.get("wallclock_speedup", {}).get("cropi"):
-            _mark_reach(axes[2], wc, wc["baseline_seconds"], wc["seconds_to_reach"])
-        axes[2].legend(fontsize=8)
+    for ax, (cost, speedup, unit, title, xlabel) in zip(axes[2:], panels):
+        _lines(ax, methods, summary[cost], "targeted")
+        ax.set_title(title)
+        ax.set_xlabel(xlabel)
+        if entry := summary.get(speedup, {}).get("cropi"):
+            _mark_reach(ax, entry, entry[f"baseline_{unit}"], entry[f"{unit}_to_reach"])
+        ax.legend(fontsize=8)
     axes[0].legend(fontsize=8)
     return _save(fig, path)
 

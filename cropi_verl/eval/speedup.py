@@ -11,6 +11,8 @@ For a curve of (step, accuracy) points: ``best(baseline)`` = its highest accurac
 - Wall-clock: with ``seconds[i]`` the cumulative seconds a run has spent by ``steps[i]`` (training, selection and any
   fixed cost paid before step 0), speed-up = baseline's seconds at its best / the method's seconds when it first
   reaches that accuracy.
+- Compute: the same with the cumulative FLOPs a run has spent (``compute_speedup``): deterministic for a seed and a
+  machine type, whatever the machine's load.
 
 A speed-up over a baseline that needed nothing (its best at step 0, i.e. at 0 seconds) is 0/0: None, with
 ``speedup_note`` = ``UNDEFINED`` in the result. A level the method reaches at step 0 (0 seconds) but the baseline
@@ -59,16 +61,28 @@ def step_speedup(base_steps: Sequence[int], base_acc: Sequence[float], steps: Se
             "speedup": _ratio(b_step, reach)} | _note(b_step)
 
 
-def wallclock_speedup(base_steps: Sequence[int], base_acc: Sequence[float], base_seconds: Sequence[float],
-                      steps: Sequence[int], acc: Sequence[float], seconds: Sequence[float]) -> dict:
-    """Speed-up in seconds of (steps, acc, seconds) over the baseline; ``seconds[i]``: cumulative by ``steps[i]``
-    (the points of ``step_speedup``, read in seconds)."""
+def cost_speedup(base_steps: Sequence[int], base_acc: Sequence[float], base_cost: Sequence[float],
+                 steps: Sequence[int], acc: Sequence[float], cost: Sequence[float], unit: str) -> dict:
+    """Speed-up in a cumulative cost (``unit``: seconds, flops) of (steps, acc, cost) over the baseline; ``cost[i]``:
+    cumulative by ``steps[i]`` (the points of ``step_speedup``, read in that cost)."""
     points = step_speedup(base_steps, base_acc, steps, acc)
     b_step, reach = points["baseline_best_step"], points["steps_to_reach"]
-    b_sec = float(base_seconds[list(base_steps).index(b_step)])
-    sec = None if reach is None else float(seconds[list(steps).index(reach)])
-    return {"baseline_best_step": b_step, "baseline_best": points["baseline_best"], "baseline_seconds": b_sec,
-            "steps_to_reach": reach, "seconds_to_reach": sec, "speedup": _ratio(b_sec, sec)} | _note(b_sec)
+    b_cost = float(base_cost[list(base_steps).index(b_step)])
+    spent = None if reach is None else float(cost[list(steps).index(reach)])
+    return {"baseline_best_step": b_step, "baseline_best": points["baseline_best"], f"baseline_{unit}": b_cost,
+            "steps_to_reach": reach, f"{unit}_to_reach": spent, "speedup": _ratio(b_cost, spent)} | _note(b_cost)
+
+
+def wallclock_speedup(base_steps: Sequence[int], base_acc: Sequence[float], base_seconds: Sequence[float],
+                      steps: Sequence[int], acc: Sequence[float], seconds: Sequence[float]) -> dict:
+    """``cost_speedup`` in seconds."""
+    return cost_speedup(base_steps, base_acc, base_seconds, steps, acc, seconds, "seconds")
+
+
+def compute_speedup(base_steps: Sequence[int], base_acc: Sequence[float], base_flops: Sequence[float],
+                    steps: Sequence[int], acc: Sequence[float], flops: Sequence[float]) -> dict:
+    """``cost_speedup`` in FLOPs."""
+    return cost_speedup(base_steps, base_acc, base_flops, steps, acc, flops, "flops")
 
 
 def gain_speedup(base_steps: Sequence[int], base_acc: Sequence[float], steps: Sequence[int], acc: Sequence[float],

@@ -31,6 +31,12 @@ effective sample size of its K responses, ESS = (sum_k w_k)^2 / sum_k w_k^2, div
 sequence-level ratio exp(sum_t (log pi_k,t - log beta_k,t)) (how off-policy the responses are) and with w_k the
 token-mean ratio (1/|y_k|) sum_t rho_k,t that POPI applies; and the largest token ratio max rho_k,t. At beta all are 1.
 
+Padding-free rows (``pack``, without ``share_prompt``): a micro-batch's rows (prompt + response each) are laid one
+after another in a single row of real tokens, with position ids restarting at 0 for each, and attention runs on each
+sequence alone (``packed_attention``: one causal SDPA call per sequence, as a varlen kernel does), so every logit
+is the padded batch's up to float rounding, and a micro-batch costs sum_b (|s| + |y_b|) positions instead of
+n (|s| + max_b |y_b|). Micro-batches are then cut by that real count.
+
 Two exact savings (``PopiConfig``), both on by default:
 
 - ``merge_duplicates`` (no clip only): identical responses u = {k : y_k = y_u} become one row. With b_u the first
@@ -45,6 +51,7 @@ Two exact savings (``PopiConfig``), both on by default:
 from __future__ import annotations
 
 import math
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from typing import Iterable, Sequence
 
@@ -54,6 +61,7 @@ from torch.utils.checkpoint import checkpoint
 from tqdm.auto import tqdm
 from transformers import DynamicCache
 
+from cropi_verl.influence.packed_attention import packed_attention
 from cropi_verl.influence.projection import Projector
 
 
@@ -79,6 +87,7 @@ class PopiConfig:
     share_prompt: bool = True  # encode the prompt once per micro-batch (KV cache), not once per response
     merge_duplicates: bool = True  # identical responses -> one weighted row (exact; used only without clip)
     stream_buffer: int = 1 << 20  # fp32 coordinates per staging segment (small tensors projected together)
+    pack: bool = True  # without share_prompt: a micro-batch's rows packed into one row of real tokens (no padding)
 
 
 DRIFT_COLUMNS = ("ess_seq", "ess_popi", "rho_max")  # ``drift_stats``, per scored prompt
@@ -94,6 +103,7 @@ class PopiResult:
     zero_advantage: list[int] = field(default_factory=list)
     nonfinite: list[int] = field(default_factory=list)
     drift: torch.Tensor | None = None  # [N, 3] float64: ESS/K sequence-level, ESS/K token-mean, max token ratio
+    flops: float = 0.0  # of the forward and backward passes run (``pass_flops``), skipped prompts' included
 
     def __post_init__(self) -> None:
         if self.drift is None:
@@ -142,12 +152,40 @@ def _right_padded(
     return ids.to(device), attn.to(device), pos.to(device), targets.to(device), mask.to(device)
 
 
+def _packed(
+    prompt_ids: Sequence[Sequence[int]], responses: Sequence[Sequence[int]], device: torch.device
+) -> tuple[torch.Tensor, ...]:
+    """prompt_b + response_b of every row one after another in one row ``ids`` ``[1, N]`` (N = sum of their lengths)
+    with position ids restarting at 0 for each; the positions o_b + p_b - 1 + t in it that predict response_b[t]
+    (o_b: the row's offset), their targets and mask ``[B, T]``."""
+    seqs = [np.concatenate([np.asarray(p, dtype=np.int64), np.asarray(r, dtype=np.int64)])
+            for p, r in zip(prompt_ids, responses)]
+    offsets = np.concatenate([[0], np.cumsum([len(q) for q in seqs])[:-1]])
+    t_max = max(len(r) for r in responses)
+    pos = torch.zeros(len(responses), t_max, dtype=torch.long)
+    mask = torch.zeros(len(responses), t_max)
+    for i, (o, p, r) in enumerate(zip(offsets, prompt_ids, responses)):
+        pos[i, : len(r)] = torch.arange(o + len(p) - 1, o + len(p) - 1 + len(r))
+        mask[i, : len(r)] = 1
+    ids = torch.from_numpy(np.concatenate(seqs))
+    positions = torch.from_numpy(np.concatenate([np.arange(len(q)) for q in seqs]))
+    targets = ids[(pos + 1).clamp(max=len(ids) - 1)]
+    return ids[None].to(device), positions[None].to(device), pos.to(device), targets.to(device), mask.to(device)
+
+
 def _response_states(
-    model: torch.nn.Module, prompt_ids: Sequence[Sequence[int]], responses: Sequence[Sequence[int]], pad_id: int
+    model: torch.nn.Module, prompt_ids: Sequence[Sequence[int]], responses: Sequence[Sequence[int]], pad_id: int,
+    packed: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """The decoder's last hidden states at the positions predicting each response token ``[B, T, H]`` (one
-    right-padded forward, no KV cache), the targets and the mask ``[B, T]``."""
-    ids, attn, pos, targets, mask = _right_padded(prompt_ids, responses, pad_id, next(model.parameters()).device)
+    """The decoder's last hidden states at the positions predicting each response token ``[B, T, H]`` (one forward,
+    no KV cache: of the rows right-padded, or packed into one row), the targets and the mask ``[B, T]``."""
+    device = next(model.parameters()).device
+    if packed:
+        ids, positions, pos, targets, mask = _packed(prompt_ids, responses, device)
+        with packed_attention(model):
+            hidden = model.get_decoder()(input_ids=ids, position_ids=positions, use_cache=False).last_hidden_state[0]
+        return hidden[pos], targets, mask
+    ids, attn, pos, targets, mask = _right_padded(prompt_ids, responses, pad_id, device)
     hidden = model.get_decoder()(input_ids=ids, attention_mask=attn, use_cache=False).last_hidden_state
     return hidden.gather(1, pos[..., None].expand(-1, -1, hidden.shape[-1])), targets, mask
 
@@ -180,10 +218,11 @@ def _token_logprobs(
 
 def response_logprobs(
     model: torch.nn.Module, prompt_ids: Sequence[Sequence[int]], responses: Sequence[Sequence[int]], pad_id: int,
-    chunk_tokens: int = PopiConfig.logit_chunk_tokens,
+    chunk_tokens: int = PopiConfig.logit_chunk_tokens, packed: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """log pi(response_b[t] | prompt_b, response_b[:t]) as ``[B, T]`` (0 at padding) plus the ``[B, T]`` mask."""
-    hidden, targets, mask = _response_states(model, prompt_ids, responses, pad_id)
+    """log pi(response_b[t] | prompt_b, response_b[:t]) as ``[B, T]`` (0 at padding) plus the ``[B, T]`` mask; the
+    rows packed into one (``_packed``) or right-padded."""
+    hidden, targets, mask = _response_states(model, prompt_ids, responses, pad_id, packed)
     return _token_logprobs(model, hidden, targets, mask, chunk_tokens), mask
 
 
@@ -375,14 +414,35 @@ def drift_stats(log_ratios: Sequence[torch.Tensor]) -> tuple[float, float, float
     return ess(w_seq), ess(w_tok), float(max(torch.exp(d).max() for d in log_ratios))
 
 
-def micro_batches(lengths: Sequence[int], prompt_len: int, budget: int, share_prompt: bool) -> list[list[int]]:
+def pass_flops(model: torch.nn.Module, tokens: int) -> float:
+    """FLOPs of a forward and backward pass over ``tokens`` processed positions: 6 P T, 8 P T with HF gradient
+    checkpointing on (each layer's forward runs again in backward); P = the trainable parameters."""
+    checkpointing = getattr(model, "is_gradient_checkpointing", False)
+    return (6 + 2 * checkpointing) * parameter_offsets(model)[1] * tokens
+
+
+def processed_tokens(prompt_len: int, lengths: Sequence[int], share_prompt: bool, packed: bool = False) -> int:
+    """Positions a micro-batch of responses of ``lengths`` runs through: n rows of prompt + longest response, the
+    prompt's prefix once and n rows of its last token + the longest response (``share_prompt``), or their real tokens
+    sum_b (|s| + |y_b|) (``packed``)."""
+    if share_prompt:
+        return prompt_len - 1 + len(lengths) * max(lengths)
+    return sum(prompt_len + n for n in lengths) if packed else len(lengths) * (prompt_len + max(lengths))
+
+
+def micro_batches(lengths: Sequence[int], prompt_len: int, budget: int, share_prompt: bool,
+                  packed: bool = False) -> list[list[int]]:
     """Row indices, longest first, cut greedily into micro-batches of at most ``budget`` tokens (one row at least):
-    n rows of longest response T cost n (|s| + T) tokens padded, or |s| + n T with ``share_prompt``."""
+    n rows of longest response T cost n (|s| + T) tokens padded, |s| + n T with ``share_prompt``, and their real
+    tokens sum (|s| + |y|) ``packed``."""
     out: list[list[int]] = []
     for i in sorted(range(len(lengths)), key=lambda i: -lengths[i]):
         if out:
             n, longest = len(out[-1]) + 1, lengths[out[-1][0]]
-            if (prompt_len + n * longest if share_prompt else n * (prompt_len + longest)) <= budget:
+            cost = (prompt_len + n * longest if share_prompt
+                    else sum(prompt_len + lengths[j] for j in out[-1]) + prompt_len + lengths[i] if packed
+                    else n * (prompt_len + longest))
+            if cost <= budget:
                 out[-1].append(i)
                 continue
         out.append([i])
@@ -437,41 +497,46 @@ def popi_features(
     """P g_s for every prompt with a non-zero advantage (see the module docstring)."""
     train = _train_mode(model, cfg.share_prompt)
     stream = _StreamingProjection(model, projector, cfg.stream_buffer)
-    ids, feats, zero, nonfinite, drift = [], [], [], [], []
+    ids, feats, zero, nonfinite, drift, tokens = [], [], [], [], [], 0
     was_training = model.training
     model.train(train)  # without dropout either way: the deterministic surrogate's gradient
+    packed = cfg.pack and not cfg.share_prompt
     try:
-        for pr in tqdm(prompts, desc="POPI gradients", unit="prompt", disable=not progress, total=total):
-            if is_zero_advantage(pr.rewards):
-                zero.append(pr.prompt_id)
-                continue
-            adv = group_advantages(pr.rewards, cfg.adv_eps).tolist()
-            rows = response_rows(pr, adv, cfg.merge_duplicates and cfg.clip_ratio is None)
-            lengths = [len(r.tokens) for r in rows]
-            ratios = []
-            for batch in micro_batches(lengths, len(pr.prompt_ids), cfg.micro_batch_tokens, cfg.share_prompt):
-                chunk = [rows[i] for i in batch]
-                resp = [r.tokens for r in chunk]
-                if cfg.share_prompt:
-                    logp, mask = prompt_cached_logprobs(model, pr.prompt_ids, resp, pad_id, cfg.logit_chunk_tokens)
-                else:
-                    logp, mask = response_logprobs(model, [pr.prompt_ids] * len(resp), resp, pad_id,
-                                                   cfg.logit_chunk_tokens)
-                ref, coef = _padded([r.ref for r in chunk], logp), _padded([r.coef for r in chunk], logp)
-                popi_loss(logp, ref, mask, coef, len(pr.responses), cfg.clip_ratio).backward()
-                ratios += response_log_ratios(logp, chunk, pr.behaviour_logprobs)
-            f = stream.take()
-            if not bool(torch.isfinite(f).all()):
-                nonfinite.append(pr.prompt_id)
-                continue
-            ids.append(pr.prompt_id)
-            feats.append(f)
-            drift.append(drift_stats([d for _, d in sorted(ratios, key=lambda kd: kd[0])]))
+        with packed_attention(model) if packed else nullcontext():  # checkpointing recomputes in backward
+            for pr in tqdm(prompts, desc="POPI gradients", unit="prompt", disable=not progress, total=total):
+                if is_zero_advantage(pr.rewards):
+                    zero.append(pr.prompt_id)
+                    continue
+                adv = group_advantages(pr.rewards, cfg.adv_eps).tolist()
+                rows = response_rows(pr, adv, cfg.merge_duplicates and cfg.clip_ratio is None)
+                lengths = [len(r.tokens) for r in rows]
+                ratios = []
+                for batch in micro_batches(lengths, len(pr.prompt_ids), cfg.micro_batch_tokens, cfg.share_prompt,
+                                           packed):
+                    chunk = [rows[i] for i in batch]
+                    resp = [r.tokens for r in chunk]
+                    tokens += processed_tokens(len(pr.prompt_ids), [len(r) for r in resp], cfg.share_prompt, packed)
+                    if cfg.share_prompt:
+                        logp, mask = prompt_cached_logprobs(model, pr.prompt_ids, resp, pad_id, cfg.logit_chunk_tokens)
+                    else:
+                        logp, mask = response_logprobs(model, [pr.prompt_ids] * len(resp), resp, pad_id,
+                                                       cfg.logit_chunk_tokens, packed)
+                    ref, coef = _padded([r.ref for r in chunk], logp), _padded([r.coef for r in chunk], logp)
+                    popi_loss(logp, ref, mask, coef, len(pr.responses), cfg.clip_ratio).backward()
+                    ratios += response_log_ratios(logp, chunk, pr.behaviour_logprobs)
+                f = stream.take()
+                if not bool(torch.isfinite(f).all()):
+                    nonfinite.append(pr.prompt_id)
+                    continue
+                ids.append(pr.prompt_id)
+                feats.append(f)
+                drift.append(drift_stats([d for _, d in sorted(ratios, key=lambda kd: kd[0])]))
     finally:
         stream.close()
         model.train(was_training)
     features = torch.stack(feats) if feats else torch.zeros(0, projector.k)
-    return PopiResult(ids, features, zero, nonfinite, torch.tensor(drift, dtype=torch.float64).reshape(-1, 3))
+    return PopiResult(ids, features, zero, nonfinite, torch.tensor(drift, dtype=torch.float64).reshape(-1, 3),
+                      pass_flops(model, tokens))
 
 
 def validation_gradient(result: PopiResult, max_prompts: int | None = None) -> torch.Tensor:

@@ -19,7 +19,7 @@ from tqdm.auto import tqdm
 
 from cropi_verl.influence.gradients import PopiConfig, PopiResult, PromptRollouts, popi_features
 from cropi_verl.influence.projection import Projector
-from cropi_verl.influence.store import FeatureStore
+from cropi_verl.influence.store import FeatureStore, StoredFeatures
 from cropi_verl.utils.faults import kill_point
 
 log = logging.getLogger(__name__)
@@ -38,9 +38,8 @@ def features_into_store(
     store: FeatureStore,
     shard_size: int = 256,
     progress: bool = False,
-) -> tuple[torch.Tensor, torch.Tensor, dict[str, list[int]], torch.Tensor]:
-    """Compute the missing shards; return all shards concatenated (each finished shard is read once): prompt ids,
-    features, skipped ids by reason, drift rows."""
+) -> StoredFeatures:
+    """Compute the missing shards; return all shards concatenated (each finished shard is read once)."""
     n_shards = (len(prompts) + shard_size - 1) // shard_size
     shards = [store.read_shard(j) for j in range(n_shards)]
     todo = [j for j, obj in enumerate(shards) if obj is None]
@@ -53,12 +52,12 @@ def features_into_store(
         res = featurize(chunk)
         skipped = {"zero_advantage": res.zero_advantage, "nonfinite": res.nonfinite}
         shards[j] = store.write_shard(j, torch.tensor(res.prompt_ids, dtype=torch.int64), res.features, skipped,
-                                      res.drift)
+                                      res.drift, res.flops)
         kill_point("feature_shard")
         bar.update(len(chunk))
     bar.close()
-    ids, feats, skipped = store.concat(shards)
-    if skipped.get("nonfinite"):
+    stored = store.concat(shards)
+    if stored.skipped.get("nonfinite"):
         log.warning("%d prompts had a non-finite gradient and were left out: %s",
-                    len(skipped["nonfinite"]), skipped["nonfinite"][:10])
-    return ids, feats, skipped, store.concat_drift(shards)
+                    len(stored.skipped["nonfinite"]), stored.skipped["nonfinite"][:10])
+    return stored

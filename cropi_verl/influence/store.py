@@ -4,8 +4,9 @@ Layout of a store directory::
 
     manifest.json          what the features are: model step, projector config, seed, k, ... (written first)
     shard_00000.pt ...     {"shard": i, "prompt_ids": [n] int64, "features": [n, k] float32,
-                            "skipped": {reason: [m] int64}, "drift": [n, 3] float64}, each written atomically
-                           (``drift``: the prompts' ``DRIFT_COLUMNS``; NaN in shards written before it existed)
+                            "skipped": {reason: [m] int64}, "drift": [n, 3] float64, "flops": float},
+                           each written atomically (``drift``: the prompts' ``DRIFT_COLUMNS``, ``flops``: the pass's
+                           over the shard; NaN in shards written before they existed)
 
 Opening a store with a manifest that differs from the one on disk is a ``FeatureStoreMismatch`` naming the
 differing keys: features from another model step or projector are never mixed. A shard that cannot be read
@@ -17,6 +18,8 @@ from __future__ import annotations
 import io
 import json
 import logging
+import math
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +36,18 @@ class FeatureStoreMismatch(ValueError):
 
 def _nan_drift(n: int) -> torch.Tensor:
     return torch.full((n, 3), float("nan"), dtype=torch.float64)
+
+
+@dataclass
+class StoredFeatures:
+    """A store's shards concatenated: prompt ids ``[n]``, features ``[n, k]``, skipped ids by reason, drift rows
+    ``[n, 3]`` (``DRIFT_COLUMNS``) and the pass's FLOPs over them (NaN when a shard predates the count)."""
+
+    prompt_ids: torch.Tensor
+    features: torch.Tensor
+    skipped: dict[str, list[int]]
+    drift: torch.Tensor
+    flops: float
 
 
 class FeatureStore:
@@ -76,7 +91,7 @@ class FeatureStore:
 
     def write_shard(
         self, i: int, prompt_ids: torch.Tensor, features: torch.Tensor, skipped: dict[str, list[int]] | None = None,
-        drift: torch.Tensor | None = None,
+        drift: torch.Tensor | None = None, flops: float = math.nan,
     ) -> None:
         obj = {
             "shard": i,
@@ -84,14 +99,15 @@ class FeatureStore:
             "features": features.float(),
             "skipped": {r: torch.tensor(v, dtype=torch.int64) for r, v in (skipped or {}).items()},
             "drift": _nan_drift(len(prompt_ids)) if drift is None else drift.double(),
+            "flops": float(flops),
         }
         buf = io.BytesIO()
         torch.save(obj, buf)
         atomic_write_bytes(buf.getvalue(), self.shard_path(i))
         return obj
 
-    def load(self, n_shards: int) -> tuple[torch.Tensor, torch.Tensor, dict[str, list[int]]]:
-        """Shards 0..n_shards-1 concatenated in order: (prompt_ids, features, skipped ids by reason)."""
+    def load(self, n_shards: int) -> StoredFeatures:
+        """Shards 0..n_shards-1 concatenated in order."""
         shards = []
         for i in range(n_shards):
             got = self.read_shard(i)
@@ -100,14 +116,8 @@ class FeatureStore:
             shards.append(got)
         return self.concat(shards)
 
-    @staticmethod
-    def concat_drift(shards: list[dict[str, Any]]) -> torch.Tensor:
-        """The shards' drift rows (in order), ``[N, 3]``; NaN for a shard written without them."""
-        parts = [got.get("drift", _nan_drift(len(got["prompt_ids"]))) for got in shards]
-        return torch.cat(parts) if parts else _nan_drift(0)
-
-    def concat(self, shards: list[dict[str, Any]]) -> tuple[torch.Tensor, torch.Tensor, dict[str, list[int]]]:
-        """Shard objects (in order) as (prompt_ids, features, skipped ids by reason)."""
+    def concat(self, shards: list[dict[str, Any]]) -> StoredFeatures:
+        """Shard objects (in order) as one ``StoredFeatures``."""
         ids, feats, skipped = [], [], {}
         for got in shards:
             ids.append(got["prompt_ids"])
@@ -115,5 +125,8 @@ class FeatureStore:
             for reason, v in got["skipped"].items():
                 skipped.setdefault(reason, []).extend(v.tolist())
         k = self.manifest.get("k") or 0
-        all_ids = torch.cat(ids) if ids else torch.zeros(0, dtype=torch.int64)
-        return all_ids, torch.cat(feats) if feats else torch.zeros(0, k), skipped
+        drift = [got.get("drift", _nan_drift(len(got["prompt_ids"]))) for got in shards]
+        return StoredFeatures(torch.cat(ids) if ids else torch.zeros(0, dtype=torch.int64),
+                              torch.cat(feats) if feats else torch.zeros(0, k), skipped,
+                              torch.cat(drift) if drift else _nan_drift(0),
+                              sum(float(got.get("flops", math.nan)) for got in shards))

@@ -9,6 +9,9 @@ For a batch of B prompts with n responses each:
 - loss = ``policy_loss_fn(vanilla)`` (PPO clip, ``loss_agg_mode``) - entropy_coeff * entropy
   + kl_loss_coef * ``kl_penalty(logp, ref_logp, kl_loss_type)`` aggregated the same way, as verl's actor does;
 - gradient clipping at ``grad_clip``, then one optimizer step.
+
+``compute/flops``, the step's work (``step_flops``): sampling 2 P per prompt and response token, the update's forward
+and backward 6 P per position of the padded batch, the reference policy's forward 2 P per position (KL loss).
 """
 
 from __future__ import annotations
@@ -58,6 +61,12 @@ class GRPOConfig:
         return ActorConfig(strategy="fsdp", ppo_mini_batch_size=self.batch_size, ppo_micro_batch_size_per_gpu=self.batch_size,
                            rollout_n=self.n, clip_ratio=self.clip_ratio, clip_ratio_low=self.clip_ratio,
                            clip_ratio_high=self.clip_ratio, loss_agg_mode=self.loss_agg_mode)
+
+
+def step_flops(model: torch.nn.Module, sequence_tokens: list[int], padded_positions: int, kl: bool) -> float:
+    """2 P sum(prompt + response tokens) (sampling) + (6 + 2 kl) P x the update's padded positions."""
+    params = sum(p.numel() for p in model.parameters())
+    return 2.0 * params * sum(sequence_tokens) + (6 + 2 * kl) * params * padded_positions
 
 
 def grpo_step(
@@ -114,6 +123,8 @@ def grpo_step(
     metrics["actor/grad_norm"] = float(torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip))
     optimizer.step()
     group_rewards = rewards.view(len(batch), cfg.n)
+    seq = [len(g.prompt_ids) + len(g.response_ids) for g in flat]
+    metrics["compute/flops"] = step_flops(model, seq, len(seq) * max(seq), cfg.use_kl_loss)  # [B, W] right-padded
     metrics |= {
         "critic/score/mean": float(rewards.mean()),
         "batch/solve_all": float((group_rewards.min(1).values == 1).float().mean()),

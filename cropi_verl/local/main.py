@@ -13,8 +13,9 @@
    With ``repeats`` > 1 each method also runs with seeds ``seed+1 ..`` (``<out>/<method>.seed<s>/``).
 5. Write ``summary.json`` and ``curves.png`` (plus ``selection_<method>.png``) and print the table; with repeats,
    the curves are the mean over seeds and the selection plots show the first seed. Each method's speed-up over
-   full data is given in steps and in seconds (``wallclock_speedup``: its GRPO steps and stage boundaries up to the
-   step it reaches full data's best, plus the offline collection it selects from, ``collect_charge``).
+   full data is given in steps, in seconds (``wallclock_speedup``: its GRPO steps and stage boundaries up to the
+   step it reaches full data's best, plus the offline collection it selects from, ``collect_charge``) and in FLOPs
+   (``compute_speedup``: the same parts counted from the tokens they processed, ``spent_flops``; load cannot skew it).
 """
 
 from __future__ import annotations
@@ -39,7 +40,7 @@ from cropi_verl.curriculum.settings import SelectionConfig
 from cropi_verl.data.toy_task import TARGETED_SETS, UNTARGETED_SETS, ToyTaskConfig, build_toy_task
 from cropi_verl.data.verl_format import row_ids, write_verl_parquet
 from cropi_verl.eval.plots import plot_run
-from cropi_verl.eval.speedup import gain_speedup, step_speedup, wallclock_speedup
+from cropi_verl.eval.speedup import compute_speedup, gain_speedup, step_speedup, wallclock_speedup
 from cropi_verl.influence.gradients import PopiConfig
 from cropi_verl.local.config_checks import check_demo_config, dataclass_from
 from cropi_verl.local.grpo import GRPOConfig
@@ -134,8 +135,8 @@ def timed_collect(record: Path, split: str, collect: Callable[[], Path]) -> Path
 
 
 def collect_charge(strategy: str, seconds: Mapping[str, float]) -> float:
-    """The offline-collection seconds a method waits for: the pool's for pass-rate strategies, the pool's and the
-    targeted validation sets' for influence strategies, none for random and full."""
+    """The offline-collection seconds (or FLOPs) a method waits for: the pool's for pass-rate strategies, the pool's
+    and the targeted validation sets' for influence strategies, none for random and full."""
     if strategy in INFLUENCE_STRATEGIES:
         return round(sum(seconds[s] for s in ("train",) + TARGETED_SETS), 2)
     return seconds["train"] if strategy in PASS_RATE_STRATEGIES else 0.0
@@ -144,6 +145,19 @@ def collect_charge(strategy: str, seconds: Mapping[str, float]) -> float:
 def elapsed_seconds(history: list[dict], fixed: float) -> list[float]:
     """One run's seconds by each eval: ``fixed`` (its collection charge) + its training and stage boundaries so far."""
     return [round(fixed + r["train_seconds"] + r["select_seconds"], 2) for r in history]
+
+
+def spent_flops(history: list[dict], fixed: float) -> list[float]:
+    """One run's FLOPs by each eval: ``fixed`` (its collection's) + its GRPO steps and influence passes so far."""
+    return [fixed + r["train_flops"] + r["select_flops"] for r in history]
+
+
+def collection_flops(rollouts: pd.DataFrame, params: int) -> float:
+    """beta's offline collection: 2 P per prompt and response token sampled, and 2 P per token again for the
+    log-prob forward that recomputes beta's log-probs (``rollout.hf_backend.behaviour_logprobs``)."""
+    tokens = sum(len(p) * len(r) + sum(len(x) for x in r) for p, r in zip(rollouts["prompt_token_ids"],
+                                                                         rollouts["response_ids"]))
+    return 4.0 * params * tokens
 
 
 def pool_summary(train_rollouts: pd.DataFrame, prompts: pd.DataFrame) -> tuple[dict, pd.DataFrame]:
@@ -236,9 +250,11 @@ def family_mix(results: dict[str, dict], pool: pd.DataFrame) -> dict[str, list[d
                    for s in res["stages"]] for name, res in results.items() if name != "full"}
 
 
-def summarize(cfg: DictConfig, results: dict[str, dict], collect: Mapping[str, float]) -> dict:
-    """Final/best accuracies per method, each method's speed-up over full data in steps and in seconds (with
-    ``collect``, each split's offline collection seconds, charged by ``collect_charge``), and the selection cost."""
+def summarize(cfg: DictConfig, results: dict[str, dict], collect: Mapping[str, float],
+              collect_flops: Mapping[str, float]) -> dict:
+    """Final/best accuracies per method, each method's speed-up over full data in steps, in seconds and in FLOPs
+    (with ``collect`` / ``collect_flops``, each split's offline collection seconds / FLOPs, charged by
+    ``collect_charge``), and the selection cost."""
     table = {}
     for name, res in results.items():
         h = res["history"]
@@ -256,6 +272,10 @@ def summarize(cfg: DictConfig, results: dict[str, dict], collect: Mapping[str, f
         out["wallclock_speedup"] = {m: wallclock_speedup(*full, out["elapsed_seconds"]["full"], *c,
                                                          out["elapsed_seconds"][m]) | {"collect_seconds": charge[m]}
                                     for m, c in others.items()}
+        flops_charge = {m: collect_charge(m, collect_flops) for m in results}
+        out["spent_flops"] = {m: spent_flops(r["history"], flops_charge[m]) for m, r in results.items()}
+        out["compute_speedup"] = {m: compute_speedup(*full, out["spent_flops"]["full"], *c, out["spent_flops"][m])
+                                  | {"collect_flops": flops_charge[m]} for m, c in others.items()}
     if "cropi" in results and "random" in results:
         c, r = table["cropi"], table["random"]
         out["cropi_vs_random"] = {"final_targeted_delta": c["final_targeted"] - r["final_targeted"],
@@ -294,20 +314,25 @@ def print_table(pool: dict, summary: dict) -> None:
     print(f"\noffline pass rate of beta on the pool: {pool['mean']:.3f} "
           f"({', '.join(f'{k} {v:.2f}' for k, v in pool['by_family'].items())}); "
           f"zero-advantage {pool['zero_advantage_fraction']:.0%}")
-    sp, sg, sw = (summary.get(k, {}) for k in ("speedup", "speedup_at_gain", "wallclock_speedup"))
+    sp, sg, sw, sc = (summary.get(k, {}) for k in ("speedup", "speedup_at_gain", "wallclock_speedup",
+                                                   "compute_speedup"))
     gain_col = f"@{next(iter(sg.values()))['fraction']:.0%} gain" if sg else ""
     print(f"\n{'method':<18}{'final tgt':>10}{'best tgt':>10}{'@step':>7}{'final untgt':>13}{'speed-up':>10}{gain_col:>11}"
-          f"{'wall-clock':>12}")
+          f"{'wall-clock':>12}{'compute':>10}")
     for name, row in summary["methods"].items():
-        s_txt, g_txt, w_txt = (speedup_text(d.get(name)) for d in (sp, sg, sw))
+        s_txt, g_txt, w_txt, c_txt = (speedup_text(d.get(name)) for d in (sp, sg, sw, sc))
         print(f"{name:<18}{row['final_targeted']:>10.3f}{row['best_targeted']:>10.3f}{row['best_step']:>7}"
-              f"{row['final_untargeted']:>13.3f}{s_txt:>10}{g_txt if gain_col else '':>11}{w_txt:>12}")
-    for note in sorted({e["speedup_note"] for d in (sp, sg, sw) for e in d.values() if "speedup_note" in e}):
+              f"{row['final_untargeted']:>13.3f}{s_txt:>10}{g_txt if gain_col else '':>11}{w_txt:>12}{c_txt:>10}")
+    for note in sorted({e["speedup_note"] for d in (sp, sg, sw, sc) for e in d.values() if "speedup_note" in e}):
         print(f"  -: {note}")
     if sw:
         print(f"wall-clock: full data's seconds to its best ({next(iter(sw.values()))['baseline_seconds']:.1f}s) over "
               "a method's seconds to reach it, counting its GRPO steps, stage boundaries and, for methods that select "
               "from offline rollouts, their collection")
+    if sc:
+        print(f"compute: the same in FLOPs ({next(iter(sc.values()))['baseline_flops']:.3g} for full data), from the "
+              "tokens each run processed: sampling, the updates' forward and backward, the influence passes and the "
+              "offline collection (independent of the machine's load)")
     if "per_seed" in summary:
         ps = summary["per_seed"]
         undefined = set(ps.get("speedup_undefined_seeds", []))
@@ -361,7 +386,9 @@ def main(cfg: DictConfig) -> None:
     results = {m: mean_over_seeds(rs) for m, rs in runs.items()}
     out = Path(cfg.output_dir)
     collect = json.loads((out / "rollouts" / COLLECT_SECONDS).read_text())
-    summary = summarize(cfg, results, collect) | {"selection_family_mix": family_mix(results, pool_table)}
+    params = sum(p.numel() for p in AutoModelForCausalLM.from_pretrained(policy_dir).parameters())
+    collect_flops = {split: collection_flops(frame, params) for split, frame in {"train": train_roll, **val_roll}.items()}
+    summary = summarize(cfg, results, collect, collect_flops) | {"selection_family_mix": family_mix(results, pool_table)}
     if len(seeds) > 1:
         summary["per_seed"] = per_seed(runs, seeds, cfg.eval.speedup_gain_fraction)
     plot_run(out, results, summary, pool_table)

@@ -4,10 +4,11 @@ Per global step t (0-based): at a stage boundary the stage's subset is chosen (`
 the verl trainer calls) and a ``StatefulDataLoader`` over ``RankedSubsetSampler`` is built; every ``eval_every``
 steps (and at the end) the validation sets are evaluated; then one ``grpo_step`` with seed ``seed * 100003 + t``.
 Each eval record carries the cumulative ``train_seconds`` (GRPO steps so far) and ``select_seconds`` (the stage
-boundaries so far, as recorded in their stage states); evaluation and checkpoints are not counted.
+boundaries so far, as recorded in their stage states), and the same in FLOPs, ``train_flops`` (``grpo.step_flops``)
+and ``select_flops`` (the passes' ``pass_flops``); evaluation and checkpoints are not counted.
 
 Every ``ckpt_every`` steps ``<out>/ckpt/step_<t>.pt`` holds the model, optimizer, loader (sampler position),
-stage state, eval history and the cumulative seconds; ``<out>/ckpt/latest.json`` is written after it, atomically. A
+stage state, eval history and the cumulative seconds and FLOPs; ``<out>/ckpt/latest.json`` is written after it, atomically. A
 rerun resumes from it and continues exactly: sampling seeds depend only on the step, and the sampler resumes at its
 position; the seconds already spent are the checkpoint's, never re-measured.
 """
@@ -126,6 +127,7 @@ class LocalCurriculumTrainer:
         self.history: list[dict] = []
         self.stage_states: list[dict] = []
         self.seconds = {"train": 0.0, "select": 0.0}  # cumulative: GRPO steps, stage boundaries
+        self.flops = {"train": 0.0, "select": 0.0}  # the same, in FLOPs (grpo.step_flops, the passes' pass_flops)
         self.ckpt_dir = run.out_dir / "ckpt"
 
     # ----- checkpoints -------------------------------------------------------------------------------------------
@@ -133,7 +135,7 @@ class LocalCurriculumTrainer:
         path = self.ckpt_dir / f"step_{self.step:06d}.pt"
         blob = {"step": self.step, "model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
                 "loader": self.loader.state_dict(), "stage_state": self.state.to_dict(), "history": self.history,
-                "stage_states": self.stage_states, "seconds": self.seconds}
+                "stage_states": self.stage_states, "seconds": self.seconds, "flops": self.flops}
         with atomic_path(path) as tmp:
             torch.save(blob, tmp)
         previous = self._latest()
@@ -158,6 +160,7 @@ class LocalCurriculumTrainer:
         self.loader = stage_loader(self.run, self.state, self.id_to_pos)
         self.loader.load_state_dict(blob["loader"])
         self.history, self.stage_states, self.seconds = blob["history"], blob["stage_states"], blob["seconds"]
+        self.flops = blob["flops"]
         log.info("resumed %s at step %d (stage %d)", self.run.out_dir, self.step, self.state.stage)
         return True
 
@@ -170,7 +173,8 @@ class LocalCurriculumTrainer:
         others = [n for n in accs if n not in self.run.targeted]
         rec = {"step": self.step, "val": accs, "targeted": targeted_mean(accs, self.run.targeted),
                "untargeted": targeted_mean(accs, others) if others else float("nan"),
-               "train_seconds": round(self.seconds["train"], 3), "select_seconds": round(self.seconds["select"], 3)}
+               "train_seconds": round(self.seconds["train"], 3), "select_seconds": round(self.seconds["select"], 3),
+               "train_flops": self.flops["train"], "select_flops": self.flops["select"]}
         self.history.append(rec)
         return rec
 
@@ -206,10 +210,12 @@ class LocalCurriculumTrainer:
             if run.schedule.is_boundary(self.step) and (self.state is None or self.state.start_step != self.step):
                 self._boundary()
                 self.seconds["select"] += self.state.stats["seconds"]  # recorded with the stage: a reused one counts
+                self.flops["select"] += self.state.stats.get("pass_flops", 0.0)
             t0 = time.time()
             metrics = grpo_step(self.model, self.tokenizer, self.optimizer, self._next_batch(), run.grpo,
                                 run.seed * 100003 + self.step, self.ref_model)
             self.seconds["train"] += time.time() - t0
+            self.flops["train"] += metrics["compute/flops"]
             self.step += 1
             if self.step % run.eval.every == 0 or self.step == total:
                 rec = self.evaluate()
@@ -221,6 +227,7 @@ class LocalCurriculumTrainer:
             kill_point("train_step")
         tracker.finish()
         result = {"strategy": run.schedule.strategy, "history": self.history, "stages": self.stage_states,
-                  "train_seconds": round(self.seconds["train"], 2), "select_seconds": round(self.seconds["select"], 2)}
+                  "train_seconds": round(self.seconds["train"], 2), "select_seconds": round(self.seconds["select"], 2),
+                  "train_flops": self.flops["train"], "select_flops": self.flops["select"]}
         atomic_write_json(result, run.out_dir / "result.json")
         return result

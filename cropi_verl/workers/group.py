@@ -104,6 +104,7 @@ class InfluenceWorkerGroup:
             [p.prompt_id for p in zero],
             [p.prompt_id for p, s in zip(work, status) if s == "nonfinite"],
             out.batch["drift"][rows] if ok else None,
+            float(out.batch["flops"].sum()),
         )
 
 

@@ -9,7 +9,7 @@ Driven by a ``RayWorkerGroup`` (``InfluenceWorkerGroup``):
   worker restarts between stages;
 - ``compute_features(data)`` (DP_COMPUTE_PROTO): the batch of prompts is split across ranks; each rank returns,
   per prompt, its feature ``P g_s`` (``[k]`` float32; zeros when skipped), its drift (``DRIFT_COLUMNS``; NaN when
-  skipped) and a status (``ok``, ``zero_advantage``, ``nonfinite``);
+  skipped) and a status (``ok``, ``zero_advantage``, ``nonfinite``), and the rank's pass FLOPs on its first row;
 - ``release()`` (ONE_TO_ALL): free the model and projector (and the CUDA cache) between passes.
 
 Each prompt's feature is computed alone (``popi_features``), and every worker runs with the same thread count, so the
@@ -132,5 +132,7 @@ class InfluenceWorker(Worker):
                 status[i] = "ok"
             else:
                 status[i] = "zero_advantage" if p.prompt_id in zero else "nonfinite"
-        return DataProto.from_single_dict({"features": feats, "drift": drift,
+        flops = torch.zeros(len(prompts), dtype=torch.float64)
+        flops[:1] = res.flops  # the rank's total on its first row: the group sums the column
+        return DataProto.from_single_dict({"features": feats, "drift": drift, "flops": flops,
                                            "prompt_id": data.non_tensor_batch["prompt_id"], "status": status})
