@@ -11,6 +11,8 @@ validation) stops it first with one line ``error: ...`` (exit 2). The checks:
   as verl loads it (``reward.custom_reward_function``, else verl's ``default_compute_score``) on its first row's
   ground truth, boxed (a right answer: must score 1) and on a number that is not it (a wrong one: must score 0);
 - several nodes (``trainer.nnodes`` > 1): ``trainer.default_local_dir`` absolute, on a filesystem every node shares;
+- the policy: a local model path exists; the rollouts were collected from it (their ``manifest.json``); token
+  lengths and the batch size >= 1; a stage's selection fills at least one batch (``data.train_batch_size``);
 - ``cropi.train_rollouts``: prompt-id coverage of the training file, the offline pass-rate summary, how many
   responses are excluded (empty or a non-finite reward: ``records.usable_responses``, as scoring does) and how
   many prompts scoring will skip as zero-advantage (``is_zero_advantage`` of the usable rewards: all equal, or
@@ -42,8 +44,9 @@ from omegaconf import OmegaConf
 from cropi_verl.data.verl_format import read_verl_parquet, row_ids
 from cropi_verl.influence.gradients import is_zero_advantage
 from cropi_verl.plan import WorkerSettings, format_plan, meta_counts
-from cropi_verl.rollout.records import excluded_responses, read_rollouts, usable_responses
-from cropi_verl.trainer.curriculum_config import CROPI_RULES, check_composed_config, check_cropi_keys, workers_on_gpu
+from cropi_verl.rollout.records import RolloutLimits, excluded_responses, read_rollouts, usable_responses
+from cropi_verl.trainer.curriculum_config import (CROPI_RULES, check_composed_config, check_cropi_keys,
+                                                  reward_range, workers_on_gpu)
 from cropi_verl.utils.cli import hydra_error_line, one_line, one_line_errors
 from cropi_verl.utils.config_rules import config_problems
 from cropi_verl.trainer.worker_plan import config_plan, resolve_checkpointing, worker_settings
@@ -116,6 +119,7 @@ def preflight(cfg) -> tuple[list[str], list[str]]:
         worker = worker_settings(cropi, gpu, checkpointing)
         lines.append(f"influence workers: {worker.dtype} on {'GPUs' if gpu else 'the CPU'}, gradient checkpointing "
                      f"{'on' if checkpointing else 'off'} ({why})")
+    problems += model_problems(cfg, cropi) + length_problems(cfg)
     train_ids: set[int] = set()
     sources: dict[str, tuple[str, dict]] = {}  # data_source -> (file, its first row)
     for key in ("train_files", "val_files"):
@@ -137,8 +141,9 @@ def preflight(cfg) -> tuple[list[str], list[str]]:
     scored = 0
     val = {name: path for name, path in (cropi.get("val_rollouts") or {}).items() if Path(path).is_file()}
     eos = eos_id(cfg.actor_rollout_ref.model.path) if cropi.get("train_rollouts") or val else None
+    limits = RolloutLimits.of_model(cfg.actor_rollout_ref.model.path, reward_range(cropi))
     if cropi.get("train_rollouts") and Path(cropi["train_rollouts"]).is_file():
-        roll = read_rollouts(cropi["train_rollouts"], eos)
+        roll = read_rollouts(cropi["train_rollouts"], eos, limits)
         ids = set(int(i) for i in roll["prompt_id"])
         foreign = ids - train_ids if train_ids else set()
         if foreign:
@@ -156,8 +161,12 @@ def preflight(cfg) -> tuple[list[str], list[str]]:
         n_select = round(frac * len(roll)) if isinstance(frac, (int, float)) and 0 < frac <= 1 else 0
         if cropi["strategy"] in ("cropi", "influence_max", "influence_oneshot") and scored < n_select:
             problems.append(f"only {scored} prompts can be scored but cropi.fraction selects {n_select}")
+        batch = cfg.data.get("gen_batch_size") or cfg.data.train_batch_size
+        if cropi["strategy"] != "full" and 0 < n_select < batch:
+            problems.append(f"cropi.fraction={frac} selects {n_select} of the {len(roll)} pool prompts, fewer than "
+                            f"one batch (data.train_batch_size={batch}): raise the fraction or lower the batch")
     for name, path in val.items():  # a missing file is reported by the config checks
-        roll = read_rollouts(path, eos)
+        roll = read_rollouts(path, eos, limits)
         usable = int((~_zero_advantage(roll)).sum())
         lines.append(f"cropi.val_rollouts.{name}: {len(roll)} prompts, {usable} usable; {excluded_responses(roll)} "
                      "responses excluded (empty or non-finite reward)")
@@ -172,6 +181,36 @@ def preflight(cfg) -> tuple[list[str], list[str]]:
     memory_problems, memory_lines = memory_plan(cfg, worker)
     return (problems + logprob_dtype_problems(cropi, worker.dtype) + disk_problems + memory_problems,
             lines + disk_lines + memory_lines)
+
+
+def model_problems(cfg, cropi: dict) -> list[str]:
+    """The policy: a local path must be a model directory (a hub id is read where it is downloaded), and the offline
+    rollouts must have been collected from it (beta = the initial policy: ``manifest.json`` beside each file)."""
+    model = str(cfg.actor_rollout_ref.model.path)
+    out = []
+    if (Path(model).is_absolute() or model.startswith((".", "~"))) and not (Path(model).expanduser() /
+                                                                             "config.json").is_file():
+        out.append(f"actor_rollout_ref.model.path={model}: no model directory there (no config.json)")
+    files = {"cropi.train_rollouts": cropi.get("train_rollouts"),
+             **{f"cropi.val_rollouts.{n}": p for n, p in (cropi.get("val_rollouts") or {}).items()}}
+    for label, path in files.items():
+        manifest = Path(path).with_name("manifest.json") if path else None
+        if manifest is None or not manifest.is_file():
+            continue
+        collected = json.loads(manifest.read_text()).get("config", {}).get("model")
+        if collected and Path(collected).expanduser().resolve() != Path(model).expanduser().resolve() \
+                and collected != model:
+            out.append(f"{label}: collected from {collected} ({manifest}), but the run trains {model}: the offline "
+                       "rollouts must come from the initial policy (beta)")
+    return out
+
+
+def length_problems(cfg) -> list[str]:
+    """The token lengths and batch size a run needs at least one of."""
+    keys = {"data.max_prompt_length": cfg.data.max_prompt_length, "data.max_response_length":
+            cfg.data.max_response_length, "data.train_batch_size": cfg.data.train_batch_size}
+    return [f"{key}={value}: expected an integer >= 1" for key, value in keys.items()
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1]
 
 
 def reward_check(cfg, sources: dict[str, tuple[str, dict]]) -> tuple[list[str], list[str]]:

@@ -28,9 +28,11 @@ from cropi_verl.influence.pipeline import local_featurizer
 from cropi_verl.influence.projection import METHODS, make_projector
 from cropi_verl.influence.scoring import METRICS
 from cropi_verl.influence.selection import STRATEGIES
-from cropi_verl.rollout.records import read_rollouts
+from cropi_verl.rollout.records import RolloutLimits, read_rollouts
 from cropi_verl.utils.atomic import atomic_write_json, atomic_write_parquet
 from cropi_verl.utils.cli import HelpFormatter, check_writable, named_paths, one_line_errors, step
+from cropi_verl.utils.identity import file_digest, model_digest
+from cropi_verl.utils.run_lock import run_lock
 from cropi_verl.utils.config_rules import Count, Fraction, NonNegativeInt, Positive, arg_type
 
 
@@ -70,12 +72,34 @@ def main(argv: list[str] | None = None) -> int:
     check_writable(args.out, "--out")
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
 
+    return score(ap, args)
+
+
+def input_digests(model: str, train: str, val: dict) -> dict:
+    """What the features are computed from, by content (``utils.identity``): the model's weights and tokenizer, and
+    each rollouts file. A rerun into the same --out with any of them changed is refused by the feature stores."""
+    return {"model": model_digest(model), "train_rollouts": file_digest(train),
+            **{f"val_rollouts.{n}": file_digest(p) for n, p in sorted(val.items())}}
+
+
+def score(ap: argparse.ArgumentParser, args: argparse.Namespace) -> int:
+    """The influence pass of ``main``'s arguments (its module docstring)."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     step(f"loading {args.model} and the rollouts")
     tok = AutoTokenizer.from_pretrained(args.model)
-    val = {name: read_rollouts(path, tok.eos_token_id) for name, path in named_paths(ap, args.val, "--val").items()}
-    train = read_rollouts(args.train_rollouts, tok.eos_token_id)
+    limits = RolloutLimits.of_model(args.model)  # before any gradient: ids, positions, log-probs, rewards
+    val_paths = named_paths(ap, args.val, "--val")
+    val = {name: read_rollouts(path, tok.eos_token_id, limits) for name, path in val_paths.items()}
+    train = read_rollouts(args.train_rollouts, tok.eos_token_id, limits)
+    with run_lock(args.out, "scripts/score_influence.py"):  # one run per --out at a time, once the inputs are read
+        return scored(args, tok, train, val, val_paths)
+
+
+def scored(args: argparse.Namespace, tok, train, val: dict, val_paths: dict) -> int:
+    """``score`` once its inputs are read and --out is locked."""
+    from transformers import AutoModelForCausalLM
+
     model = AutoModelForCausalLM.from_pretrained(args.model, dtype=torch.float32).to(args.device)
     _, dim = parameter_offsets(model)
     proj = make_projector(args.method, dim, args.k, args.proj_seed, args.subset_ratio, native=args.native)
@@ -84,7 +108,8 @@ def main(argv: list[str] | None = None) -> int:
                       merge_duplicates=args.merge_duplicates)
     step(f"the influence pass (finished feature-store shards under {args.out / 'features'} are kept)")
     selection = SelectionConfig(StageSchedule(1, 1, args.fraction, args.strategy),
-                                store_manifest(proj, popi, model=str(args.model), model_step=args.model_step),
+                                store_manifest(proj, popi, model=str(args.model), model_step=args.model_step,
+                                               inputs=input_digests(args.model, args.train_rollouts, val_paths)),
                                 args.seed, args.metric, args.max_val_prompts, args.shard_size, progress=True)
     res = influence_pass(local_featurizer(model, proj, tok.pad_token_id, popi), train, val, args.out / "features",
                          selection)

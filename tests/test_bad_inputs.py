@@ -21,6 +21,8 @@ from dataclasses import asdict, replace
 import pandas as pd
 import pytest
 import torch
+from demo_helpers import compose_config
+from omegaconf import OmegaConf
 from transformers import AutoTokenizer
 
 from cropi_verl.curriculum.boundary import check_rollout_ids, stage_boundary
@@ -199,8 +201,10 @@ def files(tmp_path_factory, policy) -> dict[str, str]:
     (root / "truncated.parquet").write_bytes(prompts.read_bytes()[:3000])
     pd.read_parquet(prompts).drop(columns=["ability"]).to_parquet(root / "bad_rows.parquet")
     rollout_table(make_prompts(5, seed=2)).to_parquet(root / "rollouts.parquet")
+    rollout_table([replace(p, rewards=[5.0 * r for r in p.rewards]) for p in make_prompts(5, seed=2)]).to_parquet(
+        root / "rewards5.parquet")
     (root / "plain_file").write_text("")
-    paths = {n: root / f"{n}.parquet" for n in ("prompts", "truncated", "bad_rows", "rollouts", "missing")}
+    paths = {n: root / f"{n}.parquet" for n in ("prompts", "truncated", "bad_rows", "rollouts", "missing", "rewards5")}
     paths |= {"out": root / "out", "demo": root / "demo", "file": root / "plain_file", "policy": policy}
     return {k: str(v) for k, v in paths.items()}
 
@@ -240,8 +244,8 @@ ONE_LINE = [
     ("evaluate: rows without a column", lambda f: _script("evaluate", f, set=f"a={f['bad_rows']}"), MISSING_COLUMN),
     ("evaluate: truncated --set", lambda f: _script("evaluate", f, set=f"a={f['truncated']}"),
      "error: {truncated}: " + UNREADABLE),
-    ("score: truncated --train-rollouts", lambda f: _score_args(f, train_rollouts=f["truncated"]),
-     "error: {truncated}: " + UNREADABLE),
+    ("score: rewards x5", lambda f: _score_args(f, train_rollouts=f["rewards5"]),  # (the reader of a truncated file:
+     "error: {rewards5}: row 0: reward: reward 5.0 outside [0, 1] (verifiable rewards"),  # preflight's case below)
     ("score: read-only --out", lambda f: _score_args(f, out=f"{f['ro']}/out"),
      "error: --out {ro}/out: cannot write in {ro} ("),
     ("preflight: truncated cropi.train_rollouts",
@@ -268,6 +272,7 @@ ONE_LINE = [
                             "'verl_cpu': tiny"),
     (["trainer.totl_epochs=1"], "bad override: Could not override 'trainer.totl_epochs'. To append to your config use "
                                 "+trainer.totl_epochs=1"),  # verl's group: hydra's own words, on one line
+    (["data.train_files=/tmp/dàta.parquet"], "bad override data.train_files=/tmp/dàta.parquet: LexerNoViableAlt"),
 ])
 def test_hydras_refusals_read_as_one_line(overrides, line):
     """``hydra_error_line`` on what hydra's compose raises (the entry points' ``run_hydra`` prints it: the cases
@@ -279,7 +284,10 @@ def test_hydras_refusals_read_as_one_line(overrides, line):
 
     with pytest.raises(HydraException) as refused, initialize_config_dir(str(ROOT / "configs"), version_base=None):
         compose("cropi_trainer", overrides=overrides)
-    assert hydra_error_line(refused.value, "cropi_trainer", groups=["cropi"]).startswith(line)
+    text = hydra_error_line(refused.value, "cropi_trainer", groups=["cropi"])
+    assert text.startswith(line)
+    if "dàta" in line:  # what to do about it
+        assert text.endswith("quote a value with spaces or non-ASCII letters: data.train_files='/tmp/dàta.parquet'")
 
 
 @pytest.mark.parametrize("case,argv,line", ONE_LINE, ids=[c[0] for c in ONE_LINE])
@@ -377,3 +385,119 @@ def test_a_demo_rerun_with_other_settings_names_every_directory_before_writing_a
         "the traceback)")
     assert sorted(p.name for p in out.iterdir()) == ["full", "hydra", "random", "rollouts"]  # hydra: Hydra's own
     assert not (tmp_path / "cache").exists()
+
+
+@pytest.mark.parametrize("change, where, message", [
+    (lambda p: replace(p, rewards=[5.0 * r for r in p.rewards]), "row 0: reward",
+     "reward 5.0 outside [0, 1] (verifiable rewards are 0 or 1"),
+    (lambda p: replace(p, responses=[[60] + list(r[1:]) for r in p.responses]), "row 0: response_ids[0]",
+     "token id 60 is outside the policy's vocabulary [0, 48) (collected with another tokenizer?)"),
+    (lambda p: replace(p, prompt_ids=list(p.prompt_ids) + [47] * 70), "row 0: response_ids[0]",
+     "tokens, beyond the policy's max_position_embeddings 64"),
+    (lambda p: replace(p, behaviour_logprobs=[[0.5] + list(b[1:]) for b in p.behaviour_logprobs]),
+     "row 0: logprobs[0]", "log-prob 0.5: expected finite values <= 0"),
+    (lambda p: replace(p, behaviour_logprobs=[[-math.inf] + list(b[1:]) for b in p.behaviour_logprobs]),
+     "row 0: logprobs[0]", "log-prob -inf: expected finite values <= 0"),
+])
+def test_rollout_values_outside_their_domain_are_refused_at_the_reader(change, where, message, tmp_path):
+    """Against the policy that will score them (the tiny model: 48 tokens, 64 positions), before any gradient."""
+    from cropi_verl.rollout.records import RolloutLimits, read_rollouts
+
+    prompts = make_prompts(3)
+    rollout_table([change(prompts[0]), *prompts[1:]]).to_parquet(tmp_path / "r.parquet")
+    tiny_model().save_pretrained(tmp_path / "policy")
+    with pytest.raises(ValueError) as e:
+        read_rollouts(tmp_path / "r.parquet", limits=RolloutLimits.of_model(str(tmp_path / "policy")))
+    assert str(e.value).startswith(f"{tmp_path / 'r.parquet'}: {where}: ") and message in str(e.value)
+    if "reward" in where:  # without a model, the rewards' range is still checked
+        with pytest.raises(ValueError, match="outside"):
+            read_rollouts(tmp_path / "r.parquet")
+    rollout_table(prompts).to_parquet(tmp_path / "ok.parquet")
+    read_rollouts(tmp_path / "ok.parquet", limits=RolloutLimits.of_model(str(tmp_path / "policy")))
+
+
+def test_another_reward_range_is_declared_and_pass_rates_refuse_it():
+    from cropi_verl.trainer.curriculum_config import check_cropi_config
+
+    base = OmegaConf.to_container(compose_config("cropi_trainer").cropi) | {"train_rollouts": None}
+    with pytest.raises(ValueError, match=r"cropi.strategy=pass_rate selects on pass rates, which need rewards in "
+                                         r"\[0, 1\]; cropi.reward_range=\[-1.0, 1.0\]"):
+        check_cropi_config(base | {"strategy": "pass_rate", "reward_range": [-1.0, 1.0]}, {})
+    with pytest.raises(ValueError, match=r"cropi.reward_range=\[1.0, 0.0\]: expected low < high"):
+        check_cropi_config(base | {"strategy": "random", "reward_range": [1.0, 0.0]}, {})
+    with pytest.raises(ValueError, match=r"cropi.reward_range=\[0.0\]: expected \[low, high\]"):
+        check_cropi_config(base | {"strategy": "random", "reward_range": [0.0]}, {})
+
+
+@pytest.mark.parametrize("env, line", [
+    ({"TP": "0"}, "error: TP=0: expected a positive integer"),
+    ({"TP": "-2"}, "error: TP=-2: expected a positive integer"),
+    ({"MAX_RESPONSE": "0"}, "error: MAX_RESPONSE=0: expected a positive integer"),
+    ({"MAX_RESPONSE": "-100"}, "error: MAX_RESPONSE=-100: expected a positive integer"),
+    ({"MAX_RESPONSE": "abc"}, "error: MAX_RESPONSE=abc: expected a positive integer"),
+    ({"NAME": "my run"}, "error: NAME=my run: expected letters, digits, '.', '_' or '-' (it names directories and the "
+                                 "experiment)"),
+    ({"NAME": "läuft"}, "error: NAME=läuft: expected letters, digits, '.', '_' or '-' (it names directories and the "
+                                "experiment)"),
+    ({"DEVICE": "tpu"}, "error: DEVICE=tpu: expected gpu or cpu"),
+])
+def test_every_recipe_variable_is_checked_before_any_step(env, line, tmp_path):
+    """At the top of _cropi_common.sh, in a dry run too: one line, exit 2, no step printed."""
+    res = subprocess.run(["bash", "recipes/run_cropi_qwen1.5b.sh"], cwd=ROOT, capture_output=True, text=True,
+                         timeout=60, env=dict(os.environ, DRY_RUN="1", DATA_DIR=str(tmp_path), **env))
+    assert res.returncode == 2 and res.stderr.strip().splitlines() == [line] and "# step" not in res.stdout
+
+
+def test_recipe_overrides_quote_paths_whatever_they_hold(tmp_path):
+    """A path with a space, a quote, a comma and a non-ASCII letter reaches hydra as the path (the dry run's launch
+    composes), never as an override hydra refuses after the data and rollouts steps."""
+    import shlex
+
+    from hydra import compose, initialize_config_dir
+
+    odd = tmp_path / "a b,c'd é"
+    res = subprocess.run(["bash", "recipes/run_cropi_qwen1.5b.sh"], cwd=ROOT, capture_output=True, text=True,
+                         timeout=60, env=dict(os.environ, DRY_RUN="1", DATA_DIR=str(odd / "data"),
+                                              ROLLOUT_DIR=str(odd / "r"), MODEL=str(odd / "m")))
+    assert res.returncode == 0, res.stderr
+    command = shlex.split(res.stdout.split("# step 4/4 train")[1].strip().splitlines()[1])
+    with initialize_config_dir(config_dir=str(ROOT / "configs"), version_base=None):
+        cfg = compose(config_name="cropi_trainer", overrides=command[3:])
+    assert cfg.data.train_files == str(odd / "data" / "train.parquet")
+    assert cfg.actor_rollout_ref.model.path == str(odd / "m")
+    assert cfg.cropi.val_rollouts.gsm8k_heldout == str(odd / "r" / "gsm8k_heldout" / "rollouts.parquet")
+
+
+def test_a_demo_whose_selection_cannot_fill_a_batch_is_refused_before_any_work():
+    from cropi_verl.local.config_checks import check_demo_config
+
+    with pytest.raises(ValueError, match=r"curriculum.fraction=0.001 selects 1 of the task.n_train=600 pool prompts, "
+                                         r"fewer than one batch \(grpo.batch_size=16\)"):
+        check_demo_config(compose_config("tiny_cpu", "curriculum.fraction=0.001"))
+    check_demo_config(compose_config("tiny_cpu", "curriculum.fraction=0.001", "methods=[full]"))  # full: all
+
+
+def test_one_run_per_directory_and_a_stale_lock_is_replaced(tmp_path, caplog):
+    """A second command meets the lock at once, with its holder named; a lock whose process is gone is stale."""
+    import json
+    import socket
+
+    from cropi_verl.utils.run_lock import LOCK, RunDirectoryBusy, run_lock
+
+    with run_lock(tmp_path, "the demo (a)"):
+        holder = json.loads((tmp_path / LOCK).read_text())
+        other = subprocess.run([sys.executable, "-c", "from cropi_verl.utils.run_lock import run_lock\n"
+                                f"with run_lock({str(tmp_path)!r}, 'the demo (b)'): pass"],
+                               capture_output=True, text=True, timeout=60)
+        assert other.returncode != 0 and (f"{tmp_path} is in use by the demo (a) (pid {os.getpid()} on "
+                                          f"{socket.gethostname()}, since {holder['started']})") in other.stderr
+    assert not (tmp_path / LOCK).exists()  # released
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    (tmp_path / LOCK).write_text(json.dumps({"pid": int(dead.stdout), "host": socket.gethostname(), "what": "x"}))
+    with run_lock(tmp_path, "the demo (c)"):  # the killed run's lock does not block
+        assert json.loads((tmp_path / LOCK).read_text())["what"] == "the demo (c)"
+    assert "removing a stale lock" in caplog.text
+    (tmp_path / LOCK).write_text(json.dumps({"pid": 1, "host": "elsewhere", "what": "x", "started": "t"}))
+    with pytest.raises(RunDirectoryBusy, match="in use by x on host elsewhere"):
+        with run_lock(tmp_path, "the demo (d)"):
+            pass

@@ -35,3 +35,15 @@ def test_score_influence_writes_scores_and_a_selection(tmp_path):
     assert len(sel["selected"]) == 5 and sel["n_zero_advantage"] == 5
     assert (scores["skipped"] == "zero_advantage").sum() == 5 and scores["score_v"].notna().sum() == 15
     assert sorted(scores.loc[scores.selected_rank >= 0, "prompt_id"]) == sorted(sel["selected"])
+    # the rollouts change (a reward fixed) and the same command runs again: refused, not resumed from the old features
+    frame = pd.read_parquet(tmp_path / "train.parquet")
+    frame.at[1, "reward"] = [1.0 - r for r in frame.at[1, "reward"]]
+    frame.to_parquet(tmp_path / "train.parquet")
+    again = run_script("score_influence.py", "--model", str(policy), "--train-rollouts", str(tmp_path / "train.parquet"),
+                       "--val", f"v={tmp_path / 'val.parquet'}", "--out", str(tmp_path / "out"), "--k", "256",
+                       "--fraction", "0.25", "--val", f"v={tmp_path / 'val.parquet'}", check=False)
+    assert again.returncode == 2 and "--val names 'v' twice" in again.stderr  # never the last one silently
+    again = run_script("score_influence.py", "--model", str(policy), "--train-rollouts", str(tmp_path / "train.parquet"),
+                       "--val", f"v={tmp_path / 'val.parquet'}", "--out", str(tmp_path / "out"), "--k", "256",
+                       "--fraction", "0.25", check=False)
+    assert again.returncode == 2 and "feature store was written for a different run (inputs: store has" in again.stderr

@@ -232,3 +232,20 @@ def test_a_reward_that_fails_or_misscores_a_data_source_and_a_relative_dir_on_no
     assert f"data_source 'gsm8k' ({tmp_path / 'val.parquet'}): the reward (verl's default_compute_score) raised" \
         in bad.stderr  # verl knows GSM8K as openai/gsm8k only
     assert "trainer.default_local_dir=ckpt/run: with trainer.nnodes=2 it must be an absolute path" in bad.stderr
+
+
+def test_what_the_real_run_would_fail_on_late_is_refused_by_preflight(tmp_path):
+    """A model directory that does not exist, rollouts collected from another model (their manifest.json), no
+    response tokens, a stage's selection smaller than one batch, and a scoring set given as a string: all listed."""
+    train = _setup(tmp_path)
+    (tmp_path / "manifest.json").write_text(json.dumps({"config": {"model": "/models/another"}}))
+    out = run_script("preflight.py", *_args(tmp_path, train, f"actor_rollout_ref.model.path={tmp_path / 'none'}",
+                                            "data.max_response_length=0", "data.train_batch_size=16",
+                                            "cropi.val_sets=v"), check=False)
+    assert out.returncode == 1
+    for part in (f"actor_rollout_ref.model.path={tmp_path / 'none'}: no model directory there (no config.json)",
+                 "cropi.train_rollouts: collected from /models/another", "must come from the initial policy (beta)",
+                 "data.max_response_length=0: expected an integer >= 1",
+                 "cropi.fraction=0.1 selects 6 of the 60 pool prompts, fewer than one batch (data.train_batch_size=16)",
+                 "cropi.val_sets='v': expected a list of names of cropi.val_rollouts, e.g. cropi.val_sets=[v]"):
+        assert part in out.stderr, part

@@ -95,6 +95,11 @@ def check_demo_config(cfg: DictConfig) -> None:
             dataclass_from(GRPOConfig, cfg.grpo)
         except ValueError as e:
             problems.append(f"grpo: {e}")
+        n_select, batch = round(values["curriculum"]["fraction"] * values["task"]["n_train"]), values["grpo"]["batch_size"]
+        if n_select < batch and any(m != "full" for m in values["methods"]):
+            problems.append(f"curriculum.fraction={values['curriculum']['fraction']} selects {n_select} of the "
+                            f"task.n_train={values['task']['n_train']} pool prompts, fewer than one batch "
+                            f"(grpo.batch_size={batch}): raise the fraction or lower the batch")
     if problems:
         raise ValueError("bad demo config: " + "; ".join(problems))
 

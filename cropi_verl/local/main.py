@@ -48,10 +48,12 @@ from cropi_verl.local.run_config import refuse_other_settings, run_config, run_d
 from cropi_verl.local.trainer import EvalConfig, LocalCurriculumTrainer, LocalRun
 from cropi_verl.models.tiny_policy import TinyPolicyConfig, build_tiny_policy, tiny_policy_dir
 from cropi_verl.rollout.collect import CollectConfig, collect_rollouts, hf_backend, manifest_mismatch
-from cropi_verl.rollout.records import read_rollouts
+from cropi_verl.rollout.records import RolloutLimits, read_rollouts
 from cropi_verl.utils.atomic import atomic_write_json
 from cropi_verl.utils.cache import cache_root
 from cropi_verl.utils.cli import check_writable, one_line_errors, run_hydra, step
+from cropi_verl.utils.identity import file_digest
+from cropi_verl.utils.run_lock import run_lock
 from cropi_verl.workers.group import InfluenceWorkerGroup
 
 log = logging.getLogger("cropi_verl")
@@ -119,7 +121,7 @@ def offline_rollouts(cfg: DictConfig, policy_dir: Path) -> tuple[pd.DataFrame, d
         split_dir = Path(cfg.output_dir) / "rollouts" / split
         path = timed_collect(split_dir.parent / COLLECT_SECONDS, split,
                              lambda: collect_rollouts(cc, split_dir, hf_backend(model, tok, cc), tok))
-        out[split] = read_rollouts(path, tok.eos_token_id)
+        out[split] = read_rollouts(path, tok.eos_token_id, RolloutLimits.of_model(str(policy_dir)))
     return out.pop("train"), out
 
 
@@ -361,6 +363,12 @@ def print_table(pool: dict, summary: dict) -> None:
 @hydra.main(config_path="../../configs", config_name="tiny_cpu", version_base=None)
 @one_line_errors
 def main(cfg: DictConfig) -> None:
+    with run_lock(cfg.output_dir, f"the demo ({cfg.run_name})"):  # one run per output_dir at a time
+        run_demo(cfg)
+
+
+def run_demo(cfg: DictConfig) -> None:
+    """The demo (the module docstring's steps)."""
     check_before_work(cfg, cfg.methods)
     seeds = demo_seeds(cfg)
     torch.set_num_threads(cfg.threads)
@@ -378,7 +386,9 @@ def main(cfg: DictConfig) -> None:
     manifest = group.init_model(str(policy_dir), {"method": inf.method, "k": inf.k, "seed": inf.seed,
                                                   "subset_ratio": inf.subset_ratio, "native": inf.native},
                                 asdict(popi), tok.pad_token_id)
-    manifest |= {"policy": str(policy_dir)}
+    rollouts = {split: file_digest(Path(cfg.output_dir) / "rollouts" / split / "rollouts.parquet")
+                for split in ("train",) + TARGETED_SETS}
+    manifest |= {"policy": str(policy_dir), "rollouts": rollouts}  # selections and features: by content too
     runs = {m: [run_method(cfg, m, s, frames, policy_dir, train_roll, val_roll, group, manifest) for s in seeds]
             for m in cfg.methods}
     group.close()

@@ -37,6 +37,8 @@ from cropi_verl.rollout.records import RECORD_COLUMNS, Response, make_row
 from cropi_verl.utils.atomic import atomic_write_json, atomic_write_parquet
 from cropi_verl.utils.draw import seeded_subset
 from cropi_verl.utils.faults import kill_point
+from cropi_verl.utils.identity import file_digest, model_digest
+from cropi_verl.utils.run_lock import run_lock
 
 log = logging.getLogger(__name__)
 
@@ -76,17 +78,28 @@ class VerifierFailures(ValueError):
 
 
 def _manifest(cfg: CollectConfig) -> dict:
-    return {"config": asdict(cfg), "format": list(RECORD_COLUMNS)}
+    """The collection's settings, the record format, and what it samples from by content (``utils.identity``: the
+    prompts file's bytes, the model's weights and tokenizer; those that exist yet: a check before the inputs are
+    made compares the settings, and the collection itself all of it)."""
+    inputs = {}
+    if Path(cfg.input).is_file():
+        inputs["input"] = file_digest(cfg.input)
+    if Path(cfg.model).expanduser().is_dir() or not Path(cfg.model).is_absolute():
+        inputs["model"] = model_digest(cfg.model)
+    return {"config": asdict(cfg), "format": list(RECORD_COLUMNS), "inputs": inputs}
 
 
 def manifest_mismatch(out: str | Path, cfg: CollectConfig) -> str | None:
     """Why the rollouts under ``out`` cannot be resumed or reused with ``cfg`` (its ``manifest.json`` records another
     config or record format); None when they can, or when there are none. Reads only."""
-    path, want = Path(out) / "manifest.json", _manifest(cfg)
+    path = Path(out) / "manifest.json"
     if not path.is_file():
         return None
+    want = _manifest(cfg)
     have = json.loads(path.read_text())
     diff = [k for k in want["config"] if have.get("config", {}).get(k) != want["config"][k]]
+    recorded = have.get("inputs", {})  # (a manifest written before digests were recorded holds none)
+    diff += [f"the {k}'s content" for k in want["inputs"] if k in recorded and recorded[k] != want["inputs"][k]]
     if diff or have.get("format") != want["format"]:
         return f"{path}: rollouts were collected with a different config ({', '.join(diff) or 'format'})"
     return None
@@ -125,6 +138,13 @@ def collect_rollouts(cfg: CollectConfig, out_dir: str | Path, backend: Backend, 
     and the collection stops with a ``VerifierFailures`` error (a rerun collects that shard again)."""
     out = Path(out_dir)
     prompts = read_verl_parquet(cfg.input)  # bad input fails before anything is written
+    with run_lock(out, f"a collection of {cfg.input}"):  # one collection per directory at a time
+        return _collect(cfg, out, prompts, backend, tokenizer, progress, max_verifier_failures)
+
+
+def _collect(cfg: CollectConfig, out: Path, prompts: pd.DataFrame, backend: Backend, tokenizer, progress: bool,
+             max_verifier_failures: float) -> Path:
+    """``collect_rollouts`` once its input is read and its directory locked."""
     manifest = _open_manifest(out, cfg)
     ids = row_ids(prompts)
     chat_ids = [

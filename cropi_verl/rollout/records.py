@@ -23,6 +23,9 @@ never as per-token Python scalars.
 Every reader of a rollouts file goes through ``read_rollouts``: the file is validated as strictly as a prompts
 file (``validate_rollouts``: ``<file>: row N: <key>: <reason>``) and every response is judged by the rule (with the
 tokenizer's EOS when the reader has one), so an unflagged empty response or non-finite reward is flagged there.
+Values are checked against their domain before any gradient (``RolloutLimits``): log-probs finite and <= 0, finite
+rewards in the declared range ([0, 1] for verifiable rewards), and, given the model that will score them, token ids
+in [0, vocab_size) and prompt + response within max_position_embeddings.
 """
 
 from __future__ import annotations
@@ -47,6 +50,29 @@ RECORD_COLUMNS = (
 PER_RESPONSE = ("response_ids", "response_text", "reward", "logprobs", "length", "truncated", "flag")
 FLAGS = ("", "empty", "nan_reward")
 MAX_LISTED = 5  # problems a rollouts-file error lists (then "... and N more")
+LOGPROB_ROUNDING = 1e-4  # a log-prob above 0 by more than float rounding is no log-prob
+
+
+@dataclass(frozen=True)
+class RolloutLimits:
+    """The domain of a rollouts file's values (module docstring): the model's ``vocab_size`` and
+    ``max_positions`` (None: not checked), and the rewards' ``reward_range`` (inclusive)."""
+
+    vocab_size: int | None = None
+    max_positions: int | None = None
+    reward_range: tuple[float, float] = (0.0, 1.0)
+
+    @classmethod
+    def of_model(cls, model: str, reward_range: Sequence[float] = (0.0, 1.0)) -> "RolloutLimits":
+        """The limits of the model at ``model`` (a directory or hub id); without a readable config, rewards only."""
+        from transformers import AutoConfig
+
+        low, high = reward_range
+        try:
+            config = AutoConfig.from_pretrained(model)
+        except Exception:  # noqa: BLE001 - a hub id not downloaded: the token checks wait for the model
+            return cls(reward_range=(float(low), float(high)))
+        return cls(config.vocab_size, getattr(config, "max_position_embeddings", None), (float(low), float(high)))
 
 
 @dataclass
@@ -156,56 +182,89 @@ def _kind(x: Any, kinds: str) -> bool:
     return a.ndim == 1 and (len(a) == 0 or a.dtype.kind in kinds)
 
 
-def _response_problems(rec: dict) -> list[tuple[str, str]]:
-    """(key, reason) for the per-response lists of one record: equal lengths, token ids, log-probs, rewards, flags."""
+def _id_problem(tokens: np.ndarray, limits: RolloutLimits) -> str | None:
+    """Why token ids ``tokens`` cannot index the model's embedding, or None."""
+    if len(tokens) and (tokens.min() < 0 or (limits.vocab_size is not None and tokens.max() >= limits.vocab_size)):
+        bad = tokens[(tokens < 0) | (tokens >= (limits.vocab_size or np.iinfo(np.int64).max))][0]
+        return (f"token id {int(bad)} is outside the policy's vocabulary [0, {limits.vocab_size}) (collected with "
+                "another tokenizer?)")
+    return None
+
+
+def _response_problems(rec: dict, limits: RolloutLimits) -> list[tuple[str, str]]:
+    """(key, reason) for the per-response lists of one record: equal lengths, token ids (in the vocabulary, within
+    the positions with the prompt), log-probs (finite, <= 0), rewards (in the range), flags."""
     lengths = {c: len(rec[c]) if _is_list(rec[c]) else None for c in PER_RESPONSE}
     if None in lengths.values() or len(set(lengths.values())) > 1:
         return [("responses", f"per-response lists of unequal lengths or not lists: {lengths}")]
     out = []
+    n_prompt = len(rec["prompt_token_ids"]) if _is_list(rec["prompt_token_ids"]) else 0
     for k, (tokens, lps) in enumerate(zip(rec["response_ids"], rec["logprobs"])):
         if not _kind(tokens, "iu"):
             out.append((f"response_ids[{k}]", "expected a list of token ids"))
-        elif not _kind(lps, "iuf") or len(lps) != len(tokens):
+            continue
+        if not _kind(lps, "iuf") or len(lps) != len(tokens):
             out.append((f"logprobs[{k}]", f"expected {len(tokens)} log-probs (one per response token), got "
                                           f"{np.asarray(lps).size}"))
+            continue
+        ids, lp = np.asarray(tokens, dtype=np.int64), np.asarray(lps, dtype=np.float64)
+        if problem := _id_problem(ids, limits):
+            out.append((f"response_ids[{k}]", problem))
+        if limits.max_positions is not None and n_prompt + len(ids) > limits.max_positions:
+            out.append((f"response_ids[{k}]", f"prompt + response = {n_prompt} + {len(ids)} tokens, beyond the "
+                                              f"policy's max_position_embeddings {limits.max_positions}"))
+        if len(lp) and not (np.isfinite(lp).all() and lp.max() <= LOGPROB_ROUNDING):
+            bad = lp[~np.isfinite(lp) | (lp > LOGPROB_ROUNDING)][0]
+            out.append((f"logprobs[{k}]", f"log-prob {float(bad)}: expected finite values <= 0"))
     if not all(r is None or (isinstance(r, numbers.Real) and not isinstance(r, bool)) for r in rec["reward"]):
         out.append(("reward", f"expected numbers (or nulls), got {list(rec['reward'])!r}"))
+    else:
+        low, high = limits.reward_range
+        outside = [r for r in rec["reward"] if r is not None and math.isfinite(r) and not low <= r <= high]
+        if outside:
+            out.append(("reward", f"reward {float(outside[0])} outside [{low:g}, {high:g}] (verifiable rewards are 0 or 1; "
+                                  "declare another range with cropi.reward_range)"))
     bad = [f for f in rec["flag"] if f not in FLAGS]
     if bad:
         out.append(("flag", f"expected flags in {list(FLAGS)}, got {bad!r}"))
     return out
 
 
-def _row_problems(path: str, row: int, rec: dict) -> list[RowProblem]:
+def _row_problems(path: str, row: int, rec: dict, limits: RolloutLimits) -> list[RowProblem]:
     """Every problem of one record (``validate_rollouts``)."""
     out = []
     if not isinstance(rec["prompt_id"], numbers.Integral) or isinstance(rec["prompt_id"], bool):
         out.append(("prompt_id", f"expected an integer prompt id, got {rec['prompt_id']!r}"))
     if not _kind(rec["prompt_token_ids"], "iu") or not len(rec["prompt_token_ids"]):
         out.append(("prompt_token_ids", "expected a non-empty list of token ids"))
-    return [RowProblem(path, row, k, why) for k, why in out + _response_problems(rec)]
+    elif problem := _id_problem(np.asarray(rec["prompt_token_ids"], dtype=np.int64), limits):
+        out.append(("prompt_token_ids", problem))
+    return [RowProblem(path, row, k, why) for k, why in out + _response_problems(rec, limits)]
 
 
-def validate_rollouts(frame: pd.DataFrame, path: str = "<frame>") -> list[RowProblem]:
+def validate_rollouts(frame: pd.DataFrame, path: str = "<frame>",
+                      limits: RolloutLimits = RolloutLimits()) -> list[RowProblem]:
     """Every problem of a rollouts table: missing columns, else per record wrong types or unequal per-response
-    lists, a log-prob list unlike its response's length, an unknown flag, and duplicate prompt ids."""
+    lists, a log-prob list unlike its response's length, values outside ``limits``, an unknown flag, and duplicate
+    prompt ids."""
     missing = [c for c in RECORD_COLUMNS if c not in frame.columns]
     if missing:
         return [RowProblem(path, None, "columns", f"missing {', '.join(missing)} (not an offline-rollouts file: "
                                                   "scripts/collect_rollouts.py writes them)")]
-    problems = [p for row, rec in enumerate(frame.to_dict("records")) for p in _row_problems(path, row, rec)]
+    problems = [p for row, rec in enumerate(frame.to_dict("records")) for p in _row_problems(path, row, rec, limits)]
     ids = [(row, int(i)) for row, i in enumerate(frame["prompt_id"].tolist()) if isinstance(i, numbers.Integral)]
     counts = Counter(i for _, i in ids)
     return problems + [RowProblem(path, row, "prompt_id", f"duplicate id {i} ({counts[i]} rows)")
                        for row, i in ids if counts[i] > 1]
 
 
-def read_rollouts(path: str | Path, eos_id: int | None = None) -> pd.DataFrame:
-    """A rollouts parquet, validated (``validate_rollouts``; ``DataValidationError`` in one line otherwise), with
-    every response judged by the rule (``response_flags`` with ``eos_id``) and the summaries recomputed."""
+def read_rollouts(path: str | Path, eos_id: int | None = None, limits: RolloutLimits = RolloutLimits()) -> pd.DataFrame:
+    """A rollouts parquet, validated (``validate_rollouts`` with ``limits``; ``DataValidationError`` in one line
+    otherwise), with every response judged by the rule (``response_flags`` with ``eos_id``) and the summaries
+    recomputed."""
     path = Path(path)
     frame = read_parquet(path, "no such rollouts parquet (collect it with scripts/collect_rollouts.py)")
-    problems = validate_rollouts(frame, str(path))
+    problems = validate_rollouts(frame, str(path), limits)
     if problems:
         more = f"; ... and {len(problems) - MAX_LISTED} more" if len(problems) > MAX_LISTED else ""
         raise DataValidationError("; ".join(str(p) for p in problems[:MAX_LISTED]) + more)

@@ -57,10 +57,11 @@ from cropi_verl.curriculum.metrics import boundary_metrics
 from cropi_verl.curriculum.sampler import stage_dataloader
 from cropi_verl.curriculum.settings import SelectionConfig
 from cropi_verl.curriculum.state import StageState
-from cropi_verl.rollout.records import read_rollouts
-from cropi_verl.trainer.curriculum_config import check_composed_config, workers_on_gpu
+from cropi_verl.rollout.records import RolloutLimits, read_rollouts
+from cropi_verl.trainer.curriculum_config import check_composed_config, reward_range, workers_on_gpu
 from cropi_verl.utils.atomic import atomic_write_json
 from cropi_verl.utils.faults import kill_point
+from cropi_verl.utils.identity import file_digest
 from cropi_verl.utils.trace import trace
 from cropi_verl.trainer.worker_plan import resolve_checkpointing, worker_settings
 
@@ -118,7 +119,8 @@ class CROPITrainer(PPOTrainerSync):
         super()._init_dataloader()
         self.steps_per_epoch = self.total_training_steps  # the subset's epochs never end the run (docstring)
         self.id_to_pos = dataset_row_ids(self.train_dataset)
-        read = partial(read_rollouts, eos_id=self.tokenizer.eos_token_id)
+        limits = RolloutLimits.of_model(self.config.actor_rollout_ref.model.path, reward_range(cropi))
+        read = partial(read_rollouts, eos_id=self.tokenizer.eos_token_id, limits=limits)
         self.train_rollouts = read(cropi["train_rollouts"]) if cropi.get("train_rollouts") else None
         names = cropi.get("val_sets") or list(cropi.get("val_rollouts") or {})
         self.val_rollouts = {n: read(cropi["val_rollouts"][n]) for n in names}
@@ -132,8 +134,10 @@ class CROPITrainer(PPOTrainerSync):
         log.info("influence workers: gradient checkpointing %s (%s)", "on" if checkpointing else "off", why)
         self.worker_precision = (worker_settings(cropi, self.workers_on_gpu, checkpointing).dtype, checkpointing)
         self.val_sources = sorted({str(s) for s in self.val_dataset.dataframe["data_source"]})
+        rollouts = {"train": cropi.get("train_rollouts"), **(cropi.get("val_rollouts") or {})}
         manifest = {"model": self.config.actor_rollout_ref.model.path, "dtype": self.worker_precision[0],
-                    "projection": cropi["projection"], "popi": cropi["popi"]}
+                    "projection": cropi["projection"], "popi": cropi["popi"],  # and what it reads, by content:
+                    "rollouts": {n: file_digest(p) for n, p in rollouts.items() if p}}
         self.selection = SelectionConfig(self.schedule, manifest, cropi["seed"], cropi["metric"],
                                          cropi["max_val_prompts"], cropi["shard_size"], progress=True)
 

@@ -35,10 +35,13 @@ from cropi_verl.utils.config_rules import (
 from cropi_verl.workers.group import WORKER_DTYPES
 
 AutoFlag = Annotated[Literal["auto"] | Flag, Field(description="auto, true or false")]
+RewardRange = Annotated[list[Annotated[float, Field(allow_inf_nan=False)]],
+                        Field(min_length=2, max_length=2, description="[low, high]: two finite numbers")]
 
 CROPI_RULES = {
     "num_stages": Count, "steps_per_stage": Count, "fraction": Fraction, "strategy": one_of(STRATEGIES),
     "rescore": Flag, "seed": NonNegativeInt, "metric": one_of(METRICS), "max_val_prompts": Count, "shard_size": Count,
+    "reward_range": RewardRange,
     "gpu_memory_gb": Positive,
     "projection.method": one_of(METHODS), "projection.k": Count, "projection.seed": NonNegativeInt,
     "projection.subset_ratio": Fraction, "projection.native": Flag,
@@ -69,6 +72,7 @@ def _problems(cropi: Mapping[str, Any], trainer: Mapping[str, Any], checkpoint: 
     out += _checkpointing_problems(cropi)
     strategy = _checked_strategy(cropi)
     influence = strategy in INFLUENCE_STRATEGIES
+    out += _reward_range_problems(cropi, strategy)
     train = cropi.get("train_rollouts")
     if influence or strategy in PASS_RATE_STRATEGIES:
         if not train:
@@ -80,11 +84,36 @@ def _problems(cropi: Mapping[str, Any], trainer: Mapping[str, Any], checkpoint: 
         if not val:
             out.append("cropi.val_rollouts is empty: give NAME: PATH for each targeted validation set")
         out += [f"cropi.val_rollouts.{n}={p}: no such file" for n, p in val.items() if not Path(p).is_file()]
-        missing = [n for n in (cropi.get("val_sets") or []) if n not in val]
+        sets = cropi.get("val_sets")
+        if sets is not None and (not isinstance(sets, list) or not all(isinstance(n, str) for n in sets)):
+            out.append(f"cropi.val_sets={sets!r}: expected a list of names of cropi.val_rollouts, e.g. "
+                       f"cropi.val_sets=[{','.join(val) or 'NAME'}]")
+            sets = []
+        missing = [n for n in (sets or []) if n not in val]
         if missing:
             out.append(f"cropi.val_sets {missing} are absent from cropi.val_rollouts (have: {sorted(val)})")
     out += _trainer_problems(trainer, cropi, checkpoint or {})
     return out
+
+
+def _reward_range_problems(cropi: Mapping[str, Any], strategy: str) -> list[str]:
+    """A well-formed ``reward_range`` must go up, and a pass-rate strategy needs rewards in [0, 1]."""
+    low_high = cropi.get("reward_range")
+    if config_problems({"r": low_high}, {"r": RewardRange}):
+        return []  # reported by the key rules
+    low, high = low_high
+    if low >= high:
+        return [f"cropi.reward_range={list(low_high)}: expected low < high"]
+    if strategy in PASS_RATE_STRATEGIES and (low, high) != (0, 1):
+        return [f"cropi.strategy={strategy} selects on pass rates, which need rewards in [0, 1]; "
+                f"cropi.reward_range={list(low_high)}"]
+    return []
+
+
+def reward_range(cropi: Mapping[str, Any]) -> tuple[float, float]:
+    """``cropi.reward_range`` as a (low, high) pair (checked by ``check_cropi_config``)."""
+    low, high = cropi.get("reward_range") or (0.0, 1.0)
+    return float(low), float(high)
 
 
 def _checked_strategy(cropi: Mapping[str, Any]) -> str:

@@ -17,10 +17,11 @@ import hydra
 import ray
 from omegaconf import DictConfig, OmegaConf
 
-from cropi_verl.rollout.records import read_rollouts
-from cropi_verl.trainer.curriculum_config import check_composed_config
+from cropi_verl.rollout.records import RolloutLimits, read_rollouts
+from cropi_verl.trainer.curriculum_config import check_composed_config, reward_range
 from cropi_verl.trainer.verl_contract import check_verl
 from cropi_verl.utils.cli import one_line_errors, run_hydra, sigterm_handler_kept_across_ray_init, step
+from cropi_verl.utils.run_lock import run_lock
 
 
 DRY_RUN_HEADER = "# CROPI_DRY_RUN: every check passed; the composed config:"
@@ -59,7 +60,8 @@ class CROPITaskRunner:
 
 def check(config: DictConfig) -> None:
     """Our ``cropi:`` checks, verl's own config validation (its assertion errors become one-line errors), then the
-    rollouts files as the trainer reads them (``read_rollouts``)."""
+    rollouts files as the trainer reads them (``read_rollouts``, their values against the policy's vocabulary and
+    positions and ``cropi.reward_range``)."""
     from hydra.errors import InstantiationException
     from verl.trainer.ppo.utils import need_critic, need_reference_policy
     from verl.utils.config import validate_config
@@ -70,9 +72,11 @@ def check(config: DictConfig) -> None:
                         use_critic=need_critic(config))
     except (AssertionError, InstantiationException) as e:
         raise ValueError(f"verl config: {' '.join(str(e).split())}") from None
-    for path in [config.cropi.train_rollouts, *(config.cropi.val_rollouts or {}).values()]:
+    cropi = OmegaConf.to_container(config.cropi, resolve=True)
+    limits = RolloutLimits.of_model(config.actor_rollout_ref.model.path, reward_range(cropi))
+    for path in [cropi["train_rollouts"], *(cropi.get("val_rollouts") or {}).values()]:
         if path:
-            read_rollouts(path)
+            read_rollouts(path, limits=limits)
 
 
 def check_cpu_platform(config: DictConfig) -> None:
@@ -115,7 +119,7 @@ def main(config: DictConfig) -> None:
         print(OmegaConf.to_yaml(config))
         return
     step("verl's training", detail=lambda: resume_point(config))
-    with sigterm_handler_kept_across_ray_init():
+    with run_lock(config.trainer.default_local_dir, "cropi_verl.trainer.main"), sigterm_handler_kept_across_ray_init():
         run_ppo(config, task_runner_class=CROPITaskRunner)
 
 

@@ -171,6 +171,9 @@ def hydra_error_line(error: Exception, config_name: str, groups: Sequence[str] |
     if reason and reason not in text:
         text += f"; {reason}"  # e.g. "Value 'maybe' is not a valid bool"
     override = getattr(error, "override", None)  # a malformed override (hydra's OverrideParseException)
+    if override and ("token recognition error" in text or "LexerNoViableAlt" in text):
+        key, _, value = override.partition("=")
+        text += f"; quote a value with spaces or non-ASCII letters: {key}='{value}'"
     return f"bad override{' ' + override if override else ''}: {one_line(text)}"
 
 
@@ -222,11 +225,14 @@ class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescript
 
 
 def named_paths(parser: argparse.ArgumentParser, items: Sequence[str], flag: str) -> dict[str, str]:
-    """``NAME=PATH`` arguments of a repeated ``flag`` as {NAME: PATH}; a malformed one is a usage error."""
+    """``NAME=PATH`` arguments of a repeated ``flag`` as {NAME: PATH}; a malformed one, or a NAME given twice, is a
+    usage error (never the last one silently)."""
     out = {}
     for item in items:
         name, sep, path = item.partition("=")
         if not sep or not name:
             parser.error(f"{flag} expects NAME=PATH, got {item!r}")
+        if name in out:
+            parser.error(f"{flag} names {name!r} twice ({out[name]} and {path}): give each set once")
         out[name] = path
     return out
