@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 import pandas as pd
+import pytest
 
 from influence_helpers import make_prompts, rollout_table
 from policy_helpers import saved_random_policy, toy_prompts
@@ -41,9 +42,15 @@ def test_score_influence_writes_scores_and_a_selection(tmp_path):
     frame.to_parquet(tmp_path / "train.parquet")
     again = run_script("score_influence.py", "--model", str(policy), "--train-rollouts", str(tmp_path / "train.parquet"),
                        "--val", f"v={tmp_path / 'val.parquet'}", "--out", str(tmp_path / "out"), "--k", "256",
-                       "--fraction", "0.25", "--val", f"v={tmp_path / 'val.parquet'}", check=False)
-    assert again.returncode == 2 and "--val names 'v' twice" in again.stderr  # never the last one silently
-    again = run_script("score_influence.py", "--model", str(policy), "--train-rollouts", str(tmp_path / "train.parquet"),
-                       "--val", f"v={tmp_path / 'val.parquet'}", "--out", str(tmp_path / "out"), "--k", "256",
                        "--fraction", "0.25", check=False)
     assert again.returncode == 2 and "feature store was written for a different run (inputs: store has" in again.stderr
+
+
+def test_a_name_given_twice_is_a_usage_error_not_the_last_one_silently(capsys):
+    import argparse
+
+    from cropi_verl.utils.cli import named_paths
+
+    with pytest.raises(SystemExit) as e:
+        named_paths(argparse.ArgumentParser(prog="score_influence.py"), ["add=A", "add=B"], "--val")
+    assert e.value.code == 2 and "--val names 'add' twice (A and B): give each set once" in capsys.readouterr().err

@@ -33,10 +33,13 @@ def _setup(tmp_path):
 
 
 def _args(tmp_path, train, *extra):
+    """A run on the toy files: a model path that is a hub id (its config is read where it is downloaded) and a batch
+    that the pool's 10% fills (6 of 60)."""
     return (f"data.train_files={train}", f"data.val_files={train}",
             f"cropi.train_rollouts={tmp_path / 'train_rollouts.parquet'}",
             f"cropi.val_rollouts={{v:{tmp_path / 'val_rollouts.parquet'}}}", f"cropi.output_dir={tmp_path / 'out'}",
-            "trainer.save_freq=10", "cropi.steps_per_stage=20", *extra)
+            "trainer.save_freq=10", "cropi.steps_per_stage=20", "actor_rollout_ref.model.path=org/not-downloaded",
+            "data.train_batch_size=4", *extra)
 
 
 def test_good_run_passes_with_a_summary(tmp_path):
@@ -132,11 +135,13 @@ def test_disk_plan_arithmetic_against_a_hand_count(tmp_path):
 
 
 def test_an_unreadable_model_config_is_one_line_of_the_plan(tmp_path):
+    """A hub id not downloaded here (the GPU machine fetches it); a local path that is no model is a problem
+    (``test_what_the_real_run_would_fail_on_late_is_refused_by_preflight``)."""
     train = _setup(tmp_path)
-    out = run_script("preflight.py", *_args(tmp_path, train, f"actor_rollout_ref.model.path={tmp_path / 'absent'}"))
-    assert f"disk plan: cannot read the config of {tmp_path / 'absent'}" in out.stdout and "preflight: ok" in out.stdout
+    out = run_script("preflight.py", *_args(tmp_path, train))
+    assert "disk plan: cannot read the config of org/not-downloaded" in out.stdout and "preflight: ok" in out.stdout
     assert "disk plan: feature stores" in out.stdout
-    assert f"memory plan: skipped, cannot read the config of {tmp_path / 'absent'}" in out.stdout
+    assert "memory plan: skipped, cannot read the config of org/not-downloaded" in out.stdout
 
 
 def test_the_memory_plan_is_printed_after_the_disk_plan(tmp_path):
@@ -212,7 +217,7 @@ def test_a_mistyped_override_is_one_line():
     assert line.endswith("'workers']  (CROPI_DEBUG=1 shows the traceback)")
 
 
-def test_a_reward_that_fails_or_misscores_a_data_source_and_a_relative_dir_on_nodes_are_refused(tmp_path):
+def test_a_misconfigured_reward_nodes_model_lengths_and_batch_are_refused_at_once(tmp_path):
     """verl's default reward (``reward.custom_reward_function.path=null``) raises for the embedded task's sources and
     scores ``aime24`` -1 / +1 (math_dapo): both named with their file. Several nodes need an absolute, shared
     ``trainer.default_local_dir``. (The shipped config, ``pkg://cropi_verl.rewards``, scores every source 1 / 0:
@@ -222,9 +227,19 @@ def test_a_reward_that_fails_or_misscores_a_data_source_and_a_relative_dir_on_no
     val.to_parquet(tmp_path / "val.parquet")
     args = list(_args(tmp_path, train))
     args[1] = f"data.val_files={tmp_path / 'val.parquet'}"
+    (tmp_path / "manifest.json").write_text(json.dumps({"config": {"model": "/models/another"}}))
     bad = run_script("preflight.py", *args, "reward.custom_reward_function.path=null", "trainer.nnodes=2",
-                     "trainer.default_local_dir=ckpt/run", check=False)
+                     "trainer.default_local_dir=ckpt/run", f"actor_rollout_ref.model.path={tmp_path / 'none'}",
+                     "data.max_response_length=0", "data.train_batch_size=16", "cropi.val_sets=v", check=False)
     assert bad.returncode == 1
+    # what the real run would fail on late: a model directory that does not exist, rollouts collected from another
+    # model (their manifest.json), no response tokens, a selection smaller than one batch, a scoring set as a string
+    for part in (f"actor_rollout_ref.model.path={tmp_path / 'none'}: no model directory there (no config.json)",
+                 "cropi.train_rollouts: collected from /models/another", "must come from the initial policy (beta)",
+                 "data.max_response_length=0: expected an integer >= 1",
+                 "cropi.fraction=0.1 selects 6 of the 60 pool prompts, fewer than one batch (data.train_batch_size=16)",
+                 "cropi.val_sets='v': expected a list of names of cropi.val_rollouts, e.g. cropi.val_sets=[v]"):
+        assert part in bad.stderr, part
     assert (f"data_source 'aime24' ({tmp_path / 'val.parquet'}): the reward (verl's default_compute_score) scores a "
             "right answer 1.0 and a wrong one -1.0, expected 1.0 and 0.0") in bad.stderr
     assert (f"data_source 'cropi_toy/add' ({train}): the reward (verl's default_compute_score) raised "
@@ -232,20 +247,3 @@ def test_a_reward_that_fails_or_misscores_a_data_source_and_a_relative_dir_on_no
     assert f"data_source 'gsm8k' ({tmp_path / 'val.parquet'}): the reward (verl's default_compute_score) raised" \
         in bad.stderr  # verl knows GSM8K as openai/gsm8k only
     assert "trainer.default_local_dir=ckpt/run: with trainer.nnodes=2 it must be an absolute path" in bad.stderr
-
-
-def test_what_the_real_run_would_fail_on_late_is_refused_by_preflight(tmp_path):
-    """A model directory that does not exist, rollouts collected from another model (their manifest.json), no
-    response tokens, a stage's selection smaller than one batch, and a scoring set given as a string: all listed."""
-    train = _setup(tmp_path)
-    (tmp_path / "manifest.json").write_text(json.dumps({"config": {"model": "/models/another"}}))
-    out = run_script("preflight.py", *_args(tmp_path, train, f"actor_rollout_ref.model.path={tmp_path / 'none'}",
-                                            "data.max_response_length=0", "data.train_batch_size=16",
-                                            "cropi.val_sets=v"), check=False)
-    assert out.returncode == 1
-    for part in (f"actor_rollout_ref.model.path={tmp_path / 'none'}: no model directory there (no config.json)",
-                 "cropi.train_rollouts: collected from /models/another", "must come from the initial policy (beta)",
-                 "data.max_response_length=0: expected an integer >= 1",
-                 "cropi.fraction=0.1 selects 6 of the 60 pool prompts, fewer than one batch (data.train_batch_size=16)",
-                 "cropi.val_sets='v': expected a list of names of cropi.val_rollouts, e.g. cropi.val_sets=[v]"):
-        assert part in out.stderr, part

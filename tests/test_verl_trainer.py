@@ -433,7 +433,8 @@ def test_dry_run_labels_each_step_skips_existing_outputs_and_runs_preflight(tmp_
     data, roll = tmp_path / "data", tmp_path / "roll"
     env = {"DATA_DIR": str(data), "ROLLOUT_DIR": str(roll), "PYTHON": sys.executable}
     _recipe_inputs(data, roll)
-    out = _recipe("recipes/run_cropi_qwen1.5b.sh", f"trainer.default_local_dir={tmp_path / 'ckpt'}", env=env)
+    out = _recipe("recipes/run_cropi_qwen1.5b.sh", f"trainer.default_local_dir={tmp_path / 'ckpt'}",
+                  "data.train_batch_size=4", env=env)  # a batch the toy pool's 10% fills
     assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-2000:]
     labels = [line for line in out.stdout.splitlines() if line.startswith("# step")]
     assert labels == [f"# step 1/4 prepare the data: skipped, every file exists under {data}",
@@ -448,7 +449,8 @@ def test_dry_run_labels_each_step_skips_existing_outputs_and_runs_preflight(tmp_
     assert ("# step 3/4 preflight: not run in a dry run, the steps above write its inputs (rollouts of train)"
             in pending.stdout.splitlines())
     rollout_table(make_prompts(4)).to_parquet(roll / "train" / "rollouts.parquet")  # ids not in the training file
-    bad = _recipe("recipes/run_cropi_qwen1.5b.sh", f"trainer.default_local_dir={tmp_path / 'ckpt'}", env=env)
+    bad = _recipe("recipes/run_cropi_qwen1.5b.sh", f"trainer.default_local_dir={tmp_path / 'ckpt'}",
+                  "data.train_batch_size=4", env=env)
     assert bad.returncode == 1 and "4 prompt ids are not in data.train_files" in bad.stderr
     assert "step 4/4" not in bad.stdout  # the dry run stops where preflight fails
 
