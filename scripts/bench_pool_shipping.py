@@ -37,12 +37,12 @@ SHARD = 256  # cropi.shard_size: prompts per featurize call
 
 
 class Sink(Worker):
-    """Receives a shard's chunk, rebuilds its prompts (as the influence worker does), returns their token count."""
+    """Receives a shard's chunk, rebuilds its prompts (as the influence worker does), returns each one's token count."""
 
     @register(dispatch_mode=Dispatch.DP_COMPUTE_PROTO)
     def consume(self, data: DataProto) -> DataProto:
-        tokens = sum(len(r) for p in proto_to_rollouts(data) for r in p.responses)
-        return DataProto.from_single_dict({"tokens": np.full(len(data), tokens, dtype=np.int64)})
+        tokens = [sum(len(r) for r in p.responses) for p in proto_to_rollouts(data)]
+        return DataProto.from_single_dict({"tokens": np.asarray(tokens, dtype=np.int64)})
 
 
 def synthetic_pool(n: int, k: int, tokens: int, seed: int = 0) -> pd.DataFrame:
@@ -75,7 +75,7 @@ def ship(group: RayWorkerGroup, frame: pd.DataFrame, lists: bool) -> tuple[float
         proto = rollouts_to_proto(list(prompts[start:start + SHARD]))
         size += len(ray.cloudpickle.dumps(proto)) if start == 0 else 0
         out = group.consume(proto)
-        received += int(out.batch["tokens"][0] if "tokens" in out.batch.keys() else out.non_tensor_batch["tokens"][0])
+        received += int(out.non_tensor_batch["tokens"].sum())
     return time.perf_counter() - t0, received, size
 
 

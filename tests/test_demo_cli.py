@@ -249,3 +249,22 @@ def test_collection_flops_by_hand():
 
     frame = pd.DataFrame({"prompt_token_ids": [[1, 2, 3], [4]], "response_ids": [[[5, 6], [7]], [[8, 9, 10]]]})
     assert collection_flops(frame, params=10) == 4 * 10 * ((3 + 2) + (3 + 1) + (1 + 3))
+
+
+def test_a_method_run_made_from_another_policy_or_other_rollouts_is_never_reused(tmp_path):
+    """Same settings, other inputs (a policy warmed up to other bits, rollouts collected again): refused by content
+    once the run knows them; the check before any work compares the settings alone (the inputs are made after it)."""
+    from cropi_verl.local.run_config import run_dir_problem, with_inputs, write_run_config
+
+    (tmp_path / "policy").mkdir()
+    (tmp_path / "policy" / "model.safetensors").write_bytes(b"weights a")
+    run = tmp_path / "cropi"
+    (run / "ckpt").mkdir(parents=True)
+    settings = {"grpo.lr": 0.0002, "strategy": "cropi", "seed": 0}
+    write_run_config(run, with_inputs(settings, tmp_path / "policy", {"train": "d1"}))
+    assert run_dir_problem(run, settings) is None  # before the inputs exist: settings only
+    assert run_dir_problem(run, with_inputs(settings, tmp_path / "policy", {"train": "d1"})) is None
+    problem = run_dir_problem(run, with_inputs(settings, tmp_path / "policy", {"train": "d2"}))
+    assert problem.startswith(f"{run}: its results were made with inputs=") and "rollouts.train': 'd1'" in problem
+    (tmp_path / "policy" / "model.safetensors").write_bytes(b"weights b")
+    assert "inputs=" in run_dir_problem(run, with_inputs(settings, tmp_path / "policy", {"train": "d1"}))

@@ -398,7 +398,7 @@ def response_log_ratios(logp: torch.Tensor, chunk: Sequence[ResponseRow],
     out = []
     for i, row in enumerate(chunk):
         lp = logp[i, : len(row.tokens)].detach().double().cpu()
-        out += [(k, lp - torch.as_tensor(np.asarray(behaviour[k], dtype=np.float64))) for k in row.copies]
+        out += [(k, lp - torch.from_numpy(np.array(behaviour[k], dtype=np.float64))) for k in row.copies]
     return out
 
 

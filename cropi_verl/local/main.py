@@ -44,7 +44,8 @@ from cropi_verl.eval.speedup import compute_speedup, gain_speedup, step_speedup,
 from cropi_verl.influence.gradients import PopiConfig
 from cropi_verl.local.config_checks import check_demo_config, dataclass_from
 from cropi_verl.local.grpo import GRPOConfig
-from cropi_verl.local.run_config import refuse_other_settings, run_config, run_dir_problem, write_run_config
+from cropi_verl.local.run_config import (refuse_other_settings, run_config, run_dir_problem, with_inputs,
+                                         write_run_config)
 from cropi_verl.local.trainer import EvalConfig, LocalCurriculumTrainer, LocalRun
 from cropi_verl.models.tiny_policy import TinyPolicyConfig, build_tiny_policy, tiny_policy_dir
 from cropi_verl.rollout.collect import CollectConfig, collect_rollouts, hf_backend, manifest_mismatch
@@ -183,11 +184,13 @@ def method_dir(cfg: DictConfig, strategy: str, seed: int) -> Path:
 def run_method(cfg: DictConfig, strategy: str, seed: int, frames: dict, policy_dir: Path, train_roll: pd.DataFrame,
                val_roll: dict, group: InfluenceWorkerGroup, manifest: dict) -> dict:
     out = method_dir(cfg, strategy, seed)
+    want = with_inputs(run_config(cfg, strategy, seed), policy_dir, manifest["rollouts"])
+    refuse_other_settings([run_dir_problem(out, want)])  # now with the policy's and rollouts' content
     if (out / "result.json").is_file():
         log.info("%s (seed %d): already finished, reusing %s", strategy, seed, out / "result.json")
         return json.loads((out / "result.json").read_text())
     step(f"training {strategy} with seed {seed}")
-    write_run_config(out, run_config(cfg, strategy, seed))
+    write_run_config(out, want)
     cur = cfg.curriculum
     fraction = 1.0 if strategy == "full" else cur.fraction
     schedule = StageSchedule(cur.num_stages, cur.steps_per_stage, fraction, strategy, cur.rescore)

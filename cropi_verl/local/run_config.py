@@ -6,7 +6,10 @@ which methods run, thread and worker counts, logging and checkpoint intervals, t
 same bits), and but ``influence.*`` for strategies that never score; plus the strategy and the run's seed. A
 directory that holds results (``result.json`` or ``ckpt/``) is refused when its settings differ, or when it has no
 ``run_config.json`` (written by an older version); ``refuse_other_settings`` names every such directory in one
-error (the demo adds its rollouts directories, whose manifests record their collection settings).
+error (the demo adds its rollouts directories, whose manifests record their collection settings). Once the policy
+and the rollouts exist, the method's run adds their content digests (``inputs``: ``with_inputs``) and compares them
+too before it reuses or resumes anything: results made from another policy or other rollouts with the same settings
+(another machine type warms the policy up to other bits) are never reused.
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ EXECUTION_ONLY = ("run_name", "output_dir", "methods", "repeats", "seed", "threa
                   "influence.workers", "influence.threads_per_worker", "influence.native", "train.loggers",
                   "train.log_every", "train.ckpt_every", "eval.speedup_gain_fraction")
 FILE = "run_config.json"
+INPUTS = "inputs"  # the policy's and the rollouts' digests, known once they are made (``with_inputs``)
 
 
 def _flat(node: Any, prefix: str = "") -> dict[str, Any]:
@@ -50,7 +54,10 @@ def run_dir_problem(run_dir: Path, want: dict[str, Any]) -> str | None:
     if not path.is_file():
         return f"{run_dir}: holds results but no {FILE} (written by an older version)"
     have = json.loads(path.read_text())
-    diff = sorted(k for k in have.keys() | want.keys() if k not in have or k not in want or have[k] != want[k])
+    keys = have.keys() | want.keys()
+    if INPUTS not in have or INPUTS not in want:  # compared once both know them (module docstring)
+        keys -= {INPUTS}
+    diff = sorted(k for k in keys if k not in have or k not in want or have[k] != want[k])
     if not diff:
         return None
     show = diff[:6]
@@ -75,3 +82,10 @@ def refuse_other_settings(problems: Iterable[str | None]) -> None:
 def write_run_config(run_dir: Path, want: dict[str, Any]) -> None:
     """Record ``want`` beside the run's results (atomically), before any of them is written."""
     atomic_write_json(want, run_dir / FILE)
+
+
+def with_inputs(want: dict[str, Any], policy_dir: Path, rollouts: dict[str, str]) -> dict[str, Any]:
+    """``want`` plus the content digests of the policy (``utils.identity.model_digest``) and of the rollouts files."""
+    from cropi_verl.utils.identity import model_digest
+
+    return want | {INPUTS: {"policy": model_digest(policy_dir), **{f"rollouts.{k}": v for k, v in rollouts.items()}}}
