@@ -151,6 +151,7 @@ def test_run_config_check_on_hand_built_directories(tmp_path):
     assert re.search(r"curriculum.steps_per_stage=10.*curriculum.steps_per_stage=20", problem), problem
 
 
+@pytest.mark.slow  # the quick demo test checks the run draws curves.png; this redraws it from summary.json
 def test_plot_script_redraws_a_run(quick_run):
     from scripts_helpers import run_script
 
