@@ -173,6 +173,11 @@ class Plan:
     def total(self) -> int:
         return sum(self.memory.values())
 
+    def boundary_fits(self) -> bool:
+        """What is alive at a boundary (``memory``) fits (1 - margin) x GPU memory: what the pass's gradient
+        checkpointing can change (``trainer.worker_plan.resolve_checkpointing``)."""
+        return self.total <= (1 - self.gpu.margin) * self.gpu.memory_bytes
+
     def fits(self, gpu_bytes: int | None = None) -> tuple[bool, list[str]]:
         """(the boundary's total and the actor's training peak each <= (1 - margin) x GPU memory, the reasons when
         not): at a boundary the actor and the worker share the GPU."""

@@ -8,7 +8,8 @@
 #     CPU platform, HF rollout replica; recipes/_cpu_env.sh) at a CPU scale (CPU_SCALE below, MAX_PROMPT 128,
 #     MAX_RESPONSE 32, VAL_PROMPTS 32, NGPUS 1, TP 1, the hf collection), on raw datasets made from the embedded task
 #     (cropi_verl/verl_cpu/recipe_inputs.py, into RAW_DIR) and a tiny policy warmed up on the paper's prompts (MODEL);
-#     raw files, data and rollouts under OUT (outputs/$NAME; NAME: <recipe>_cpu). Installs .venv unless PYTHON is set,
+#     raw files, data and rollouts under OUT (outputs/$NAME; NAME: <recipe>_cpu). Installs .venv unless PYTHON is set
+#     (in a dry run too: it prints the CPU inputs' path),
 #   MODEL, NAME ([A-Za-z0-9._-]), MAX_RESPONSE, MAX_PROMPT (1024): the policy, the run's name, token limits,
 #   DATA_DIR (data/math), ROLLOUT_DIR (rollouts/$NAME), NNODES (1), TP (2), PYTHON (python),
 #   NGPUS (8): GPUs per node, for training (trainer.n_gpus_per_node) and for collection (NGPUS / TP vLLM engines
@@ -132,6 +133,7 @@ if [[ "$DEVICE" == cpu ]]; then
   if [[ -z "${RAW_DIR:-}" || -z "${MODEL:-}" ]]; then
     INPUTS=("$PYTHON" -m cropi_verl.verl_cpu.recipe_inputs)
     if [[ -z "${RAW_DIR:-}" ]]; then RAW_DIR="$OUT/raw"; INPUTS+=(--raw-dir "$RAW_DIR"); fi
+    PENDING+=("the CPU inputs")
     run "step 0/4 the CPU inputs: raw datasets from the embedded task, the tiny policy (cached)" "${INPUTS[@]}"
     MODEL="${MODEL:-$("$PYTHON" -m cropi_verl.verl_cpu.recipe_inputs --where)}"
   fi

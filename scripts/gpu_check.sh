@@ -58,11 +58,17 @@ timeout "$LEFT" "$PYTHON" scripts/gpu_pass_check.py --pytest --total-budget-s $(
   --setup-log "$SETUP_LOG" "$@"
 STATUS=$?
 BENCH_OUT="${OUT:-.}/bench_gradients_realistic.jsonl"
-for shape in "qwen2.5-1.5b 2048 8" "qwen2.5-7b 4096 4"; do
-  read -r model cap prompts <<< "$shape"
-  LEFT=$((TOTAL_S - SECONDS))
-  (( LEFT > 20 )) || { echo "{\"model\": \"$model\", \"skipped\": \"no time left\"}" | tee -a "$BENCH_OUT"; continue; }
-  timeout "$LEFT" "$PYTHON" scripts/bench_gradients.py --lengths realistic --device cuda --model "$model" \
-    --cap "$cap" --prompts "$prompts" --repeats 1 --k 32768 2>&1 | tail -n 1 | tee -a "$BENCH_OUT"
+SHAPES=("qwen2.5-1.5b 2048 8" "qwen2.5-7b 4096 4")
+for i in "${!SHAPES[@]}"; do
+  read -r model cap prompts <<< "${SHAPES[$i]}"
+  SHARE=$(((TOTAL_S - SECONDS) / (${#SHAPES[@]} - i)))   # the time left, shared by the benches left
+  (( SHARE > 20 )) || { echo "{\"model\": \"$model\", \"skipped\": \"no time left\"}" | tee -a "$BENCH_OUT"; continue; }
+  LAST="$(timeout "$SHARE" "$PYTHON" scripts/bench_gradients.py --lengths realistic --device cuda --model "$model" \
+    --cap "$cap" --prompts "$prompts" --repeats 1 --k 32768 2>&1 | tail -n 1)"
+  # a traceback's or a timeout's last line is not the JSON line: recorded as the error, still one JSON line
+  "$PYTHON" -c 'import json, sys; line = sys.argv[2]
+try: print(json.dumps(json.loads(line)))
+except ValueError: print(json.dumps({"model": sys.argv[1], "error": line or "no output (timed out?)"}))' \
+    "$model" "$LAST" | tee -a "$BENCH_OUT"
 done
 exit "$STATUS"

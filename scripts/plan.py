@@ -64,7 +64,8 @@ def estimate(name: str, values: dict) -> dict:
                               ppo_max_token_len_per_gpu=3 * (1024 + MAX_RESPONSE[name]))
     worker = plan.WorkerSettings(gradient_checkpointing=False)
     gpu = plan.GpuSpec(mfu=v["mfu"])
-    checkpointing = not plan.plan(shape, replace(recipe, max_response_length=MAX_RESPONSE[name]), worker, gpu).fits()[0]
+    checkpointing = not plan.plan(shape, replace(recipe, max_response_length=MAX_RESPONSE[name]), worker,
+                                  gpu).boundary_fits()
     tokens = plan.tokens_per_prompt(recipe, share_prompt=False)
     per_prompt = plan.pass_flops(shape, tokens, checkpointing) / (gpu.peak_flops * v["mfu"])
     scored = v["pool"] * (1 - v["zero_share"]) + v["val_prompts"]

@@ -93,6 +93,11 @@ class PopiConfig:
 DRIFT_COLUMNS = ("ess_seq", "ess_popi", "rho_max")  # ``drift_stats``, per scored prompt
 
 
+def nan_drift(n: int) -> torch.Tensor:
+    """``n`` drift rows not measured: ``[n, len(DRIFT_COLUMNS)]`` NaN."""
+    return torch.full((n, len(DRIFT_COLUMNS)), float("nan"), dtype=torch.float64)
+
+
 @dataclass
 class PopiResult:
     """``features[i]`` is P g_s for ``prompt_ids[i]`` and ``drift[i]`` its ``DRIFT_COLUMNS``; skipped prompts are
@@ -107,7 +112,7 @@ class PopiResult:
 
     def __post_init__(self) -> None:
         if self.drift is None:
-            self.drift = torch.full((len(self.prompt_ids), len(DRIFT_COLUMNS)), float("nan"), dtype=torch.float64)
+            self.drift = nan_drift(len(self.prompt_ids))
 
 
 def group_advantages(rewards: Sequence[float], eps: float) -> torch.Tensor:

@@ -25,6 +25,7 @@ from typing import Any
 
 import torch
 
+from cropi_verl.influence.gradients import nan_drift
 from cropi_verl.utils.atomic import atomic_write_bytes, atomic_write_json
 
 log = logging.getLogger(__name__)
@@ -32,10 +33,6 @@ log = logging.getLogger(__name__)
 
 class FeatureStoreMismatch(ValueError):
     pass
-
-
-def _nan_drift(n: int) -> torch.Tensor:
-    return torch.full((n, 3), float("nan"), dtype=torch.float64)
 
 
 @dataclass
@@ -98,7 +95,7 @@ class FeatureStore:
             "prompt_ids": prompt_ids.to(torch.int64),
             "features": features.float(),
             "skipped": {r: torch.tensor(v, dtype=torch.int64) for r, v in (skipped or {}).items()},
-            "drift": _nan_drift(len(prompt_ids)) if drift is None else drift.double(),
+            "drift": nan_drift(len(prompt_ids)) if drift is None else drift.double(),
             "flops": float(flops),
         }
         buf = io.BytesIO()
@@ -125,8 +122,8 @@ class FeatureStore:
             for reason, v in got["skipped"].items():
                 skipped.setdefault(reason, []).extend(v.tolist())
         k = self.manifest.get("k") or 0
-        drift = [got.get("drift", _nan_drift(len(got["prompt_ids"]))) for got in shards]
+        drift = [got.get("drift", nan_drift(len(got["prompt_ids"]))) for got in shards]
         return StoredFeatures(torch.cat(ids) if ids else torch.zeros(0, dtype=torch.int64),
                               torch.cat(feats) if feats else torch.zeros(0, k), skipped,
-                              torch.cat(drift) if drift else _nan_drift(0),
+                              torch.cat(drift) if drift else nan_drift(0),
                               sum(float(got.get("flops", math.nan)) for got in shards))

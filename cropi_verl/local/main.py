@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import time
 import warnings
 from dataclasses import asdict
@@ -151,8 +152,9 @@ def elapsed_seconds(history: list[dict], fixed: float) -> list[float]:
 
 
 def spent_flops(history: list[dict], fixed: float) -> list[float]:
-    """One run's FLOPs by each eval: ``fixed`` (its collection's) + its GRPO steps and influence passes so far."""
-    return [fixed + r["train_flops"] + r["select_flops"] for r in history]
+    """One run's FLOPs by each eval: ``fixed`` (its collection's) + its GRPO steps and influence passes so far (NaN
+    for a result written before FLOPs were counted: no compute speed-up then)."""
+    return [fixed + r.get("train_flops", math.nan) + r.get("select_flops", math.nan) for r in history]
 
 
 def collection_flops(rollouts: pd.DataFrame, params: int) -> float:

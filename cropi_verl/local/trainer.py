@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -160,7 +161,7 @@ class LocalCurriculumTrainer:
         self.loader = stage_loader(self.run, self.state, self.id_to_pos)
         self.loader.load_state_dict(blob["loader"])
         self.history, self.stage_states, self.seconds = blob["history"], blob["stage_states"], blob["seconds"]
-        self.flops = blob["flops"]
+        self.flops = blob.get("flops", {"train": math.nan, "select": math.nan})  # (not counted before #27)
         log.info("resumed %s at step %d (stage %d)", self.run.out_dir, self.step, self.state.stage)
         return True
 

@@ -13,7 +13,7 @@ A verifier failure is not a wrong answer. verl's ``math_verify.compute_score`` r
 pool with a 30 s timeout and returns 0.0 when the pool breaks or times out, which a busy host does at start-up (seen
 on verl's CPU trainer: a first validation of 0.0 on every set whose responses math-verify scores 0.11 in process).
 ``math_score`` raises ``VerifierError`` instead when math-verify times out: verl then counts the group as failed
-(``cropi/reward_failed_samples``), and the collection and evaluation record a NaN reward (``score_or_nan``), which
+(``cropi/failed_samples``), and the collection and evaluation record a NaN reward (``score_or_nan``), which
 they drop and count. Its timeout uses ``signal.alarm`` (math-verify's own), so it applies in a main thread only;
 verl's reward workers call the scorer from a thread pool, where math-verify runs without one.
 """

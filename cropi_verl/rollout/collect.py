@@ -84,7 +84,7 @@ def _manifest(cfg: CollectConfig) -> dict:
     inputs = {}
     if Path(cfg.input).is_file():
         inputs["input"] = file_digest(cfg.input)
-    if Path(cfg.model).expanduser().is_dir() or not Path(cfg.model).is_absolute():
+    if Path(cfg.model).expanduser().is_dir():  # (a hub id is fixed by the id in the config)
         inputs["model"] = model_digest(cfg.model)
     return {"config": asdict(cfg), "format": list(RECORD_COLUMNS), "inputs": inputs}
 

@@ -61,7 +61,7 @@ from cropi_verl.rollout.records import RolloutLimits, read_rollouts
 from cropi_verl.trainer.curriculum_config import check_composed_config, reward_range, workers_on_gpu
 from cropi_verl.utils.atomic import atomic_write_json
 from cropi_verl.utils.faults import kill_point
-from cropi_verl.utils.identity import file_digest
+from cropi_verl.utils.identity import file_digest, model_digest
 from cropi_verl.utils.trace import trace
 from cropi_verl.trainer.worker_plan import resolve_checkpointing, worker_settings
 
@@ -87,11 +87,13 @@ def checkpoint_steps(root: Path) -> list[int]:
 
 
 def prune_checkpoints(root: Path, keep: int | None, latest: int) -> list[Path]:
-    """Delete the ``global_step_N`` folders of ``root`` beyond the newest ``keep`` (None: keep all) and those verl
-    left without ``actor/`` (it deletes ``global_step_N/actor`` only), never ``global_step_<latest>``; returns them."""
+    """Delete the ``global_step_N`` folders of ``root`` up to step ``latest`` beyond the newest ``keep`` of them
+    (None: keep all) and those verl left without ``actor/`` (it deletes ``global_step_N/actor`` only); never
+    ``global_step_<latest>``, nor a later one (left by a run resumed from an earlier checkpoint, it is overwritten when
+    this run gets there); returns them."""
     import shutil
 
-    steps = checkpoint_steps(root)
+    steps = [n for n in checkpoint_steps(root) if n <= latest]
     kept = set(steps[-keep:]) if keep else set(steps)
     doomed = [root / f"global_step_{n}" for n in steps
               if n != latest and (n not in kept or not (root / f"global_step_{n}" / "actor").is_dir())]
@@ -135,8 +137,10 @@ class CROPITrainer(PPOTrainerSync):
         self.worker_precision = (worker_settings(cropi, self.workers_on_gpu, checkpointing).dtype, checkpointing)
         self.val_sources = sorted({str(s) for s in self.val_dataset.dataframe["data_source"]})
         rollouts = {"train": cropi.get("train_rollouts"), **(cropi.get("val_rollouts") or {})}
-        manifest = {"model": self.config.actor_rollout_ref.model.path, "dtype": self.worker_precision[0],
-                    "projection": cropi["projection"], "popi": cropi["popi"],  # and what it reads, by content:
+        # what the selection reads, by content: the initial weights and tokenizer, and the rollouts
+        model = self.config.actor_rollout_ref.model.path
+        manifest = {"model": model, "model_digest": model_digest(model), "dtype": self.worker_precision[0],
+                    "projection": cropi["projection"], "popi": cropi["popi"],
                     "rollouts": {n: file_digest(p) for n, p in rollouts.items() if p}}
         self.selection = SelectionConfig(self.schedule, manifest, cropi["seed"], cropi["metric"],
                                          cropi["max_val_prompts"], cropi["shard_size"], progress=True)

@@ -53,6 +53,7 @@ def resolve_checkpointing(cfg, cropi: Mapping[str, Any], use_gpu: bool) -> tuple
         without = config_plan(cfg, worker_settings(cropi, use_gpu, False))
     except Exception as e:  # noqa: BLE001 - a hub id not downloaded, an unknown architecture: the safe choice
         return True, f"auto: no memory plan ({type(e).__name__} reading {cfg.actor_rollout_ref.model.path})"
-    fits, _ = without.fits()
     at = f"{without.total / GIB:.1f} GiB at a boundary without it, of {cfg.cropi.gpu_memory_gb} GiB"
-    return (False, f"auto: the plan fits ({at})") if fits else (True, f"auto: the plan needs it ({at})")
+    if without.boundary_fits():
+        return False, f"auto: the plan fits ({at})"
+    return True, f"auto: the plan needs it ({at})"

@@ -1,8 +1,9 @@
 """One run per output directory at a time: ``<dir>/.cropi.lock`` holds the running command's pid, host and start.
 
-``run_lock(dir, what)`` creates it atomically (``O_CREAT | O_EXCL``) for the block and removes it after. A second
-command meets it at once and stops with one line naming the holder. A lock whose holder is gone (same host, no such
-process) is stale: it is replaced, with a warning, so a killed run never blocks the next.
+``run_lock(dir, what)`` creates it atomically, record included (a hard link that fails when it exists), for the
+block and removes it after. A second command meets it at once and stops with one line naming the holder. A lock
+whose holder is gone (same host, no such process) is stale: it is replaced, with a warning, so a killed run never
+blocks the next.
 """
 
 from __future__ import annotations
@@ -35,10 +36,20 @@ def _alive(pid: int) -> bool:
 
 
 def _take(path: Path, what: str) -> None:
-    fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
-    with os.fdopen(fd, "w") as f:
-        json.dump({"pid": os.getpid(), "host": socket.gethostname(), "started": time.strftime("%Y-%m-%d %H:%M:%S"),
-                   "what": what}, f)
+    """Create ``path`` with its holder record in one step (a hard link of a finished temp file: ``FileExistsError``
+    when it exists), so no other command ever reads it empty."""
+    tmp = path.with_name(f"{LOCK}.{socket.gethostname()}.{os.getpid()}.tmp")
+    tmp.write_text(json.dumps({"pid": os.getpid(), "host": socket.gethostname(),
+                               "started": time.strftime("%Y-%m-%d %H:%M:%S"), "what": what}))
+    try:
+        os.link(tmp, path)
+    except FileExistsError:
+        raise
+    except OSError:  # a filesystem without hard links (some FUSE mounts): an exclusive create, the record just after
+        with open(path, "x") as f:
+            f.write(tmp.read_text())
+    finally:
+        tmp.unlink(missing_ok=True)
 
 
 @contextmanager

@@ -30,10 +30,10 @@ from verl.single_controller.base.decorator import Dispatch, register
 
 from cropi_verl.curriculum.influence_pass import store_manifest
 from cropi_verl.influence.gradients import (
-    DRIFT_COLUMNS,
     PopiConfig,
     PromptRollouts,
     checkpointing_conflict,
+    nan_drift,
     parameter_offsets,
     popi_features,
 )
@@ -123,7 +123,7 @@ class InfluenceWorker(Worker):
         res = popi_features(self._loaded(), prompts, self.projector, self.pad_id, self.popi)
         row = {int(p): i for i, p in enumerate(res.prompt_ids)}
         feats = torch.zeros(len(prompts), self.projector.k)
-        drift = torch.full((len(prompts), len(DRIFT_COLUMNS)), float("nan"), dtype=torch.float64)
+        drift = nan_drift(len(prompts))
         status = np.empty(len(prompts), dtype=object)
         zero = set(res.zero_advantage)
         for i, p in enumerate(prompts):
