@@ -24,9 +24,10 @@ The last line is one JSON object (ratios against ``naive`` measured in the same 
 ``--lengths realistic`` measures padding instead: per prompt ``--k-resp`` responses whose lengths are drawn from a
 log-normal (median ``--median-frac`` x ``--cap``, sigma 0.8, cut at the cap) with a share ``--at-cap`` set to the cap
 (truncated generations), after prompts of 64-256 tokens (GSM8K, MATH and DeepScaleR questions with a chat template).
-It runs ``popi_features`` without the prompt cache twice, rows right-padded and rows packed (``PopiConfig.pack``),
-alternately, in one process, and reports padded and packed positions over real tokens, s/prompt of each (the
-fastest of ``--repeats``), their ratio, and the packed features' largest relative difference from the padded ones.
+It runs ``popi_features`` without the prompt cache three times, rows right-padded, rows packed and rows packed with
+the prompt once (``PopiConfig.pack``: false, true, "prompt_once"), in turn, in one process, and reports each layout's
+positions over real tokens (real: every response after its own prompt), s/prompt (the fastest of ``--repeats``), the
+padded s/prompt over each packed one, and the packed features' largest relative difference from the padded ones.
 
     python scripts/bench_gradients.py --lengths realistic [--model medium] [--cap 512] [--prompts 16]
 """
@@ -57,6 +58,7 @@ MODELS = {
                        num_key_value_heads=4, vocab_size=152064),
 }
 
+LAYOUTS = {"padded": False, "packed": True, "prompt_once": "prompt_once"}  # --lengths realistic: PopiConfig.pack
 MODES = ["naive", "streamed_plain", "streamed", "streamed_compiled", "packed_sum", "packed_vmap"]
 
 
@@ -239,39 +241,45 @@ def run_realistic(args) -> dict:
     prompts = realistic_prompts(args.prompts, args.k_resp, args.cap, args.median_frac, args.at_cap, cfg.vocab_size)
     real = sum(len(p.prompt_ids) + len(r) for p in prompts for r in p.responses)
     positions, seconds, feats = {}, {}, {}
-    for pack in (False, True):
-        lengths = [[len(r) for r in p.responses] for p in prompts]
-        positions[pack] = sum(processed_tokens(len(p.prompt_ids), [n[i] for i in b], False, pack)
+    lengths = [[len(r) for r in p.responses] for p in prompts]
+    for name, pack in LAYOUTS.items():
+        positions[name] = sum(processed_tokens(len(p.prompt_ids), [n[i] for i in b], False, pack)
                               for p, n in zip(prompts, lengths)
                               for b in micro_batches(n, len(p.prompt_ids), args.micro_batch_tokens, False, pack))
-    popi = {pack: PopiConfig(micro_batch_tokens=args.micro_batch_tokens, share_prompt=False, pack=pack,
-                             stream_buffer=args.stream_buffer) for pack in (False, True)}
-    popi_features(model, prompts[:1], proj, 0, popi[True])  # warm-up (allocator, kernels)
+    popi = {name: PopiConfig(micro_batch_tokens=args.micro_batch_tokens, share_prompt=False, pack=pack,
+                             stream_buffer=args.stream_buffer) for name, pack in LAYOUTS.items()}
+    for name in LAYOUTS:  # warm-up (allocator, kernels)
+        popi_features(model, prompts[:1], proj, 0, popi[name])
     for _ in range(args.repeats):
-        for pack in (False, True):
+        for name in LAYOUTS:
             t = time.perf_counter()
-            res = popi_features(model, prompts, proj, 0, popi[pack])
+            res = popi_features(model, prompts, proj, 0, popi[name])
             if args.device == "cuda":
                 torch.cuda.synchronize()
-            seconds[pack] = min(seconds.get(pack, float("inf")), time.perf_counter() - t)
-            feats[pack] = res.features
-    rel = ((feats[True] - feats[False]).norm(dim=1) / feats[False].norm(dim=1)).max()
+            seconds[name] = min(seconds.get(name, float("inf")), time.perf_counter() - t)
+            feats[name] = res.features
+
+    def rel(name: str) -> float:
+        return float(((feats[name] - feats["padded"]).norm(dim=1) / feats["padded"].norm(dim=1)).max())
+
     return {"model": args.model, "params": dim, "device": args.device, "prompts": args.prompts, "cap": args.cap,
-            "real_tokens": real, "padded_positions": positions[False], "packed_positions": positions[True],
-            "token_ratio_padded": round(positions[False] / real, 3), "token_ratio_packed": round(positions[True] / real, 3),
-            "s_per_prompt_padded": round(seconds[False] / args.prompts, 4),
-            "s_per_prompt_packed": round(seconds[True] / args.prompts, 4),
-            "packed_speedup": round(seconds[False] / seconds[True], 2), "max_rel_err": float(rel)}
+            "real_tokens": real, **{f"{n}_positions": positions[n] for n in LAYOUTS},
+            **{f"token_ratio_{n}": round(positions[n] / real, 3) for n in LAYOUTS},
+            **{f"s_per_prompt_{n}": round(seconds[n] / args.prompts, 4) for n in LAYOUTS},
+            "packed_speedup": round(seconds["padded"] / seconds["packed"], 2),
+            "prompt_once_speedup": round(seconds["padded"] / seconds["prompt_once"], 2),
+            "max_rel_err": max(rel("packed"), rel("prompt_once")), "max_rel_err_prompt_once": rel("prompt_once")}
 
 
 def print_realistic(out: dict) -> None:
     print(f"model={out['model']} ({out['params']:,} params) device={out['device']} {out['prompts']} prompts, response "
           f"cap {out['cap']}: {out['real_tokens']:,} real tokens")
-    print(f"{'rows':<8}{'positions':>11}{'over real':>11}{'s/prompt':>10}")
-    for name in ("padded", "packed"):
-        print(f"{name:<8}{out[f'{name}_positions']:>11,}{out[f'token_ratio_{name}']:>11.3f}"
+    print(f"{'rows':<12}{'positions':>11}{'over real':>11}{'s/prompt':>10}")
+    for name in LAYOUTS:
+        print(f"{name:<12}{out[f'{name}_positions']:>11,}{out[f'token_ratio_{name}']:>11.3f}"
               f"{out[f's_per_prompt_{name}']:>10.4f}")
-    print(f"packed speed-up {out['packed_speedup']:.2f}x, largest relative feature difference {out['max_rel_err']:.1e}")
+    print(f"speed-up over padded rows: packed {out['packed_speedup']:.2f}x, prompt once "
+          f"{out['prompt_once_speedup']:.2f}x; largest relative feature difference {out['max_rel_err']:.1e}")
     print(json.dumps(out))
 
 

@@ -6,7 +6,8 @@
 #      Qwen2.5-1.5B and -7B against cropi_verl/plan.py; each part is recorded, errors included, in
 #      $OUT/gpu_check.json (./gpu_check.json without OUT), which is also printed;
 #   3. scripts/bench_gradients.py --lengths realistic at Qwen2.5-1.5B (cap 2,048) and -7B (cap 4,096) shapes: rows
-#      padded against packed, one JSON line each appended to $OUT/bench_gradients_realistic.jsonl (and printed).
+#      padded, packed and packed with the prompt once, one JSON line each appended to
+#      $OUT/bench_gradients_realistic.jsonl (and printed).
 #   bash scripts/gpu_check.sh [more gpu_pass_check.py arguments]
 # Environment: PYTHON (python); CROPI_WHEELS=DIR installs from local wheels only (pip --no-index --find-links DIR),
 # for a machine without network access.

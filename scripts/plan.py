@@ -6,8 +6,9 @@ every input is named with its source (a measurement of ours, a published figure,
 
 CROPI = offline collection (vLLM generation of K responses per pool prompt + beta's log-probs by one HF forward)
 + one influence pass per stage (POPI gradients of the pool prompts that are not zero-advantage, and of the
-validation prompts) + its GRPO steps; full data = its GRPO steps. The pass's FLOPs per prompt are the plan's
-(``cropi_verl/plan.py``: 6 or 8 P T, checkpointing decided by the memory plan as
+validation prompts; with ``--rescore candidates``, the passes after stage 0 compute only the candidates' share of the
+pool's, ``CandidateConfig.scored_share``) + its GRPO steps; full data = its GRPO steps. The pass's FLOPs per prompt
+are the plan's (``cropi_verl/plan.py``: 6 or 8 P T, checkpointing decided by the memory plan as
 ``cropi.workers.gradient_checkpointing=auto`` does), run at the MFU measured on an H100. Prints a table per model and
 a final JSON line: collection hours, seconds per boundary pass, seconds per GRPO step, each side's hours, the pass's
 share of CROPI's time, the wall-clock speed-up at the paper's step counts, and the step speed-up CROPI needs to break
@@ -26,6 +27,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from gpu_pass_check import MODELS  # noqa: E402  (the Qwen2.5 configs, published on the HF hub)
 
 from cropi_verl import plan  # noqa: E402
+from cropi_verl.curriculum.settings import CandidateConfig  # noqa: E402
 from cropi_verl.utils.cli import HelpFormatter  # noqa: E402
 
 # name -> (value per model, source): the inputs, each with where it comes from
@@ -42,6 +44,7 @@ INPUTS = {
                    "assumption: share of pool prompts whose 8 rewards are equal (no gradient)"),
     "val_prompts": ({"qwen2.5-1.5b": 200, "qwen2.5-7b": 200}, "published: 100 per targeted set, two sets"),
     "stages": ({"qwen2.5-1.5b": 10, "qwen2.5-7b": 10}, "assumption: the recipes' 10 stages (the paper does not say)"),
+    "fraction": ({"qwen2.5-1.5b": 0.1, "qwen2.5-7b": 0.1}, "published: the paper selects a tenth of the pool per stage"),
     "mfu": ({"qwen2.5-1.5b": MEASURED_MFU, "qwen2.5-7b": MEASURED_MFU},
             "measured: the pass's MFU on an H100 (docs/results.md section 7)"),
     "gen_tokens_per_gpu_s": ({"qwen2.5-1.5b": 12_000, "qwen2.5-7b": 4_000},
@@ -55,8 +58,8 @@ INPUTS = {
 MAX_RESPONSE = {"qwen2.5-1.5b": 2048, "qwen2.5-7b": 4096}  # the recipes' caps
 
 
-def estimate(name: str, values: dict) -> dict:
-    """Every figure of one model's run (module docstring)."""
+def estimate(name: str, values: dict, candidates: CandidateConfig | None = None) -> dict:
+    """Every figure of one model's run (module docstring); ``candidates``: ``--rescore candidates``'s settings."""
     v = values
     shape = plan.ModelShape.from_config(MODELS[name])
     p_count, gpus = shape.params(), v["n_gpus"]
@@ -68,18 +71,22 @@ def estimate(name: str, values: dict) -> dict:
                                   gpu).boundary_fits()
     tokens = plan.tokens_per_prompt(recipe, share_prompt=False)
     per_prompt = plan.pass_flops(shape, tokens, checkpointing) / (gpu.peak_flops * v["mfu"])
-    scored = v["pool"] * (1 - v["zero_share"]) + v["val_prompts"]
-    pass_s = scored * per_prompt / gpus
+    pool_s = v["pool"] * (1 - v["zero_share"]) * per_prompt / gpus
+    val_s = v["val_prompts"] * per_prompt / gpus
+    pass_s = pool_s + val_s
+    share = 1.0 if candidates is None else candidates.scored_share(v["fraction"], 1 - v["zero_share"])
+    passes_s = pass_s + (v["stages"] - 1) * (val_s + share * pool_s)
     generated = v["pool"] * v["responses"] * v["mean_response"]
     collect_s = (generated / (v["gen_tokens_per_gpu_s"] * gpus)
                  + 2 * p_count * v["pool"] * tokens / (gpu.peak_flops * v["mfu"] * gpus))  # beta's log-probs
     steps_cropi_s, full_s = v["cropi_steps"] * v["step_seconds"], v["full_steps"] * v["step_seconds"]
-    cropi_s = collect_s + v["stages"] * pass_s + steps_cropi_s
-    overhead = collect_s + v["stages"] * pass_s
+    cropi_s = collect_s + passes_s + steps_cropi_s
+    overhead = collect_s + passes_s
     return {"model": name, "params": p_count, "checkpointing": checkpointing, "pass_seconds_per_prompt": per_prompt,
-            "collection_hours": collect_s / 3600, "pass_seconds": pass_s, "passes_hours": v["stages"] * pass_s / 3600,
+            "collection_hours": collect_s / 3600, "pass_seconds": pass_s, "rescored_share": share,
+            "passes_hours": passes_s / 3600,
             "step_seconds": v["step_seconds"], "cropi_steps_hours": steps_cropi_s / 3600,
-            "cropi_hours": cropi_s / 3600, "full_hours": full_s / 3600, "pass_share": v["stages"] * pass_s / cropi_s,
+            "cropi_hours": cropi_s / 3600, "full_hours": full_s / 3600, "pass_share": passes_s / cropi_s,
             "wallclock_speedup": full_s / cropi_s,
             "break_even_step_speedup": full_s / (full_s - overhead) if full_s > overhead else None}
 
@@ -90,7 +97,13 @@ def main(argv: list[str] | None = None) -> int:
     for key, (per_model, source) in INPUTS.items():
         ap.add_argument(f"--{key.replace('_', '-')}", type=float, default=None,
                         help=f"{source} (default: {', '.join(f'{m} {x}' for m, x in per_model.items())})")
+    ap.add_argument("--rescore", choices=["true", "candidates"], default="candidates",
+                    help="candidates: cropi.rescore=candidates (the GPU recipe's default); true: every pass scores "
+                         "the whole pool (the paper)")
+    ap.add_argument("--multiple", type=float, default=CandidateConfig.multiple, help="cropi.candidates.multiple")
+    ap.add_argument("--explore", type=float, default=CandidateConfig.explore, help="cropi.candidates.explore")
     args = ap.parse_args(argv)
+    candidates = CandidateConfig(args.multiple, args.explore) if args.rescore == "candidates" else None
     names = [m for m in MODELS if m != "tiny"] if args.model == "all" else [args.model]
     rows = []
     print("inputs:")
@@ -98,10 +111,15 @@ def main(argv: list[str] | None = None) -> int:
         given = getattr(args, key)
         shown = given if given is not None else ", ".join(f"{m} {per_model[m]}" for m in names)
         print(f"  {key:<22} {shown}  [{source if given is None else 'this command line'}]")
+    given = (args.rescore, args.multiple, args.explore) != (ap.get_default("rescore"), ap.get_default("multiple"),
+                                                             ap.get_default("explore"))
+    print(f"  {'rescore':<22} {args.rescore}" + (f" (multiple {args.multiple}, explore {args.explore})" if candidates
+                                                else "")
+          + f"  [{'this command line' if given else 'assumption: configs/cropi_trainer.yaml, cropi.rescore'}]")
     for name in names:
         values = {k: (getattr(args, k) if getattr(args, k) is not None else per_model[name])
                   for k, (per_model, _) in INPUTS.items()}
-        rows.append(estimate(name, values))
+        rows.append(estimate(name, values, candidates))
     print(f"\n{'model':<14}{'collect h':>10}{'pass s':>9}{'passes h':>10}{'step s':>8}{'CROPI h':>9}{'full h':>8}"
           f"{'speed-up':>10}{'pass share':>12}{'break-even':>12}")
     for r in rows:

@@ -41,6 +41,7 @@ from hydra import compose, initialize_config_dir
 from hydra.errors import HydraException
 from omegaconf import OmegaConf
 
+from cropi_verl.curriculum.settings import candidates_from
 from cropi_verl.data.verl_format import read_verl_parquet, row_ids
 from cropi_verl.influence.gradients import is_zero_advantage
 from cropi_verl.plan import WorkerSettings, format_plan, meta_counts
@@ -159,6 +160,14 @@ def preflight(cfg) -> tuple[list[str], list[str]]:
                      "(empty or non-finite reward)")
         frac = cropi["fraction"]
         n_select = round(frac * len(roll)) if isinstance(frac, (int, float)) and 0 < frac <= 1 else 0
+        try:
+            candidates = candidates_from(cropi.get("rescore"), cropi.get("candidates") or {})
+        except (TypeError, ValueError):
+            candidates = None  # reported by the key rules
+        if candidates is not None and cropi["strategy"] in ("cropi", "influence_max") and n_select and scored:
+            share = candidates.scored_share(frac, scored / len(roll))
+            lines.append(f"cropi.rescore=candidates: the passes after stage 0 compute about {share * scored:.0f} of "
+                         f"the {scored} scorable prompts' gradients ({share:.0%})")
         if cropi["strategy"] in ("cropi", "influence_max", "influence_oneshot") and scored < n_select:
             problems.append(f"only {scored} prompts can be scored but cropi.fraction selects {n_select}")
         batch = cfg.data.get("gen_batch_size") or cfg.data.train_batch_size

@@ -54,3 +54,32 @@ def test_a_name_given_twice_is_a_usage_error_not_the_last_one_silently(capsys):
     with pytest.raises(SystemExit) as e:
         named_paths(argparse.ArgumentParser(prog="score_influence.py"), ["add=A", "add=B"], "--val")
     assert e.value.code == 2 and "--val names 'add' twice (A and B): give each set once" in capsys.readouterr().err
+
+
+def _demo_result(run, name, seed, selections, scored, flops, curve):
+    stages = [{"selected_ids": ids, "settings": {"seed": seed},
+               "stats": {"n_scored": n, "n_zero_advantage": 10, "seconds": 1.0 + n / 10, "pass_flops": f}}
+              for ids, n, f in zip(selections, scored, flops)]
+    history = [{"step": 5 * i, "targeted": acc} for i, acc in enumerate(curve)]
+    (run / name).mkdir(parents=True)
+    (run / name / "result.json").write_text(json.dumps({"stages": stages, "history": history}))
+
+
+def test_compare_runs_reports_overlaps_costs_and_curves_by_hand(tmp_path):
+    a, b = tmp_path / "a", tmp_path / "b"
+    for run, name, seed in ((a, "cropi", 0), (a, "cropi.seed1", 1), (b, "cropi", 0), (b, "cropi.seed1", 1)):
+        full = run == a
+        sel = [[1, 2, 3, 4], [5, 6, 7, 8] if full or seed == 0 else [5, 6, 9, 10]]
+        _demo_result(run, name, seed, sel, [40, 40 if full else 20], [100.0, 100.0 if full else 25.0],
+                     [0.1, 0.3, 0.5] if full else [0.1, 0.3 - 0.01 * seed, 0.46])
+    (a / "cropi.seed2").mkdir()  # an unfinished seed is left out
+    out = run_script("compare_runs.py", str(a), str(b))
+    line = json.loads(out.stdout.strip().splitlines()[-1])
+    assert line["seeds"] == [0, 1] and line["overlap_by_stage"] == [1.0, 0.75]  # (4/4 + 2/4) / 2
+    assert line["gradients_ratio"] == round((20 - 10) / (40 - 10), 4)  # the JSON line rounds to 4 digits
+    assert line["pass_seconds_ratio"] == pytest.approx(3.0 / 5.0) and line["pass_flops_ratio"] == 0.25
+    assert line["mean_curve_diff"] == pytest.approx((-0.005 - 0.04) / 2) and line["final_diff"] == pytest.approx(-0.04)
+    assert line["best_diff"] == pytest.approx(-0.04) and line["as_accurate"] is False
+    assert json.loads(run_script("compare_runs.py", str(a), str(a)).stdout.splitlines()[-1])["as_accurate"] is True
+    bad = run_script("compare_runs.py", str(a), str(tmp_path / "none"), check=False)
+    assert bad.returncode == 2 and f"{tmp_path / 'none'}: not a directory" in bad.stderr

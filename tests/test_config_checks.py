@@ -48,6 +48,9 @@ def test_the_shipped_configs_pass(preset):
     ("grpo.temperature=nan", "grpo.temperature=nan: expected a number > 0"),
     ("influence.clip_ratio=0", "influence.clip_ratio=0: expected null or a number > 0"),
     ("influence.native=maybe", "influence.native='maybe': expected true or false"),
+    ("curriculum.rescore=some", "curriculum.rescore='some': expected true, false or candidates"),
+    ("curriculum.candidates.multiple=0.5", "curriculum.candidates.multiple=0.5: expected a number >= 1"),
+    ("curriculum.candidates.explore=1.5", "curriculum.candidates.explore=1.5: expected a number in [0, 1]"),
     ("influence.metric=l2", "influence.metric='l2': expected one of cosine, inner_product"),
     ("methods=[cropi,foo]", "methods=['cropi', 'foo']: expected a non-empty list of cropi, influence_max"),
     ("methods=[]", "methods=[]: expected a non-empty list of cropi"),
@@ -83,12 +86,15 @@ def test_every_number_and_flag_has_a_rule(config, group, rules):
 
 
 def test_the_gpu_recipe_refuses_a_bad_cropi_key():
-    overrides = ("cropi.projection.k=0", "cropi.popi.share_prompt=2")
+    overrides = ("cropi.projection.k=0", "cropi.popi.share_prompt=2", "cropi.rescore=1", "cropi.candidates.explore=-1",
+                 "cropi.popi.pack=tree")
     cropi = OmegaConf.to_container(compose_config("cropi_trainer", *overrides).cropi)
     with pytest.raises(ValueError) as e:
         check_cropi_config(cropi, {})
-    assert str(e.value).startswith("bad CROPI config: cropi.projection.k=0: expected an integer >= 1; "
-                                   "cropi.popi.share_prompt=2: expected true or false")
+    assert str(e.value).startswith("bad CROPI config: cropi.rescore=1: expected true, false or candidates; "
+                                   "cropi.candidates.explore=-1: expected a number in [0, 1]; cropi.projection.k=0: "
+                                   "expected an integer >= 1; cropi.popi.share_prompt=2: expected true or false; "
+                                   "cropi.popi.pack='tree': expected true, false or prompt_once")
 
 
 def test_the_gpu_recipe_checks_the_worker_precision_keys():

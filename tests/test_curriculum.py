@@ -6,6 +6,8 @@ from __future__ import annotations
 import io
 import json
 
+import numpy as np
+import pandas as pd
 import pytest
 import torch
 from torchdata.stateful_dataloader import StatefulDataLoader
@@ -13,7 +15,7 @@ from torchdata.stateful_dataloader import StatefulDataLoader
 from cropi_verl.curriculum.boundary import stage_boundary, stage_dir
 from cropi_verl.curriculum.sampler import RankedSubsetSampler
 from cropi_verl.curriculum.schedule import StageSchedule
-from cropi_verl.curriculum.settings import SelectionConfig
+from cropi_verl.curriculum.settings import CandidateConfig, SelectionConfig
 from cropi_verl.curriculum.state import StageState
 from cropi_verl.influence.gradients import parameter_offsets
 from cropi_verl.influence.pipeline import local_featurizer
@@ -161,6 +163,65 @@ def test_every_stage_scores_against_the_same_non_zero_advantage_validation_promp
     val_calls = [ids for ids in seen if min(ids) >= 100 and max(ids) < 112 and len(ids) <= 5]
     assert len(val_calls) == 3 and val_calls[0] == val_calls[1] == val_calls[2]  # drawn once, kept every stage
     assert len(val_calls[0]) == 5 and not {100, 103, 106, 109} & set(val_calls[0])  # after the zero-advantage filter
+
+
+def test_candidates_are_the_previous_top_and_a_seeded_share_of_the_other_scorable_prompts():
+    from cropi_verl.curriculum.candidates import candidate_ids
+
+    ranking, scorable = np.array([5, 2, 8]), np.array([1, 2, 3, 5, 8, 9])  # a pool of 10: 4 zero-advantage
+    def pick(explore, seed=0):
+        return candidate_ids(ranking, scorable, 10, CandidateConfig(multiple=2, explore=explore), 0.1, seed).tolist()
+
+    assert pick(0.0) == [2, 5]  # round(2 x 0.1 x 10) = 2 of the previous ranking
+    assert pick(1.0) == [1, 2, 3, 5, 8, 9]
+    draws = {tuple(pick(0.5, seed)) for seed in range(20)}
+    assert all(len(d) == 4 and {2, 5} < set(d) <= set(scorable) for d in draws) and len(draws) > 1
+    assert pick(0.5, 3) == pick(0.5, 3)
+    assert candidate_ids(ranking, scorable, 10, CandidateConfig(multiple=20, explore=0.0), 0.1, 0).tolist() == [2, 5, 8]
+
+
+def test_rescoring_candidates_scores_the_previous_best_and_an_explored_share(tmp_path, pool):
+    """``rescore=candidates`` (multiple 2, explore 0.5, fraction 0.2, a pool of 30 of which 6, ids 100 + 5i, are
+    zero-advantage): stage 1 scores stage 0's 12 best by score (sorted here from its scores file) and 6 of the 12
+    other scorable prompts; the
+    candidates' scores equal a full re-score's at the same weights, the others are NaN, and the selection is the
+    full re-score's top 6 among the candidates."""
+    train, val, featurizer, calls = pool
+    sched = StageSchedule(num_stages=2, steps_per_stage=4, fraction=0.2, strategy="cropi")
+    cand = SelectionConfig(sched, {"m": 1}, candidates=CandidateConfig(multiple=2, explore=0.5))
+    c0 = stage_boundary(0, 0, cand, train, val, tmp_path / "c", featurizer)
+    c1 = stage_boundary(1, 4, cand, train, val, tmp_path / "c", featurizer, previous=c0)
+    full = SelectionConfig(sched, {"m": 1})
+    f1 = stage_boundary(1, 4, full, train, val, tmp_path / "f", featurizer,
+                        previous=stage_boundary(0, 0, full, train, val, tmp_path / "f", featurizer))
+    assert c0.stats["n_scored"] == 30 and c1.stats["n_scored"] == 18 and f1.stats["n_scored"] == 30
+    s0 = pd.read_parquet(c0.score_file)
+    best12 = set(s0.dropna(subset=["score_v"]).sort_values("score_v", ascending=False)["prompt_id"][:12])
+    t1, ref = pd.read_parquet(c1.score_file), pd.read_parquet(f1.score_file)
+    scored = set(t1.loc[t1["skipped"] != "not_candidate", "prompt_id"])
+    assert best12 <= scored and len(scored) == 18 and (t1["skipped"] == "not_candidate").sum() == 12
+    assert not scored & set(range(100, 130, 5))  # zero-advantage prompts are never candidates
+    on = t1["prompt_id"].isin(scored).to_numpy()
+    np.testing.assert_allclose(t1["score_v"][on], ref["score_v"][on], rtol=1e-5, atol=1e-6)
+    assert t1["score_v"][~on].isna().all()
+    best = ref[on].dropna(subset=["score_v"]).sort_values("score_v", ascending=False)["prompt_id"][:6]
+    assert c1.selected_ids == best.tolist()
+    assert c1.settings["rescore"] == "candidates" and c1.settings["candidates"] == {"multiple": 2, "explore": 0.5}
+    with pytest.raises(ValueError, match=r"other settings \(rescore='candidates', now True\)"):
+        stage_boundary(1, 4, full, train, val, tmp_path / "c", featurizer, previous=c0)
+    with pytest.raises(ValueError, match="needs the previous stage's scores"):
+        stage_boundary(1, 4, cand, train, val, tmp_path / "x", featurizer, previous=None)
+    with pytest.raises(ValueError, match="candidates.multiple must be >= 1"):
+        CandidateConfig(multiple=0.5)
+
+
+def test_a_stage_finds_its_scores_under_the_run_it_is_read_from(tmp_path):
+    """A stage state records its scores file as written (relative to the run's working directory, for the demo); read
+    from a moved output directory or from another working directory it is found by its stage folder."""
+    recorded = "outputs/old/cropi/curriculum/stage_000/scores.parquet"
+    state = StageState(3, 30, "influence_oneshot", [1], 3, 3003, recorded)
+    assert state.scores_path(tmp_path / "curriculum") == tmp_path / "curriculum" / "stage_000" / "scores.parquet"
+    assert StageState(0, 0, "random", [1], 0, 0).scores_path(tmp_path) is None
 
 
 def test_stage_dataloader_refuses_a_subset_smaller_than_one_batch():

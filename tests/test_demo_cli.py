@@ -49,8 +49,22 @@ def test_quick_demo_writes_summary_with_all_methods(quick_run):
         assert (quick_run / name).stat().st_size > 10_000
     stages = json.loads((quick_run / "cropi" / "result.json").read_text())["stages"]
     assert [len(s["selected_ids"]) for s in stages] == [15, 15]  # 10% of 150, at each of the 2 stages
+    assert_boundary_weights(quick_run, summary["policy_dir"])
     assert_wallclock(summary, json.loads((quick_run / "rollouts" / "collect_seconds.json").read_text()), stages)
     assert_compute(summary, quick_run, stages)
+
+
+def assert_boundary_weights(run: Path, policy_dir: str) -> None:
+    """CROPI keeps its weights at each boundary (stage 0's: the initial policy's, bit for bit; stage 1's: trained);
+    a strategy without influence passes keeps none."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    initial = AutoModelForCausalLM.from_pretrained(policy_dir).state_dict()
+    kept = [torch.load(run / "cropi" / "curriculum" / f"stage_{s:03d}" / "weights.pt") for s in (0, 1)]
+    assert all(torch.equal(kept[0][k], v) for k, v in initial.items())
+    assert not all(torch.equal(kept[1][k], v) for k, v in initial.items())
+    assert not list((run / "random" / "curriculum").rglob("weights.pt"))
 
 
 def assert_compute(summary: dict, run: Path, cropi_stages: list[dict]) -> None:
@@ -269,3 +283,20 @@ def test_a_method_run_made_from_another_policy_or_other_rollouts_is_never_reused
     assert problem.startswith(f"{run}: its results were made with inputs=") and "rollouts.train': 'd1'" in problem
     (tmp_path / "policy" / "model.safetensors").write_bytes(b"weights b")
     assert "inputs=" in run_dir_problem(run, with_inputs(settings, tmp_path / "policy", {"train": "d1"}))
+
+
+@pytest.mark.slow
+def test_drift_check_reproduces_a_boundary_and_bounds_its_overlaps(quick_run):
+    """``scripts/drift_check.py`` at the quick run's stage-1 weights (kept by the demo): its off-policy selection is
+    the run's own there and its drift meter the one the run's pass recorded (recomputed independently, from the saved
+    weights); every overlap is between 0 and the 15 selected."""
+    from scripts_helpers import run_script
+
+    out = run_script("drift_check.py", str(quick_run), "--stages", "1", "--seeds", "1", "2")
+    rows = json.loads(out.stdout.strip().splitlines()[-1])["boundaries"]
+    stage = json.loads((quick_run / "cropi" / "result.json").read_text())["stages"][1]
+    assert [r["weights"] for r in rows] == ["stage 1"] and rows[0]["selected"] == 15 and rows[0]["off_vs_run"] == 15
+    assert {k: rows[0][k] for k in stage["stats"]["drift"]} == pytest.approx(stage["stats"]["drift"], rel=1e-6)
+    assert all(0 <= rows[0][k] <= 15 for k in ("off_on_seed_a", "off_on_seed_b", "on_on", "on_on_shared_val"))
+    bad = run_script("drift_check.py", str(quick_run), "--stages", "7", check=False)
+    assert bad.returncode == 2 and "no boundary weights for stages [7]" in bad.stderr

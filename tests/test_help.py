@@ -39,7 +39,8 @@ ENTRY_POINTS = {
     "bench_verl_cpu": (["scripts/bench_verl_cpu.py"], ["--steps", "--batch", "(default: 10)"]),
     "bench_pool_shipping": (["scripts/bench_pool_shipping.py"], ["--prompts", "--baseline-prompts", "(default: 55000)"]),
     "plan": (["scripts/plan.py"], ["--model", "--zero-share", "--step-seconds", "published", "assumption"]),
-    "drift_check": (["scripts/drift_check.py"], ["run", "--method", "--seeds", "off-policy"]),
+    "drift_check": (["scripts/drift_check.py"], ["run", "--method", "--stages", "--seeds", "off-policy"]),
+    "compare_runs": (["scripts/compare_runs.py"], ["--method", "--tolerance", "as_accurate"]),
     "cropi_verl.verl_cpu.recipe_inputs": (["-m", "cropi_verl.verl_cpu.recipe_inputs"], ["--raw-dir", "--where"]),
 }
 ENTRY_POINTS = {name: e for name, e in ENTRY_POINTS.items() if e[0][0] == "-m" or (ROOT / e[0][0]).is_file()}

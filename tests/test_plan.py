@@ -183,3 +183,26 @@ def test_auto_checkpointing_is_off_exactly_where_the_plan_fits_without_it(tmp_pa
     assert resolve_checkpointing(cfg, shared, True)[0] is False
     forced = cropi | {"workers": cropi["workers"] | {"gradient_checkpointing": False}}
     assert resolve_checkpointing(cfg, forced, True) == (False, "cropi.workers.gradient_checkpointing=False")
+
+
+def test_candidates_rescoring_shrinks_the_later_passes_by_hand():
+    """``CandidateConfig.scored_share`` and ``scripts/plan.py --rescore candidates``: with half the pool scorable
+    (s = 0.5), fraction 0.1, multiple 3, explore 0.1, a later pass computes (0.3 + 0.1 x 0.2) / 0.5 = 0.64 of the
+    pool's gradients (and all the validation prompts'); where the previous top covers the scorable pool, 1."""
+    import importlib.util
+
+    from cropi_verl.curriculum.settings import CandidateConfig
+
+    c = CandidateConfig(multiple=3, explore=0.1)
+    assert c.scored_share(0.1, 0.5) == pytest.approx(0.64) and c.scored_share(0.1, 0.2) == 1.0
+    assert c.scored_share(0.5, 1.0) == 1.0 and CandidateConfig(1, 0.0).scored_share(0.1, 1.0) == pytest.approx(0.1)
+    spec = importlib.util.spec_from_file_location("plan_script", ROOT / "scripts" / "plan.py")
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    values = {k: per_model["qwen2.5-1.5b"] for k, (per_model, _) in script.INPUTS.items()}
+    full, cand = script.estimate("qwen2.5-1.5b", values), script.estimate("qwen2.5-1.5b", values, c)
+    pool, val = 54_888 * 0.5, 200
+    one = full["pass_seconds"]
+    assert full["passes_hours"] * 3600 == pytest.approx(10 * one)
+    assert cand["passes_hours"] * 3600 == pytest.approx(one + 9 * one * (val + 0.64 * pool) / (val + pool))
+    assert cand["cropi_hours"] - full["cropi_hours"] == pytest.approx(cand["passes_hours"] - full["passes_hours"])

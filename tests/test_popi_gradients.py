@@ -53,9 +53,12 @@ def reference_gradient(model, pr, eps=1e-4, clip=None) -> torch.Tensor:
     (None, 1 << 14, 5, True, False, 64, True), (None, 30, 1024, False, False, 1, True),
     (None, 30, 1024, False, False, 1, False), (0.2, 20, 2, True, True, 1 << 20, True),
     (0.2, 1 << 14, 1024, False, False, 300, True), (0.2, 1 << 14, 1024, False, False, 300, False),
+    (None, 22, 3, False, True, 300, "prompt_once"), (None, 1, 1, False, False, 1 << 20, "prompt_once"),
+    (0.2, 1 << 14, 1024, False, False, 300, "prompt_once"),
 ])
 def test_popi_matches_autograd_reference(clip, tokens, chunk, share_prompt, merge, buffer, pack):
-    """Every path (prompt KV cache, rows packed into one or right-padded, duplicates merged or not, micro-batches of
+    """Every path (prompt KV cache, rows packed into one, with the prompt once or not, or right-padded, duplicates
+    merged or not, micro-batches of
     one row to all rows, logits in chunks of one token to all, clip, gradient staging in one segment, in several, or
     none) gives the reference gradient; the prompts repeat responses with different behaviour log-probs, have
     responses of 1 to 6 tokens (ragged rows) and include 1-token prompts."""
@@ -155,12 +158,14 @@ def test_micro_batches_hand_computed():
     # lengths by row 0:3 1:5 2:1 3:5, longest first 1, 3, 0, 2; prompt of 2 tokens
     # plain, budget 14: [1, 3] costs 2 x (2 + 5) = 14, + row 0 would cost 3 x 7 = 21; [0, 2] costs 2 x (2 + 3) = 10
     assert micro_batches([3, 5, 1, 5], 2, 14, share_prompt=False) == [[1, 3], [0, 2]]
-    # shared, budget 12: [1, 3] costs 2 + 2 x 5 = 12, + row 0: 2 + 3 x 5 = 17; [0, 2]: 2 + 2 x 3 = 8
+    # shared, budget 12: [1, 3] costs 1 + 2 x 5 = 11, + row 0: 1 + 3 x 5 = 16; [0, 2]: 1 + 2 x 3 = 7
     assert micro_batches([3, 5, 1, 5], 2, 12, share_prompt=True) == [[1, 3], [0, 2]]
     assert micro_batches([3, 5, 1, 5], 2, 1, share_prompt=True) == [[1], [3], [0], [2]]  # a row over budget alone
     assert micro_batches([3, 5, 1, 5], 2, 1 << 20, share_prompt=False) == [[1, 3, 0, 2]]
     # packed, budget 19: [1, 3, 0] costs (2 + 5) + (2 + 5) + (2 + 3) = 19 real tokens (padded: 21), + row 2: 22
     assert micro_batches([3, 5, 1, 5], 2, 19, share_prompt=False, packed=True) == [[1, 3, 0], [2]]
+    # the prompt once, budget 14: [1, 3, 0] costs 1 + 5 + 5 + 3 = 14, + row 2: 15
+    assert micro_batches([3, 5, 1, 5], 2, 14, share_prompt=False, packed="prompt_once") == [[1, 3, 0], [2]]
 
 
 @pytest.mark.parametrize("share_prompt", [True, False])
@@ -203,13 +208,15 @@ def test_logits_are_computed_in_checkpointed_chunks():
         torch.testing.assert_close(feat, reference_gradient(model, pr), rtol=1e-4, atol=1e-6)
 
 
-def test_gradient_checkpointing_recomputes_layers_and_keeps_the_features():
+@pytest.mark.parametrize("pack", [True, "prompt_once"])
+def test_gradient_checkpointing_recomputes_layers_and_keeps_the_features(pack):
     """Under HF gradient checkpointing each decoder layer runs twice per micro-batch (forward, then recomputed in
     backward, in train mode) instead of once, and the features equal those without it (same fp32 operations,
-    recomputed: tight tolerance) and the reference; the model's mode is restored."""
+    recomputed: tight tolerance) and the reference; the model's mode is restored. The prompt once in a packed row
+    needs no KV cache, so it runs under checkpointing too."""
     model = tiny_model(layers=2)
     prompts = make_prompts(3, k=4, seed=5, duplicates=True)
-    cfg = dict(share_prompt=False, micro_batch_tokens=30)
+    cfg = dict(share_prompt=False, micro_batch_tokens=30, pack=pack)
     calls = []
     handle = _count_calls(model.model.layers[0], calls)
     plain = _identity_features(model, prompts, **cfg)
@@ -296,10 +303,11 @@ def test_drift_meter_against_a_hand_computed_ess(merge):
     assert res.drift[1].tolist() == pytest.approx([1.0, 1.0, 1.0], abs=1e-6)  # at beta
 
 
-@pytest.mark.parametrize("share, pack", [(False, False), (False, True), (True, True)])
+@pytest.mark.parametrize("share, pack", [(False, False), (False, True), (True, True), (False, "prompt_once")])
 def test_pass_flops_count_the_positions_each_micro_batch_runs(share, pack):
     """With a budget that fits a prompt's K responses in one micro-batch: K rows of prompt + longest response, their
-    real tokens (packed), or the prompt's prefix once and K rows of its last token + the longest response; 6 P per
+    real tokens (packed), the prompt's prefix once and K rows of its last token + the longest response (shared), or
+    the prefix once and the K responses' tokens (the prompt once in a packed row); 6 P per
     position, 8 P with gradient checkpointing (the forward again in backward). Zero-advantage prompts cost nothing."""
     model = tiny_model()
     prompts = make_prompts(5, k=3, zero_every=4)  # prompts 0 and 4 are zero-advantage
@@ -309,8 +317,9 @@ def test_pass_flops_count_the_positions_each_micro_batch_runs(share, pack):
     positions = 0
     for p in prompts[1:4]:
         longest, n_p = max(len(r) for r in p.responses), len(p.prompt_ids)
-        positions += (n_p - 1 + 3 * longest if share else sum(n_p + len(r) for r in p.responses) if pack
-                      else 3 * (n_p + longest))
+        positions += (n_p - 1 + 3 * longest if share
+                      else n_p - 1 + sum(len(r) for r in p.responses) if pack == "prompt_once"
+                      else sum(n_p + len(r) for r in p.responses) if pack else 3 * (n_p + longest))
     assert res.zero_advantage == [100, 104] and res.flops == 6 * dim * positions
     if not share and not pack:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})

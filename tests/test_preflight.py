@@ -44,10 +44,13 @@ def _args(tmp_path, train, *extra):
 
 def test_good_run_passes_with_a_summary(tmp_path):
     train = _setup(tmp_path)
-    out = run_script("preflight.py", *_args(tmp_path, train))
+    out = run_script("preflight.py", *_args(tmp_path, train))  # the shipped cropi.rescore=candidates
     assert "preflight: ok" in out.stdout
     assert "60 prompts, covering 60/60 of the training file" in out.stdout
     assert "zero-advantage 30 (50%) -> 30 can be scored" in out.stdout
+    # 18 of the previous top 30% and 10% of the other 12 scorable: (18 + 1.2) / 30
+    assert ("cropi.rescore=candidates: the passes after stage 0 compute about 19 of the 30 scorable prompts' "
+            "gradients (64%)") in out.stdout
     assert "cropi.val_rollouts.v: 5 prompts, 5 usable" in out.stdout
     assert ("reward: pkg://cropi_verl.rewards:compute_score scores 1 / 0 on every data source (cropi_toy/add, "
             "cropi_toy/max, cropi_toy/mul, cropi_toy/rev, cropi_toy/sub)") in out.stdout

@@ -20,7 +20,7 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from cropi_verl.influence.gradients import response_logprobs
-from cropi_verl.rollout.collect import CollectConfig, RolloutManifestMismatch, collect_rollouts
+from cropi_verl.rollout.collect import CollectConfig, RolloutManifestMismatch, collect_rollouts, manifest_mismatch
 from cropi_verl.rollout.hf_backend import behaviour_logprobs, token_batches
 from cropi_verl.rollout.records import RECORD_COLUMNS, Response, make_row, to_prompt_rollouts
 from cropi_verl.rollout.vllm_backend import request_seeds, split_evenly, vllm_outputs_to_responses
@@ -88,6 +88,24 @@ def test_corrupt_shard_is_redone_and_mismatch_rejected(setup, tmp_path):
                           shard_size=5, batch_size=5)
     with pytest.raises(RolloutManifestMismatch, match="different config"):
         collect_rollouts(other, tmp_path / "r", lambda p, s: [], tok, progress=False)
+
+
+def test_the_same_inputs_by_another_path_are_reused_and_other_content_is_not(setup, tmp_path):
+    """A rerun naming the prompts file and the model by another path (absolute for relative, a copy, a link) reuses
+    the rollouts; a prompts file with other bytes at the recorded path is refused by content."""
+    policy, prompts = setup
+    tok = AutoTokenizer.from_pretrained(policy)
+    cfg = CollectConfig(model=str(policy), input=str(prompts), n=2, max_new_tokens=4, shard_size=50)
+    collect_rollouts(cfg, tmp_path / "r", lambda p, s: [[Response([5], "", [-1.0], False)] * 2 for _ in p], tok,
+                     progress=False)
+    (tmp_path / "copy.parquet").write_bytes(prompts.read_bytes())
+    (tmp_path / "model").symlink_to(policy)
+    moved = CollectConfig(model=str(tmp_path / "model"), input=str(tmp_path / "copy.parquet"), n=2, max_new_tokens=4,
+                          shard_size=50)
+    assert manifest_mismatch(tmp_path / "r", moved) is None
+    (tmp_path / "copy.parquet").write_bytes(toy_prompts(tmp_path / "other.parquet", n=23).read_bytes())
+    assert manifest_mismatch(tmp_path / "r", moved) == (f"{tmp_path / 'r' / 'manifest.json'}: rollouts were collected "
+                                                        "with a different config (the input's content)")
 
 
 def test_long_prompts_skipped_and_counted(setup, tmp_path):

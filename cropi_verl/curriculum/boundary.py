@@ -6,7 +6,9 @@ It decides the stage's subset and returns its ``StageState``:
    so it is returned as it is; nothing is recomputed.
 2. The schedule asks for an influence pass: ``featurizer()`` gives a ``Featurizer`` at the current policy (the
    caller syncs weights to its worker group there), the pass writes resumable feature stores under
-   ``stage_<s>/features`` and ``stage_<s>/scores.parquet``; the selection follows from the scores.
+   ``stage_<s>/features`` and ``stage_<s>/scores.parquet``; the selection follows from the scores. With
+   ``cfg.candidates``, a pass after stage 0 scores only the candidates that the previous stage's scores give
+   (``curriculum/candidates.py``).
 3. One-shot influence after stage 0: the previous stage's subset is kept.
 4. Otherwise: ``select()`` by pass rate / learnability / random / full with seed ``seed + s``.
 
@@ -26,12 +28,14 @@ import json
 import logging
 import shutil
 import time
+from dataclasses import asdict
 from pathlib import Path
 from typing import Callable, Iterable, Mapping
 
 import numpy as np
 import pandas as pd
 
+from cropi_verl.curriculum.candidates import stage_candidates
 from cropi_verl.curriculum.influence_pass import influence_pass, pool_for_selection
 from cropi_verl.curriculum.settings import SelectionConfig
 from cropi_verl.curriculum.state import StageState
@@ -73,9 +77,10 @@ def selection_settings(cfg: SelectionConfig, train: pd.DataFrame, val: Mapping[s
     """What decides a stage's selection, besides the policy: the schedule, the seeds and scoring settings, the pool
     (its prompt ids, hashed), the validation sets, and the feature stores' manifest (model, projector, POPI)."""
     pool = hashlib.sha256(np.ascontiguousarray(train["prompt_id"].to_numpy(np.int64)).tobytes()).hexdigest()[:16]
-    settings = {"fraction": cfg.schedule.fraction, "rescore": cfg.schedule.rescore, "seed": cfg.seed,
+    rescore = "candidates" if cfg.candidates is not None and cfg.schedule.rescore else cfg.schedule.rescore
+    settings = {"fraction": cfg.schedule.fraction, "rescore": rescore, "seed": cfg.seed,
                 "metric": cfg.metric, "max_val_prompts": cfg.max_val_prompts, "pool": pool, "val_sets": sorted(val),
-                **cfg.manifest}
+                **({"candidates": asdict(cfg.candidates)} if rescore == "candidates" else {}), **cfg.manifest}
     return json.loads(json.dumps(settings, default=str))  # as state.json will hold it
 
 
@@ -118,12 +123,13 @@ def stage_boundary(
     stats: dict = {"n_pool": len(train)}
     score_file = None
     if schedule.needs_pass(stage):
+        candidates = stage_candidates(stage, cfg, train, previous, curriculum_dir)
         res = influence_pass(featurizer(), train, val, out / "features", cfg, stage=stage,
-                             manifest=cfg.manifest | {"model_step": step})
+                             manifest=cfg.manifest | {"model_step": step}, candidates=candidates)
         score_file = str(atomic_write_parquet(res.scores, out / "scores.parquet"))
         kill_point("scores_written")
         selected = res.selection.prompt_ids.tolist()
-        stats |= {"n_zero_advantage": res.n_zero_advantage, "n_nonfinite": res.n_nonfinite,
+        stats |= {"n_scored": res.n_scored, "n_zero_advantage": res.n_zero_advantage, "n_nonfinite": res.n_nonfinite,
                   "n_excluded_responses": res.n_excluded, "shortfall": res.selection.shortfall,
                   "pass_seconds": res.seconds, "drift": res.drift, "pass_flops": res.flops}
     elif schedule.uses_influence:

@@ -44,6 +44,7 @@ ESS_LOW = 0.25  # a prompt whose sequence-level ESS/K is below this: few of its 
 class InfluencePass:
     scores: pd.DataFrame  # prompt_id, pass_rate, score_<set> (NaN = not scored), skipped reason
     selection: SelectionResult
+    n_scored: int  # pool prompts whose gradients were computed (the candidates; all of the pool without them)
     n_zero_advantage: int
     n_nonfinite: int
     n_excluded: int  # responses of the pool excluded (empty or non-finite reward: ``records.usable_responses``)
@@ -85,10 +86,13 @@ def influence_pass(
     cfg: SelectionConfig,
     stage: int = 0,
     manifest: dict | None = None,
+    candidates: np.ndarray | None = None,
 ) -> InfluencePass:
     """Features, scores and selection at the policy ``featurize`` runs (see the module docstring), selecting with
     ``cfg.schedule``'s strategy and fraction and ``cfg.stage_seed(stage)`` (ties); the validation prompts are drawn
-    with ``cfg.seed`` (``validation_prompts``). ``manifest``: the feature stores' (default ``cfg.manifest``). A pool
+    with ``cfg.seed`` (``validation_prompts``). ``manifest``: the feature stores' (default ``cfg.manifest``).
+    ``candidates``: the pool prompt ids to score (None: all; the others are unscored, ``skipped`` "not_candidate",
+    and the selection still takes ``fraction`` of the whole pool from the scored). A pool
     of which no prompt can be scored is a ``ValueError`` that names the cause (``nothing_scored``)."""
     manifest = cfg.manifest if manifest is None else manifest
     root = Path(store_root)
@@ -107,8 +111,9 @@ def influence_pass(
             raise ValueError(f"validation set {name!r}: {e} ({len(frame)} prompts, {len(prompts)} with a non-zero "
                              "advantage)") from None
     t1 = time.perf_counter()
+    scored = train if candidates is None else train[train["prompt_id"].isin(candidates)]
     pool = features_into_store(
-        featurize, to_prompt_rollouts(train), FeatureStore(root / "train", manifest | {"set": "train"}),
+        featurize, to_prompt_rollouts(scored), FeatureStore(root / "train", manifest | {"set": "train"}),
         cfg.shard_size, cfg.progress,
     )
     ids, feats, skipped, drift = pool.prompt_ids, pool.features, pool.skipped, pool.drift
@@ -129,7 +134,7 @@ def influence_pass(
         col = np.full(len(train), np.nan)
         col[[pos[int(i)] for i in ids]] = drift[:, c].numpy()
         table[column] = col
-    table["skipped"] = ""
+    table["skipped"] = "" if candidates is None else np.where(table["prompt_id"].isin(candidates), "", "not_candidate")
     for reason, lst in skipped.items():
         table.loc[table["prompt_id"].isin(lst), "skipped"] = reason
     scores = {n: table[f"score_{n}"].to_numpy() for n in per_set}
@@ -137,11 +142,13 @@ def influence_pass(
                     cfg.stage_seed(stage))
     table["selected_rank"] = -1
     table.loc[[pos[int(i)] for i in result.prompt_ids], "selected_rank"] = np.arange(len(result.prompt_ids))
-    log.info("influence pass: %d prompts scored, %d zero-advantage removed, %d non-finite, %d responses excluded "
-             "(empty or non-finite reward), %d selected", len(ids), n_zero, n_nonfinite, n_excluded,
+    log.info("influence pass: %d of %d pool prompts scored%s, %d zero-advantage removed, %d non-finite, %d responses "
+             "excluded (empty or non-finite reward), %d selected", len(ids), len(train),
+             "" if candidates is None else f" (of {len(scored)} candidates)", n_zero, n_nonfinite, n_excluded,
              len(result.prompt_ids))
     seconds = {"val_features": t1 - t0, "pool_features": t2 - t1, "scoring": time.perf_counter() - t2}
-    return InfluencePass(table, result, n_zero, n_nonfinite, n_excluded, {k: round(v, 3) for k, v in seconds.items()},
+    return InfluencePass(table, result, len(scored), n_zero, n_nonfinite, n_excluded,
+                         {k: round(v, 3) for k, v in seconds.items()},
                          drift_summary(drift), flops + pool.flops)
 
 

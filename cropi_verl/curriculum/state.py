@@ -37,6 +37,14 @@ class StageState:
     def save(self, path: str | Path) -> Path:
         return atomic_write_json(self.to_dict(), Path(path))
 
+    def scores_path(self, curriculum_dir: str | Path) -> Path | None:
+        """The scores file this stage selected from, under ``curriculum_dir`` (found by its stage folder, so a moved
+        output directory, or a run from another working directory, still finds it); None without one."""
+        if self.score_file is None:
+            return None
+        recorded = Path(self.score_file)
+        return Path(curriculum_dir) / recorded.parent.name / recorded.name
+
     @classmethod
     def load(cls, path: str | Path) -> "StageState":
         p = Path(path)

@@ -21,6 +21,8 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
+from cropi_verl.curriculum.state import StageState  # noqa: E402
+
 
 # the cost panels: summary key of the cumulative cost, its speed-up entry, the unit, the panel's title and axis
 COST_PANELS = (("elapsed_seconds", "wallclock_speedup", "seconds", "targeted accuracy against wall-clock",
@@ -111,7 +113,9 @@ def plot_run(out_dir: str | Path, results: Mapping[str, dict], summary: Mapping,
     paths = [plot_curves(results, summary, out / "curves.png")]
     for name, res in results.items():
         if name != "full":
-            scores = {s["stage"]: pd.read_parquet(s["score_file"]) for s in res["stages"] if s.get("score_file")}
+            states = [StageState.from_dict(s) for s in res["stages"]]
+            scores = {s.stage: pd.read_parquet(s.scores_path(out / name / "curriculum"))
+                      for s in states if s.score_file}
             paths.append(plot_selection(res["stages"], pool, scores, out / f"selection_{name}.png"))
     return paths
 

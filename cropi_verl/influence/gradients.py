@@ -35,7 +35,10 @@ Padding-free rows (``pack``, without ``share_prompt``): a micro-batch's rows (pr
 after another in a single row of real tokens, with position ids restarting at 0 for each, and attention runs on each
 sequence alone (``packed_attention``: one causal SDPA call per sequence, as a varlen kernel does), so every logit
 is the padded batch's up to float rounding, and a micro-batch costs sum_b (|s| + |y_b|) positions instead of
-n (|s| + max_b |y_b|). Micro-batches are then cut by that real count.
+n (|s| + max_b |y_b|). Micro-batches are then cut by that real count. ``pack="prompt_once"`` lays the prompt's prefix
+s[:-1] once at the start of the row, then each response's s[-1] + y[:-1], every response attending to the whole
+prefix and to its own prefix (``PREFIX_SDPA``): |s| - 1 + sum_b |y_b| positions, the same logits, and no KV cache, so
+it also runs under gradient checkpointing, where ``share_prompt`` cannot.
 
 Two exact savings (``PopiConfig``), both on by default:
 
@@ -61,7 +64,7 @@ from torch.utils.checkpoint import checkpoint
 from tqdm.auto import tqdm
 from transformers import DynamicCache
 
-from cropi_verl.influence.packed_attention import packed_attention
+from cropi_verl.influence.packed_attention import PACKED_SDPA, PREFIX_SDPA, packed_attention
 from cropi_verl.influence.projection import Projector
 
 
@@ -87,7 +90,8 @@ class PopiConfig:
     share_prompt: bool = True  # encode the prompt once per micro-batch (KV cache), not once per response
     merge_duplicates: bool = True  # identical responses -> one weighted row (exact; used only without clip)
     stream_buffer: int = 1 << 20  # fp32 coordinates per staging segment (small tensors projected together)
-    pack: bool = True  # without share_prompt: a micro-batch's rows packed into one row of real tokens (no padding)
+    pack: bool | str = True  # without share_prompt: a micro-batch's rows packed into one row of real tokens (no
+    #                          padding); "prompt_once": and the prompt once in that row (module docstring)
 
 
 DRIFT_COLUMNS = ("ess_seq", "ess_popi", "rho_max")  # ``drift_stats``, per scored prompt
@@ -178,13 +182,42 @@ def _packed(
     return ids[None].to(device), positions[None].to(device), pos.to(device), targets.to(device), mask.to(device)
 
 
+def _prompt_once(
+    prompt_ids: Sequence[int], responses: Sequence[Sequence[int]], device: torch.device
+) -> tuple[torch.Tensor, ...]:
+    """One row ``ids`` ``[1, N]``: the prompt's prefix s[:-1] (positions 0 .. |s| - 2), then for each response
+    s[-1] + y_b[:-1] (positions |s| - 1 ...), whose t-th token predicts y_b[t]; the positions ``[B, T]`` in the row
+    that predict each response token, their targets and mask ``[B, T]``."""
+    n = len(prompt_ids) - 1
+    segments = [np.concatenate([np.asarray(prompt_ids[-1:], dtype=np.int64), np.asarray(r[:-1], dtype=np.int64)])
+                for r in responses]
+    offsets = n + np.concatenate([[0], np.cumsum([len(q) for q in segments])[:-1]])
+    t_max = max(len(r) for r in responses)
+    pos = torch.zeros(len(responses), t_max, dtype=torch.long)
+    targets, mask = torch.zeros_like(pos), torch.zeros(len(responses), t_max)
+    for i, (o, r) in enumerate(zip(offsets, responses)):
+        pos[i, : len(r)] = torch.arange(o, o + len(r))
+        targets[i, : len(r)] = torch.from_numpy(np.asarray(r, dtype=np.int64))
+        mask[i, : len(r)] = 1
+    ids = torch.from_numpy(np.concatenate([np.asarray(prompt_ids[:-1], dtype=np.int64), *segments]))
+    positions = torch.from_numpy(np.concatenate([np.arange(n), *[np.arange(n, n + len(q)) for q in segments]]))
+    return ids[None].to(device), positions[None].to(device), pos.to(device), targets.to(device), mask.to(device)
+
+
 def _response_states(
     model: torch.nn.Module, prompt_ids: Sequence[Sequence[int]], responses: Sequence[Sequence[int]], pad_id: int,
-    packed: bool = False,
+    packed: bool | str = False,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """The decoder's last hidden states at the positions predicting each response token ``[B, T, H]`` (one forward,
-    no KV cache: of the rows right-padded, or packed into one row), the targets and the mask ``[B, T]``."""
+    no KV cache: of the rows right-padded, packed into one row, or packed with the prompt once: ``"prompt_once"``,
+    every row's prompt the same), the targets and the mask ``[B, T]``."""
     device = next(model.parameters()).device
+    if packed == "prompt_once":
+        ids, positions, pos, targets, mask = _prompt_once(prompt_ids[0], responses, device)
+        with packed_attention(model, PREFIX_SDPA):
+            hidden = model.get_decoder()(input_ids=ids, position_ids=positions, use_cache=False,
+                                         cropi_prefix_len=len(prompt_ids[0]) - 1).last_hidden_state[0]
+        return hidden[pos], targets, mask
     if packed:
         ids, positions, pos, targets, mask = _packed(prompt_ids, responses, device)
         with packed_attention(model):
@@ -223,10 +256,10 @@ def _token_logprobs(
 
 def response_logprobs(
     model: torch.nn.Module, prompt_ids: Sequence[Sequence[int]], responses: Sequence[Sequence[int]], pad_id: int,
-    chunk_tokens: int = PopiConfig.logit_chunk_tokens, packed: bool = False,
+    chunk_tokens: int = PopiConfig.logit_chunk_tokens, packed: bool | str = False,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """log pi(response_b[t] | prompt_b, response_b[:t]) as ``[B, T]`` (0 at padding) plus the ``[B, T]`` mask; the
-    rows packed into one (``_packed``) or right-padded."""
+    rows packed into one (``_packed``; ``"prompt_once"``: ``_prompt_once``) or right-padded."""
     hidden, targets, mask = _response_states(model, prompt_ids, responses, pad_id, packed)
     return _token_logprobs(model, hidden, targets, mask, chunk_tokens), mask
 
@@ -426,27 +459,25 @@ def pass_flops(model: torch.nn.Module, tokens: int) -> float:
     return (6 + 2 * checkpointing) * parameter_offsets(model)[1] * tokens
 
 
-def processed_tokens(prompt_len: int, lengths: Sequence[int], share_prompt: bool, packed: bool = False) -> int:
+def processed_tokens(prompt_len: int, lengths: Sequence[int], share_prompt: bool, packed: bool | str = False) -> int:
     """Positions a micro-batch of responses of ``lengths`` runs through: n rows of prompt + longest response, the
-    prompt's prefix once and n rows of its last token + the longest response (``share_prompt``), or their real tokens
-    sum_b (|s| + |y_b|) (``packed``)."""
+    prompt's prefix once and n rows of its last token + the longest response (``share_prompt``), their real tokens
+    sum_b (|s| + |y_b|) (``packed``), or the prefix once and sum_b |y_b| (``packed="prompt_once"``)."""
     if share_prompt:
         return prompt_len - 1 + len(lengths) * max(lengths)
+    if packed == "prompt_once":
+        return prompt_len - 1 + sum(lengths)
     return sum(prompt_len + n for n in lengths) if packed else len(lengths) * (prompt_len + max(lengths))
 
 
 def micro_batches(lengths: Sequence[int], prompt_len: int, budget: int, share_prompt: bool,
-                  packed: bool = False) -> list[list[int]]:
-    """Row indices, longest first, cut greedily into micro-batches of at most ``budget`` tokens (one row at least):
-    n rows of longest response T cost n (|s| + T) tokens padded, |s| + n T with ``share_prompt``, and their real
-    tokens sum (|s| + |y|) ``packed``."""
+                  packed: bool | str = False) -> list[list[int]]:
+    """Row indices, longest first, cut greedily into micro-batches of at most ``budget`` processed tokens
+    (``processed_tokens``; one row at least)."""
     out: list[list[int]] = []
     for i in sorted(range(len(lengths)), key=lambda i: -lengths[i]):
         if out:
-            n, longest = len(out[-1]) + 1, lengths[out[-1][0]]
-            cost = (prompt_len + n * longest if share_prompt
-                    else sum(prompt_len + lengths[j] for j in out[-1]) + prompt_len + lengths[i] if packed
-                    else n * (prompt_len + longest))
+            cost = processed_tokens(prompt_len, [lengths[j] for j in out[-1]] + [lengths[i]], share_prompt, packed)
             if cost <= budget:
                 out[-1].append(i)
                 continue
@@ -459,7 +490,8 @@ def checkpointing_conflict(share_prompt: bool, gradient_checkpointing: bool) -> 
     the prompt's cache would be silently ignored), or None."""
     if share_prompt and gradient_checkpointing:
         return ("share_prompt needs the prompt's KV cache, which HF gradient checkpointing drops: set share_prompt "
-                "to false or turn gradient checkpointing off")
+                "to false (pack=prompt_once encodes the prompt once without a cache) or turn gradient checkpointing "
+                "off")
     return None
 
 
@@ -505,9 +537,10 @@ def popi_features(
     ids, feats, zero, nonfinite, drift, tokens = [], [], [], [], [], 0
     was_training = model.training
     model.train(train)  # without dropout either way: the deterministic surrogate's gradient
-    packed = cfg.pack and not cfg.share_prompt
+    packed = cfg.pack if not cfg.share_prompt else False
+    attention = PREFIX_SDPA if packed == "prompt_once" else PACKED_SDPA
     try:
-        with packed_attention(model) if packed else nullcontext():  # checkpointing recomputes in backward
+        with packed_attention(model, attention) if packed else nullcontext():  # checkpointing recomputes in backward
             for pr in tqdm(prompts, desc="POPI gradients", unit="prompt", disable=not progress, total=total):
                 if is_zero_advantage(pr.rewards):
                     zero.append(pr.prompt_id)

@@ -8,6 +8,13 @@ times the scores the rows need, which eats the padding it saves wherever attenti
 ``scaled_dot_product_attention`` on each sequence alone (flash or memory-efficient kernels on a GPU, no mask), as
 flash-attention's varlen kernel does. It is registered under that name with transformers' ``AttentionInterface``
 (and a mask function that builds nothing); ``packed_attention(model)`` switches a model to it for a block.
+
+``PREFIX_SDPA`` is the layout with the prompt once (``gradients._prompt_once``): a shared prefix of ``cropi_prefix_len``
+tokens (a keyword the model's forward passes down to its attention), then segments, each starting where the position
+ids stop increasing. The prefix attends to itself causally; a segment of L tokens attends to the whole prefix and
+causally to itself, i.e. lower-right causal attention over the n + L keys [prefix, segment]
+(``torch.nn.attention.bias.causal_lower_right``: flash or memory-efficient kernels on a GPU, a materialised mask on
+the CPU), exactly the attention each response would get after its own copy of the prompt.
 """
 
 from __future__ import annotations
@@ -16,11 +23,14 @@ from contextlib import contextmanager
 from typing import Iterator
 
 import torch
+from torch.nn.attention.bias import causal_lower_right
+from torch.nn.functional import scaled_dot_product_attention
 from transformers import AttentionInterface
-from transformers.integrations.sdpa_attention import sdpa_attention_forward
+from transformers.integrations.sdpa_attention import repeat_kv, sdpa_attention_forward
 from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS
 
 PACKED_SDPA = "cropi_packed_sdpa"
+PREFIX_SDPA = "cropi_prefix_sdpa"
 
 
 def packed_sdpa_forward(module: torch.nn.Module, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
@@ -36,21 +46,43 @@ def packed_sdpa_forward(module: torch.nn.Module, query: torch.Tensor, key: torch
     return torch.cat(parts, dim=1), None
 
 
+def prefix_sdpa_forward(module: torch.nn.Module, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
+                        attention_mask: torch.Tensor | None, position_ids: torch.Tensor | None = None,
+                        cropi_prefix_len: int | None = None, **kwargs) -> tuple[torch.Tensor, None]:
+    """A shared prefix of ``cropi_prefix_len`` positions, then segments that each attend to it (module docstring);
+    ``[1, heads, N, d]`` in, ``[1, N, heads, d]`` out."""
+    if position_ids is None or query.shape[0] != 1 or cropi_prefix_len is None:
+        raise ValueError(f"{PREFIX_SDPA} attention needs one packed row, its position ids and cropi_prefix_len")
+    n, groups = cropi_prefix_len, query.shape[1] // key.shape[1]
+    key, value = repeat_kv(key, groups), repeat_kv(value, groups)
+    pos = position_ids[0]
+    starts = [n] + (torch.nonzero(pos[n + 1:] <= pos[n:-1]).flatten() + n + 1).tolist() + [query.shape[2]]
+    parts = [scaled_dot_product_attention(query[:, :, :n], key[:, :, :n], value[:, :, :n], is_causal=True,
+                                          scale=module.scaling)] if n else []
+    for a, b in zip(starts[:-1], starts[1:]):
+        k, v = torch.cat([key[:, :, :n], key[:, :, a:b]], 2), torch.cat([value[:, :, :n], value[:, :, a:b]], 2)
+        causal = causal_lower_right(b - a, n + b - a)  # [prefix, segment]: the whole prefix, then causally
+        parts.append(scaled_dot_product_attention(query[:, :, a:b], k, v, attn_mask=causal, scale=module.scaling))
+    return torch.cat(parts, dim=2).transpose(1, 2).contiguous(), None
+
+
 def _no_mask(*args, **kwargs) -> None:
-    """The mask of ``PACKED_SDPA``: none (each sequence is attended to on its own, causally)."""
+    """The mask of ``PACKED_SDPA`` and ``PREFIX_SDPA``: none (their attention functions lay it out themselves)."""
     return None
 
 
-AttentionInterface.register(PACKED_SDPA, packed_sdpa_forward)
-ALL_MASK_ATTENTION_FUNCTIONS.register(PACKED_SDPA, _no_mask)
+for _name, _forward in ((PACKED_SDPA, packed_sdpa_forward), (PREFIX_SDPA, prefix_sdpa_forward)):
+    AttentionInterface.register(_name, _forward)
+    ALL_MASK_ATTENTION_FUNCTIONS.register(_name, _no_mask)
 
 
 @contextmanager
-def packed_attention(model: torch.nn.Module) -> Iterator[None]:
-    """``model`` (a transformers model) attends with ``PACKED_SDPA`` within the block."""
+def packed_attention(model: torch.nn.Module, implementation: str = PACKED_SDPA) -> Iterator[None]:
+    """``model`` (a transformers model) attends with ``implementation`` (``PACKED_SDPA`` or ``PREFIX_SDPA``) within
+    the block."""
     config = model.config
     before = config._attn_implementation
-    config._attn_implementation = PACKED_SDPA
+    config._attn_implementation = implementation
     try:
         yield
     finally:

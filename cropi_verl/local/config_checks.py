@@ -23,6 +23,7 @@ from cropi_verl.influence.scoring import METRICS
 from cropi_verl.local.grpo import GRPOConfig
 from cropi_verl.utils.cli import check_writable, one_line_errors
 from cropi_verl.utils.config_rules import (
+    AtLeastOne,
     Count,
     Flag,
     Fraction,
@@ -31,6 +32,8 @@ from cropi_verl.utils.config_rules import (
     NonNegativeInt,
     OptionalPositive,
     Positive,
+    Rescore,
+    ShareOf,
     config_problems,
     list_of,
     one_of,
@@ -51,7 +54,8 @@ DEMO_RULES = {
     **{f"offline.{k}": Count for k in ("max_new_tokens", "batch_size", "shard_size")},
     "methods": list_of(STRATEGIES, non_empty=True),
     "curriculum.num_stages": Count, "curriculum.steps_per_stage": Count, "curriculum.fraction": Fraction,
-    "curriculum.rescore": Flag,
+    "curriculum.rescore": Rescore, "curriculum.candidates.multiple": AtLeastOne,
+    "curriculum.candidates.explore": ShareOf,
     **{f"influence.{k}": Count for k in ("workers", "threads_per_worker", "k", "micro_batch_tokens",
                                          "max_val_prompts", "shard_size")},
     "influence.method": one_of(METHODS), "influence.seed": NonNegativeInt, "influence.subset_ratio": Fraction,

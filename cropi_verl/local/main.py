@@ -37,7 +37,7 @@ from omegaconf import DictConfig, OmegaConf
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from cropi_verl.curriculum.schedule import INFLUENCE_STRATEGIES, PASS_RATE_STRATEGIES, StageSchedule
-from cropi_verl.curriculum.settings import SelectionConfig
+from cropi_verl.curriculum.settings import SelectionConfig, candidates_from
 from cropi_verl.data.toy_task import TARGETED_SETS, UNTARGETED_SETS, ToyTaskConfig, build_toy_task
 from cropi_verl.data.verl_format import row_ids, write_verl_parquet
 from cropi_verl.eval.plots import plot_run
@@ -195,12 +195,13 @@ def run_method(cfg: DictConfig, strategy: str, seed: int, frames: dict, policy_d
     write_run_config(out, want)
     cur = cfg.curriculum
     fraction = 1.0 if strategy == "full" else cur.fraction
-    schedule = StageSchedule(cur.num_stages, cur.steps_per_stage, fraction, strategy, cur.rescore)
+    schedule = StageSchedule(cur.num_stages, cur.steps_per_stage, fraction, strategy, bool(cur.rescore))
     inf = cfg.influence
     run = LocalRun(
         policy_dir=policy_dir, prompts=frames["train"], train_rollouts=train_roll, val_rollouts=val_roll,
         val_prompts={n: frames[n] for n in VAL_SETS}, targeted=list(TARGETED_SETS),
-        selection=SelectionConfig(schedule, manifest, seed, inf.metric, inf.max_val_prompts, inf.shard_size),
+        selection=SelectionConfig(schedule, manifest, seed, inf.metric, inf.max_val_prompts, inf.shard_size,
+                                  candidates=candidates_from(cur.rescore, cur.candidates)),
         grpo=dataclass_from(GRPOConfig, cfg.grpo), out_dir=out,
         eval=dataclass_from(EvalConfig, cfg.eval, ("speedup_gain_fraction",)),
         featurizer=group.update_weights, ckpt_every=cfg.train.ckpt_every,

@@ -3,7 +3,8 @@
 ``<out>/<method>[.seed<s>]/run_config.json`` holds the flat ``{dotted key: value}`` of the resolved demo config
 that decides the run's results: every key but the execution-only ones (``EXECUTION_ONLY``: where outputs go,
 which methods run, thread and worker counts, logging and checkpoint intervals, the C kernel switch, which gives the
-same bits), and but ``influence.*`` for strategies that never score; plus the strategy and the run's seed. A
+same bits), and but ``influence.*`` for strategies that never score and ``curriculum.candidates.*`` unless
+``curriculum.rescore`` is ``candidates``; plus the strategy and the run's seed. A
 directory that holds results (``result.json`` or ``ckpt/``) is refused when its settings differ, or when it has no
 ``run_config.json`` (written by an older version); ``refuse_other_settings`` names every such directory in one
 error (the demo adds its rollouts directories, whose manifests record their collection settings). Once the policy
@@ -39,9 +40,10 @@ def _flat(node: Any, prefix: str = "") -> dict[str, Any]:
 def run_config(cfg: DictConfig, strategy: str, seed: int) -> dict[str, Any]:
     """The settings that decide the results of ``strategy`` run with training seed ``seed`` (module docstring)."""
     flat = {k.rstrip("."): v for k, v in _flat(OmegaConf.to_container(cfg, resolve=True)).items()}
+    unused = tuple(group for group, off in (("influence.", strategy not in INFLUENCE_STRATEGIES),
+                                            ("curriculum.candidates.", cfg.curriculum.rescore != "candidates")) if off)
     keep = {k: v for k, v in flat.items()
-            if not any(k == d or k.startswith(d + ".") for d in EXECUTION_ONLY)
-            and (strategy in INFLUENCE_STRATEGIES or not k.startswith("influence."))}
+            if not any(k == d or k.startswith(d + ".") for d in EXECUTION_ONLY) and not k.startswith(unused)}
     return keep | {"strategy": strategy, "seed": seed}
 
 

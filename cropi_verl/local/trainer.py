@@ -11,6 +11,10 @@ Every ``ckpt_every`` steps ``<out>/ckpt/step_<t>.pt`` holds the model, optimizer
 stage state, eval history and the cumulative seconds and FLOPs; ``<out>/ckpt/latest.json`` is written after it, atomically. A
 rerun resumes from it and continues exactly: sampling seeds depend only on the step, and the sampler resumes at its
 position; the seconds already spent are the checkpoint's, never re-measured.
+
+At each boundary of an influence strategy the policy's weights are kept beside the stage's selection, in
+``<out>/curriculum/stage_<s>/weights.pt`` (the model's state dict, written once, atomically), so that
+``scripts/drift_check.py`` can check that boundary's selection at the weights it was made at.
 """
 
 from __future__ import annotations
@@ -31,7 +35,7 @@ from torchdata.stateful_dataloader import StatefulDataLoader
 from transformers import AutoModelForCausalLM, AutoTokenizer
 from verl.utils.tracking import Tracking
 
-from cropi_verl.curriculum.boundary import check_rollout_ids, stage_boundary
+from cropi_verl.curriculum.boundary import check_rollout_ids, stage_boundary, stage_dir
 from cropi_verl.curriculum.sampler import stage_dataloader
 from cropi_verl.curriculum.schedule import StageSchedule
 from cropi_verl.curriculum.settings import SelectionConfig
@@ -44,6 +48,7 @@ from cropi_verl.utils.atomic import atomic_path, atomic_write_json
 from cropi_verl.utils.faults import kill_point
 
 log = logging.getLogger(__name__)
+BOUNDARY_WEIGHTS = "weights.pt"  # the policy's state dict at an influence strategy's stage boundary
 
 
 @dataclass(frozen=True)
@@ -184,6 +189,10 @@ class LocalCurriculumTrainer:
         stage = run.schedule.stage_of(self.step)
         self.state = stage_boundary(stage, self.step, run.selection, run.train_rollouts, run.val_rollouts,
                                     run.out_dir / "curriculum", lambda: run.featurizer(self.model), self.state)
+        weights = stage_dir(run.out_dir / "curriculum", stage) / BOUNDARY_WEIGHTS
+        if run.schedule.uses_influence and not weights.is_file():
+            with atomic_path(weights) as tmp:
+                torch.save(self.model.state_dict(), tmp)
         kill_point("selection_done")
         self.stage_states.append(self.state.to_dict())
         self.loader, self.batches = stage_loader(run, self.state, self.id_to_pos), None

@@ -91,15 +91,18 @@ def _manifest(cfg: CollectConfig) -> dict:
 
 def manifest_mismatch(out: str | Path, cfg: CollectConfig) -> str | None:
     """Why the rollouts under ``out`` cannot be resumed or reused with ``cfg`` (its ``manifest.json`` records another
-    config or record format); None when they can, or when there are none. Reads only."""
+    config or record format); None when they can, or when there are none. The prompts file and the model are
+    compared by content where both sides know it, so the same files named by another path are the same inputs.
+    Reads only."""
     path = Path(out) / "manifest.json"
     if not path.is_file():
         return None
     want = _manifest(cfg)
     have = json.loads(path.read_text())
-    diff = [k for k in want["config"] if have.get("config", {}).get(k) != want["config"][k]]
     recorded = have.get("inputs", {})  # (a manifest written before digests were recorded holds none)
-    diff += [f"the {k}'s content" for k in want["inputs"] if k in recorded and recorded[k] != want["inputs"][k]]
+    by_content = {k for k in want["inputs"] if k in recorded}  # where these lie (a relative path, a move) is moot
+    diff = [k for k in want["config"] if k not in by_content and have.get("config", {}).get(k) != want["config"][k]]
+    diff += [f"the {k}'s content" for k in by_content if recorded[k] != want["inputs"][k]]
     if diff or have.get("format") != want["format"]:
         return f"{path}: rollouts were collected with a different config ({', '.join(diff) or 'format'})"
     return None

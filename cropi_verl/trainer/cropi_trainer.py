@@ -55,7 +55,7 @@ from verl.utils.dataset.rl_dataset import collate_fn
 from cropi_verl.curriculum.boundary import check_rollout_ids, stage_boundary
 from cropi_verl.curriculum.metrics import boundary_metrics
 from cropi_verl.curriculum.sampler import stage_dataloader
-from cropi_verl.curriculum.settings import SelectionConfig
+from cropi_verl.curriculum.settings import SelectionConfig, candidates_from
 from cropi_verl.curriculum.state import StageState
 from cropi_verl.rollout.records import RolloutLimits, read_rollouts
 from cropi_verl.trainer.curriculum_config import check_composed_config, reward_range, workers_on_gpu
@@ -143,7 +143,8 @@ class CROPITrainer(PPOTrainerSync):
                     "projection": cropi["projection"], "popi": cropi["popi"],
                     "rollouts": {n: file_digest(p) for n, p in rollouts.items() if p}}
         self.selection = SelectionConfig(self.schedule, manifest, cropi["seed"], cropi["metric"],
-                                         cropi["max_val_prompts"], cropi["shard_size"], progress=True)
+                                         cropi["max_val_prompts"], cropi["shard_size"], progress=True,
+                                         candidates=candidates_from(cropi["rescore"], cropi["candidates"]))
 
     def _pool(self) -> pd.DataFrame:
         """The selection pool: the offline rollouts, or every dataset row (``full``, and strategies without them)."""

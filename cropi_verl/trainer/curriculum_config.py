@@ -20,13 +20,17 @@ from cropi_verl.influence.gradients import checkpointing_conflict
 from cropi_verl.influence.projection import METHODS
 from cropi_verl.influence.scoring import METRICS
 from cropi_verl.utils.config_rules import (
+    AtLeastOne,
     Count,
     Flag,
     Fraction,
     NonNegativeInt,
     OptionalCount,
     OptionalPositive,
+    PackMode,
     Positive,
+    Rescore,
+    ShareOf,
     config_problems,
     one_of,
     shipped_keys,
@@ -40,14 +44,15 @@ RewardRange = Annotated[list[Annotated[float, Field(allow_inf_nan=False)]],
 
 CROPI_RULES = {
     "num_stages": Count, "steps_per_stage": Count, "fraction": Fraction, "strategy": one_of(STRATEGIES),
-    "rescore": Flag, "seed": NonNegativeInt, "metric": one_of(METRICS), "max_val_prompts": Count, "shard_size": Count,
+    "rescore": Rescore, "candidates.multiple": AtLeastOne, "candidates.explore": ShareOf, "seed": NonNegativeInt,
+    "metric": one_of(METRICS), "max_val_prompts": Count, "shard_size": Count,
     "reward_range": RewardRange,
     "gpu_memory_gb": Positive,
     "projection.method": one_of(METHODS), "projection.k": Count, "projection.seed": NonNegativeInt,
     "projection.subset_ratio": Fraction, "projection.native": Flag,
     "popi.micro_batch_tokens": Count, "popi.logit_chunk_tokens": Count, "popi.clip_ratio": OptionalPositive,
     "popi.adv_eps": Positive, "popi.share_prompt": Flag, "popi.merge_duplicates": Flag, "popi.stream_buffer": Count,
-    "popi.pack": Flag,
+    "popi.pack": PackMode,
     "workers.n": OptionalCount, "workers.use_gpu": AutoFlag, "workers.threads": Count,
     "workers.dtype": one_of(WORKER_DTYPES), "workers.gradient_checkpointing": AutoFlag, "workers.offload_actor": Flag,
 }
@@ -177,7 +182,7 @@ def _scores_after_stage_0(cropi: Mapping[str, Any]) -> bool:
     """Whether an influence pass runs at a boundary after stage 0 (it then reads a saved checkpoint)."""
     try:
         schedule = StageSchedule(cropi["num_stages"], cropi["steps_per_stage"], 1.0, _checked_strategy(cropi),
-                                 cropi["rescore"])
+                                 bool(cropi["rescore"]))
     except (KeyError, TypeError, ValueError):
         return False  # reported by the key rules
     return any(schedule.needs_pass(s) for s in range(1, schedule.num_stages))
@@ -189,7 +194,8 @@ def check_cropi_config(cropi: Mapping[str, Any], trainer: Mapping[str, Any],
     config, ``save_contents`` and ``async_save``, when given); returns the stage schedule."""
     _raise_if(_problems(cropi, trainer, checkpoint))
     return StageSchedule(cropi["num_stages"], cropi["steps_per_stage"],
-                         1.0 if cropi["strategy"] == "full" else cropi["fraction"], cropi["strategy"], cropi["rescore"])
+                         1.0 if cropi["strategy"] == "full" else cropi["fraction"], cropi["strategy"],
+                         bool(cropi["rescore"]))
 
 
 def check_composed_config(config) -> StageSchedule:

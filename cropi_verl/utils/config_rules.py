@@ -27,6 +27,10 @@ Fraction = Annotated[float, Field(strict=True, gt=0, le=1, allow_inf_nan=False, 
 Positive = Annotated[float, Field(strict=True, gt=0, allow_inf_nan=False, description="a number > 0")]
 NonNegative = Annotated[float, Field(strict=True, ge=0, allow_inf_nan=False, description="a number >= 0")]
 Flag = Annotated[bool, Field(strict=True, description="true or false")]
+PackMode = Annotated[Literal["prompt_once"] | Flag, Field(description="true, false or prompt_once")]
+Rescore = Annotated[Literal["candidates"] | Flag, Field(description="true, false or candidates")]
+AtLeastOne = Annotated[float, Field(strict=True, ge=1, allow_inf_nan=False, description="a number >= 1")]
+ShareOf = Annotated[float, Field(strict=True, ge=0, le=1, allow_inf_nan=False, description="a number in [0, 1]")]
 OptionalPositive = Annotated[Positive | None, Field(description="null or a number > 0")]
 OptionalCount = Annotated[Count | None, Field(description="null or an integer >= 1")]
 
