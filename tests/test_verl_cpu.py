@@ -240,8 +240,8 @@ def test_the_gpu_recipe_runs_on_the_cpu_end_to_end_and_its_rerun_resumes(tmp_pat
     """``DEVICE=cpu bash recipes/run_cropi_qwen1.5b.sh`` (the GPU recipe's config but its device keys: KL loss and a
     reference policy, dynamic batch sizes, 8 dataloader / agent-loop / reward workers, the reward of every source),
     2 stages of 2 steps, every step for real: raw datasets made from the embedded task, prepare_data, the hf
-    collection, preflight, verl's trainer. Every stage selects, no reward failed, every evaluation set has a
-    validation metric (and the first validation is not the 0.0 of a failing verifier), and the rerun resumes."""
+    collection, preflight, verl's trainer. Every stage selects (stage 1 from candidates, the recipe's default), no
+    reward failed, every evaluation set has a validation metric (and the first validation is not the 0.0 of a failing verifier), and the rerun resumes."""
     import time
 
     ckpt, out = tmp_path / "ckpt", tmp_path / "out"
@@ -258,6 +258,9 @@ def test_the_gpu_recipe_runs_on_the_cpu_end_to_end_and_its_rerun_resumes(tmp_pat
     for state in stage_states(ckpt):  # every stage selected by an influence pass, at the weights it started from
         assert state["selected_ids"] and state["score_file"] and state["stats"]["n_pool"] > len(state["selected_ids"])
     assert [s["start_step"] for s in stage_states(ckpt)] == [0, 2]
+    s0, s1 = stage_states(ckpt)  # the recipe's rescore=candidates: stage 1 scores candidates, never zero-advantage
+    assert s1["settings"]["rescore"] == "candidates" and s0["stats"]["n_scored"] == s0["stats"]["n_pool"]
+    assert 0 < s1["stats"]["n_scored"] <= s0["stats"]["n_pool"] - s0["stats"]["n_zero_advantage"]
     assert logged(res.stdout, "cropi/failed_samples") == {1: 0.0, 2: 0.0, 3: 0.0, 4: 0.0}
     sources = ("gsm8k", "math500", "aime24", "amc23", "gaokao2023en", "olympiadbench")
     for source in sources:

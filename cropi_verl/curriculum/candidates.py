@@ -8,9 +8,9 @@ gradients of a subset of the pool only, the *candidates*:
 
 A zero-advantage prompt (beta's rewards all equal) has a zero gradient at every stage, since the offline rollouts do
 not change, so it is never a candidate, and costs nothing in a full pass either. With ``Z`` of them, a full pass
-computes ``N - Z`` gradients and a candidates pass about ``m f N + explore (N - Z - m f N)``: at ``m = 3, f = 0.1,
-explore = 0.1`` and half the pool zero-advantage, 0.66 of the full pass (the pass is nearly all gradients); where
-``m f N >= N - Z`` there is nothing to save. The selection still takes ``f * N`` prompts, from the scored
+computes ``N - Z`` gradients and a candidates pass about ``m f N + explore (N - Z - m f N)``
+(``CandidateConfig.scored_share``): at ``m = 3, f = 0.1, explore = 0.1`` and half the pool zero-advantage, 0.64 of
+them; where ``m f N >= N - Z`` there is nothing to save. The selection still takes ``f * N`` prompts, from the scored
 candidates. A prompt outside the candidates is unscored (NaN; ``skipped`` "not_candidate") in the stage's scores.
 """
 

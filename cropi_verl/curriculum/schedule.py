@@ -3,8 +3,9 @@
 Stage s covers global steps ``[s * steps_per_stage, (s + 1) * steps_per_stage)``. At its start the selection is
 redone with ``strategy`` (one of ``STRATEGIES`` below) on the pool, at the current policy:
 
-- ``cropi`` / ``influence_max``: an influence pass at every stage when ``rescore`` (CROPI's curriculum), else only
-  at stage 0 and the subset is kept;
+- ``cropi`` / ``influence_max``: an influence pass at every stage when ``rescore`` (CROPI's curriculum; what the
+  passes after stage 0 score, the pool or its candidates, is ``SelectionConfig.candidates``), else only at stage 0
+  and the subset is kept;
 - ``influence_oneshot``: the paper's one-shot "Influence" baseline, i.e. ``cropi`` with ``rescore=False``;
 - ``random`` / ``pass_rate`` / ``learnability``: no gradients; re-drawn each stage with seed ``seed + stage``
   (pass-rate keys do not change, so only their ties can);
