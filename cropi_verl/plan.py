@@ -139,7 +139,7 @@ class WorkerSettings:
     logit_chunk_tokens: int = 1024
     stream_buffer: int = 1 << 26
     projection_k: int = 32768
-    share_prompt: bool = False
+    share_prompt: bool = False  # the prompt encoded once per micro-batch (popi.share_prompt or pack=prompt_once)
     on_gpu: bool = True  # False: CPU workers, no GPU memory
     offload_actor: bool = True  # the actor's states leave the GPU during the pass (cropi.workers.offload_actor)
 

@@ -6,8 +6,8 @@
 Each run directory (the demo's ``output_dir``) holds the method's finished runs, one per training seed
 (``<method>/result.json``, ``<method>.seed<s>/result.json``); the seeds both runs have are compared. It prints:
 
-- per stage: the gradients each run's influence pass computed (the prompts it was given, ``n_scored``, less the
-  zero-advantage ones; mean over seeds), the overlap
+- per stage: the gradients each run's influence pass computed (``n_gradients``; for a run made before it was
+  recorded, the pool less its zero-advantage prompts; mean over seeds), the overlap
   |S_A & S_B| / |S_A| of the two selections (mean, and the range over seeds), and the boundary's seconds and FLOPs
   (load cannot skew the FLOPs);
 - per evaluation step: the targeted accuracy of each run, averaged over the seeds, and B - A;
@@ -28,6 +28,7 @@ from pathlib import Path
 import numpy as np
 
 from cropi_verl.utils.cli import HelpFormatter, one_line_errors
+from cropi_verl.utils.config_rules import NonNegative, arg_type
 
 
 def seed_runs(run: Path, method: str) -> dict[int, dict]:
@@ -50,12 +51,12 @@ def overlap(a: dict, b: dict) -> float:
 
 
 def stat(stage: dict, key: str) -> float:
-    """A stage's ``key``: ``gradients`` = prompts given to its pass (``n_scored``; the pool where a run predates it)
-    less the zero-advantage ones; else the recorded stat (NaN where absent)."""
+    """A stage's ``key``: ``gradients`` = ``n_gradients`` (older runs: the pool, or the prompts given to the pass,
+    ``n_scored``, less the zero-advantage ones); else the recorded stat (NaN where absent)."""
     st = stage["stats"]
-    if key == "gradients":
+    if key == "gradients" and "n_gradients" not in st:
         return st.get("n_scored", st.get("n_pool", np.nan)) - st.get("n_zero_advantage", 0)
-    return st.get(key, np.nan)
+    return st.get("n_gradients" if key == "gradients" else key, np.nan)
 
 
 def mean_curve(runs: list[dict]) -> tuple[list[int], np.ndarray]:
@@ -68,6 +69,9 @@ def compare(a: dict[int, dict], b: dict[int, dict], tolerance: float) -> dict:
     if not seeds:
         raise ValueError(f"the runs share no training seed (A: {sorted(a)}, B: {sorted(b)})")
     n_stages = len(a[seeds[0]]["stages"])
+    if any(len(r[k]["stages"]) != n_stages for r in (a, b) for k in seeds):
+        raise ValueError(f"the runs have other numbers of stages ({n_stages} in A's first seed); compare runs of the "
+                         "same schedule")
     stages = []
     for s in range(n_stages):
         pairs = [(a[k]["stages"][s], b[k]["stages"][s]) for k in seeds]
@@ -112,7 +116,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("a", type=Path, help="run directory A (the reference, e.g. full re-scoring)")
     ap.add_argument("b", type=Path, help="run directory B")
     ap.add_argument("--method", default="cropi", help="the method compared")
-    ap.add_argument("--tolerance", type=float, default=0.008, help="accuracy B may lose and still be as accurate")
+    ap.add_argument("--tolerance", type=arg_type(NonNegative), default=0.008,
+                    help="accuracy B may lose and still be as accurate")
     args = ap.parse_args(argv)
     for run in (args.a, args.b):
         if not run.is_dir():

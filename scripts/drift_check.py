@@ -13,8 +13,10 @@ kept by the demo at every influence boundary; ``--stages latest``: its latest ch
   two seeds (the demo's ``offline`` sampling settings);
 - on-policy with shared validation rollouts: the second seed's pool with the first seed's validation sets.
 
-At a boundary, the off-policy selection is the one the run made there, up to tie-breaks (``off_vs_run``: their
-overlap), and the drift meter the one its pass recorded.
+At a boundary whose stage ran a full pass (``rescore=true``; stage 0 always), the off-policy selection is the one the
+run made there, up to tie-breaks (``off_vs_run``: their overlap), and the drift meter the one its pass recorded; after
+a one-shot stage 0 or with ``rescore=candidates`` (a pass over candidates only) they can differ. The selections use the
+run's strategy (``cropi`` or ``influence_max``).
 
 It prints, per boundary, the overlaps |A & B| of the selections (off/on for each seed; on/on, the noise floor; on/on
 with shared validation rollouts) with the drift meter at those weights (``influence_pass.drift_summary``), and a final
@@ -53,6 +55,13 @@ def selection(featurize, pool, val, cfg: SelectionConfig, root: Path) -> tuple[s
     return set(int(i) for i in res.selection.prompt_ids), res.drift
 
 
+def stages_arg(text: str) -> str:
+    """``--stages``: all, latest, or stage numbers separated by commas."""
+    if text in ("all", "latest") or all(part.strip().isdigit() for part in text.split(",")):
+        return text
+    raise argparse.ArgumentTypeError(f"expected all, latest or stage numbers such as 0,3, got {text!r}")
+
+
 def weights_to_check(run: Path, method: str, stages: str) -> list[tuple[str, Path, str | None, set[int] | None]]:
     """(label, file, key, the run's selection there) of each weights to check: the boundary weights
     ``stage_<s>/weights.pt`` (a state dict) of every stage (``all``) or of the listed ones (``0,2``), with the stage's
@@ -79,8 +88,8 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
     ap.add_argument("run", type=Path, help="a demo run directory (output_dir)")
     ap.add_argument("--method", default="cropi", help="whose weights are checked")
-    ap.add_argument("--stages", default="all", help="all: every boundary's weights; a list such as 0,3; or latest: "
-                                                      "the latest checkpoint")
+    ap.add_argument("--stages", type=stages_arg, default="all",
+                    help="all: every boundary's weights; a list such as 0,3; or latest: the latest checkpoint")
     ap.add_argument("--fraction", type=float, default=None, help="default: the run's curriculum.fraction")
     ap.add_argument("--seeds", type=int, nargs=2, default=[1, 2], help="the two on-policy sampling seeds")
     args = ap.parse_args(argv)
@@ -101,7 +110,8 @@ def main(argv: list[str] | None = None) -> int:
     projector = make_projector(inf.method, dim, inf.k, inf.seed, inf.subset_ratio)
     featurize = local_featurizer(model, projector, tok.pad_token_id, popi)
     fraction = args.fraction or cfg.curriculum.fraction
-    sel_cfg = SelectionConfig(StageSchedule(1, 1, fraction, "cropi"), {}, cfg.seed, inf.metric, inf.max_val_prompts,
+    strategy = "influence_max" if args.method == "influence_max" else "cropi"  # the run's ranking
+    sel_cfg = SelectionConfig(StageSchedule(1, 1, fraction, strategy), {}, cfg.seed, inf.metric, inf.max_val_prompts,
                               inf.shard_size)
     splits = ("train",) + TARGETED_SETS
     offline = {s: read_rollouts(args.run / "rollouts" / s / "rollouts.parquet", tok.eos_token_id) for s in splits}

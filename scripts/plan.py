@@ -28,7 +28,8 @@ from gpu_pass_check import MODELS  # noqa: E402  (the Qwen2.5 configs, published
 
 from cropi_verl import plan  # noqa: E402
 from cropi_verl.curriculum.settings import CandidateConfig  # noqa: E402
-from cropi_verl.utils.cli import HelpFormatter  # noqa: E402
+from cropi_verl.utils.cli import HelpFormatter, one_line_errors  # noqa: E402
+from cropi_verl.utils.config_rules import AtLeastOne, Fraction, Positive, ShareOf, arg_type  # noqa: E402
 
 # name -> (value per model, source): the inputs, each with where it comes from
 MEASURED_MFU = 0.32  # docs/results.md §7: 0.30 s/prompt, Qwen2.5-1.5B, 8 x (256 + 1,024) tokens, bf16, one H100
@@ -55,6 +56,7 @@ INPUTS = {
                     "published: the paper's 650 steps to full data's level"),
     "full_steps": ({"qwen2.5-1.5b": 1750, "qwen2.5-7b": 1750}, "published: full data reaches it at 1,750 steps"),
 }
+INPUT_RULES = {"fraction": Fraction, "zero_share": ShareOf, "mfu": Fraction}  # the others: a number > 0
 MAX_RESPONSE = {"qwen2.5-1.5b": 2048, "qwen2.5-7b": 4096}  # the recipes' caps
 
 
@@ -91,17 +93,19 @@ def estimate(name: str, values: dict, candidates: CandidateConfig | None = None)
             "break_even_step_speedup": full_s / (full_s - overhead) if full_s > overhead else None}
 
 
+@one_line_errors(resumes=False)
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
     ap.add_argument("--model", choices=[*[m for m in MODELS if m != "tiny"], "all"], default="all")
     for key, (per_model, source) in INPUTS.items():
-        ap.add_argument(f"--{key.replace('_', '-')}", type=float, default=None,
+        ap.add_argument(f"--{key.replace('_', '-')}", type=arg_type(INPUT_RULES.get(key, Positive)), default=None,
                         help=f"{source} (default: {', '.join(f'{m} {x}' for m, x in per_model.items())})")
     ap.add_argument("--rescore", choices=["true", "candidates"], default="candidates",
                     help="candidates: cropi.rescore=candidates (the GPU recipe's default); true: every pass scores "
                          "the whole pool (the paper)")
-    ap.add_argument("--multiple", type=float, default=CandidateConfig.multiple, help="cropi.candidates.multiple")
-    ap.add_argument("--explore", type=float, default=CandidateConfig.explore, help="cropi.candidates.explore")
+    ap.add_argument("--multiple", type=arg_type(AtLeastOne), default=CandidateConfig.multiple,
+                    help="cropi.candidates.multiple")
+    ap.add_argument("--explore", type=arg_type(ShareOf), default=CandidateConfig.explore, help="cropi.candidates.explore")
     args = ap.parse_args(argv)
     candidates = CandidateConfig(args.multiple, args.explore) if args.rescore == "candidates" else None
     names = [m for m in MODELS if m != "tiny"] if args.model == "all" else [args.model]

@@ -57,9 +57,11 @@ def test_a_name_given_twice_is_a_usage_error_not_the_last_one_silently(capsys):
 
 
 def _demo_result(run, name, seed, selections, scored, flops, curve):
-    stages = [{"selected_ids": ids, "settings": {"seed": seed},
-               "stats": {"n_scored": n, "n_zero_advantage": 10, "seconds": 1.0 + n / 10, "pass_flops": f}}
-              for ids, n, f in zip(selections, scored, flops)]
+    """A finished run's result.json; ``scored``: prompts given to each pass, of which 10 zero-advantage (recorded as
+    ``n_gradients`` in run B, as the pool and the zero-advantage count in run A, as runs before it did)."""
+    stats = [{"n_gradients": n - 10} if "b" in run.name else {"n_pool": n, "n_zero_advantage": 10} for n in scored]
+    stages = [{"selected_ids": ids, "settings": {"seed": seed}, "stats": st | {"seconds": 1.0 + n / 10, "pass_flops": f}}
+              for ids, n, f, st in zip(selections, scored, flops, stats)]
     history = [{"step": 5 * i, "targeted": acc} for i, acc in enumerate(curve)]
     (run / name).mkdir(parents=True)
     (run / name / "result.json").write_text(json.dumps({"stages": stages, "history": history}))
@@ -83,3 +85,7 @@ def test_compare_runs_reports_overlaps_costs_and_curves_by_hand(tmp_path):
     assert json.loads(run_script("compare_runs.py", str(a), str(a)).stdout.splitlines()[-1])["as_accurate"] is True
     bad = run_script("compare_runs.py", str(a), str(tmp_path / "none"), check=False)
     assert bad.returncode == 2 and f"{tmp_path / 'none'}: not a directory" in bad.stderr
+    bad = run_script("compare_runs.py", str(a), str(b), "--tolerance", "-1", check=False)
+    assert bad.returncode == 2 and "argument --tolerance: expected a number >= 0, got '-1'" in bad.stderr
+    bad = run_script("drift_check.py", str(a), "--stages", "1,x", check=False)
+    assert bad.returncode == 2 and "argument --stages: expected all, latest or stage numbers" in bad.stderr

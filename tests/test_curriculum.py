@@ -182,8 +182,8 @@ def test_candidates_are_the_previous_top_and_a_seeded_share_of_the_other_scorabl
 
 def test_rescoring_candidates_scores_the_previous_best_and_an_explored_share(tmp_path, pool):
     """``rescore=candidates`` (multiple 2, explore 0.5, fraction 0.2, a pool of 30 of which 6, ids 100 + 5i, are
-    zero-advantage): stage 1 scores stage 0's 12 best by score (sorted here from its scores file) and 6 of the 12
-    other scorable prompts; the
+    zero-advantage): stage 1 computes the gradients of stage 0's 12 best by score (sorted here from its scores file)
+    and 6 of the 12 other scorable prompts (the zero-advantage ones are counted and skipped, as in a full pass); the
     candidates' scores equal a full re-score's at the same weights, the others are NaN, and the selection is the
     full re-score's top 6 among the candidates."""
     train, val, featurizer, calls = pool
@@ -194,13 +194,14 @@ def test_rescoring_candidates_scores_the_previous_best_and_an_explored_share(tmp
     full = SelectionConfig(sched, {"m": 1})
     f1 = stage_boundary(1, 4, full, train, val, tmp_path / "f", featurizer,
                         previous=stage_boundary(0, 0, full, train, val, tmp_path / "f", featurizer))
-    assert c0.stats["n_scored"] == 30 and c1.stats["n_scored"] == 18 and f1.stats["n_scored"] == 30
+    assert c0.stats["n_gradients"] == 24 and c1.stats["n_gradients"] == 18 and f1.stats["n_gradients"] == 24
+    assert c1.stats["n_zero_advantage"] == f1.stats["n_zero_advantage"] == 6
     s0 = pd.read_parquet(c0.score_file)
     best12 = set(s0.dropna(subset=["score_v"]).sort_values("score_v", ascending=False)["prompt_id"][:12])
     t1, ref = pd.read_parquet(c1.score_file), pd.read_parquet(f1.score_file)
-    scored = set(t1.loc[t1["skipped"] != "not_candidate", "prompt_id"])
-    assert best12 <= scored and len(scored) == 18 and (t1["skipped"] == "not_candidate").sum() == 12
-    assert not scored & set(range(100, 130, 5))  # zero-advantage prompts are never candidates
+    scored = set(t1.loc[t1["skipped"] == "", "prompt_id"])
+    assert best12 <= scored and len(scored) == 18 and (t1["skipped"] == "not_candidate").sum() == 6
+    assert set(t1.loc[t1["skipped"] == "zero_advantage", "prompt_id"]) == set(range(100, 130, 5))
     on = t1["prompt_id"].isin(scored).to_numpy()
     np.testing.assert_allclose(t1["score_v"][on], ref["score_v"][on], rtol=1e-5, atol=1e-6)
     assert t1["score_v"][~on].isna().all()
@@ -211,6 +212,12 @@ def test_rescoring_candidates_scores_the_previous_best_and_an_explored_share(tmp
         stage_boundary(1, 4, full, train, val, tmp_path / "c", featurizer, previous=c0)
     with pytest.raises(ValueError, match="needs the previous stage's scores"):
         stage_boundary(1, 4, cand, train, val, tmp_path / "x", featurizer, previous=None)
+    (stage_dir(tmp_path / "c", 1) / "state.json").unlink()  # killed before its state: the features are resumed ...
+    assert stage_boundary(1, 4, cand, train, val, tmp_path / "c", featurizer).selected_ids == c1.selected_ids
+    (stage_dir(tmp_path / "c", 1) / "state.json").unlink()  # (the previous state read from disk) ... never mixed
+    other = SelectionConfig(sched, {"m": 1}, candidates=CandidateConfig(multiple=2, explore=0.25))
+    with pytest.raises(ValueError, match="given: store has"):  # with features of other candidates
+        stage_boundary(1, 4, other, train, val, tmp_path / "c", featurizer, previous=c0)
     with pytest.raises(ValueError, match="candidates.multiple must be >= 1"):
         CandidateConfig(multiple=0.5)
 

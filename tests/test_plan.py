@@ -183,6 +183,9 @@ def test_auto_checkpointing_is_off_exactly_where_the_plan_fits_without_it(tmp_pa
     assert resolve_checkpointing(cfg, shared, True)[0] is False
     forced = cropi | {"workers": cropi["workers"] | {"gradient_checkpointing": False}}
     assert resolve_checkpointing(cfg, forced, True) == (False, "cropi.workers.gradient_checkpointing=False")
+    once = cropi | {"popi": cropi["popi"] | {"pack": "prompt_once"}}  # the prompt once, no KV cache: p + n T tokens
+    assert worker_settings(once, True, True).share_prompt and not worker_settings(cropi, True, True).share_prompt
+    assert resolve_checkpointing(cfg, once, True)[1].startswith("auto: the plan")
 
 
 def test_candidates_rescoring_shrinks_the_later_passes_by_hand():

@@ -23,7 +23,6 @@ deleted, with a warning, and the stage is selected anew: its selection and featu
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import shutil
@@ -38,17 +37,14 @@ import pandas as pd
 from cropi_verl.curriculum.candidates import stage_candidates
 from cropi_verl.curriculum.influence_pass import influence_pass, pool_for_selection
 from cropi_verl.curriculum.settings import SelectionConfig
-from cropi_verl.curriculum.state import StageState
+from cropi_verl.curriculum.state import StageState, stage_dir
 from cropi_verl.influence.pipeline import Featurizer
 from cropi_verl.influence.selection import select
 from cropi_verl.utils.atomic import atomic_write_json, atomic_write_parquet
 from cropi_verl.utils.faults import kill_point
+from cropi_verl.utils.identity import ids_digest
 
 log = logging.getLogger(__name__)
-
-
-def stage_dir(curriculum_dir: str | Path, stage: int) -> Path:
-    return Path(curriculum_dir) / f"stage_{stage:03d}"
 
 
 def start_clean_unless_from(out: Path, source: dict) -> None:
@@ -76,7 +72,7 @@ def check_rollout_ids(train_rollouts: pd.DataFrame, prompt_ids: Iterable[int], l
 def selection_settings(cfg: SelectionConfig, train: pd.DataFrame, val: Mapping[str, pd.DataFrame]) -> dict:
     """What decides a stage's selection, besides the policy: the schedule, the seeds and scoring settings, the pool
     (its prompt ids, hashed), the validation sets, and the feature stores' manifest (model, projector, POPI)."""
-    pool = hashlib.sha256(np.ascontiguousarray(train["prompt_id"].to_numpy(np.int64)).tobytes()).hexdigest()[:16]
+    pool = ids_digest(train["prompt_id"].to_numpy(np.int64))
     rescore = "candidates" if cfg.candidates is not None and cfg.schedule.rescore else cfg.schedule.rescore
     settings = {"fraction": cfg.schedule.fraction, "rescore": rescore, "seed": cfg.seed,
                 "metric": cfg.metric, "max_val_prompts": cfg.max_val_prompts, "pool": pool, "val_sets": sorted(val),
@@ -129,7 +125,7 @@ def stage_boundary(
         score_file = str(atomic_write_parquet(res.scores, out / "scores.parquet"))
         kill_point("scores_written")
         selected = res.selection.prompt_ids.tolist()
-        stats |= {"n_scored": res.n_scored, "n_zero_advantage": res.n_zero_advantage, "n_nonfinite": res.n_nonfinite,
+        stats |= {"n_gradients": res.n_gradients, "n_zero_advantage": res.n_zero_advantage, "n_nonfinite": res.n_nonfinite,
                   "n_excluded_responses": res.n_excluded, "shortfall": res.selection.shortfall,
                   "pass_seconds": res.seconds, "drift": res.drift, "pass_flops": res.flops}
     elif schedule.uses_influence:

@@ -11,7 +11,9 @@ not change, so it is never a candidate, and costs nothing in a full pass either.
 computes ``N - Z`` gradients and a candidates pass about ``m f N + explore (N - Z - m f N)``
 (``CandidateConfig.scored_share``): at ``m = 3, f = 0.1, explore = 0.1`` and half the pool zero-advantage, 0.64 of
 them; where ``m f N >= N - Z`` there is nothing to save. The selection still takes ``f * N`` prompts, from the scored
-candidates. A prompt outside the candidates is unscored (NaN; ``skipped`` "not_candidate") in the stage's scores.
+candidates. The pass is given the candidates and the zero-advantage prompts (it counts and skips those before any
+backward, as a full pass does, so ``n_zero_advantage`` keeps its meaning); any other prompt is unscored (NaN;
+``skipped`` "not_candidate") in the stage's scores.
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ import pandas as pd
 
 from cropi_verl.curriculum.influence_pass import pool_for_selection
 from cropi_verl.curriculum.settings import CandidateConfig, SelectionConfig
-from cropi_verl.curriculum.state import StageState
+from cropi_verl.curriculum.state import StageState, stage_dir
 from cropi_verl.influence.gradients import is_zero_advantage
 from cropi_verl.influence.selection import select
 from cropi_verl.rollout.records import to_prompt_rollouts
@@ -44,14 +46,18 @@ def candidate_ids(previous_ranking: np.ndarray, scorable: np.ndarray, n_pool: in
 
 def stage_candidates(stage: int, cfg: SelectionConfig, train: pd.DataFrame, previous: StageState | None,
                      curriculum_dir: str | Path) -> np.ndarray | None:
-    """The prompt ids stage ``stage``'s pass scores (``candidate_ids`` with the stage's seed), or None: the whole pool
-    (stage 0, or ``cfg.candidates`` None)."""
+    """The prompt ids stage ``stage``'s pass is given: the candidates (``candidate_ids`` with the stage's seed) and
+    the zero-advantage prompts; None: the whole pool (stage 0, or ``cfg.candidates`` None). ``previous``: the
+    previous stage's state (None: read from ``curriculum_dir``, as on a resume that holds none)."""
     if cfg.candidates is None or stage == 0:
         return None
-    scorable = np.array([p.prompt_id for p in to_prompt_rollouts(train) if not is_zero_advantage(p.rewards)],
-                        dtype=np.int64)
-    return candidate_ids(previous_ranking(previous, train, cfg, curriculum_dir), scorable, len(train), cfg.candidates,
-                         cfg.schedule.fraction, cfg.stage_seed(stage))
+    if previous is None and (stage_dir(curriculum_dir, stage - 1) / "state.json").is_file():
+        previous = StageState.load(stage_dir(curriculum_dir, stage - 1) / "state.json")
+    zero = np.array([is_zero_advantage(p.rewards) for p in to_prompt_rollouts(train)], dtype=bool)
+    ids = train["prompt_id"].to_numpy(np.int64)
+    chosen = candidate_ids(previous_ranking(previous, train, cfg, curriculum_dir), ids[~zero], len(train),
+                           cfg.candidates, cfg.schedule.fraction, cfg.stage_seed(stage))
+    return np.sort(np.concatenate([chosen, ids[zero]]))
 
 
 def previous_ranking(previous: StageState | None, train: pd.DataFrame, cfg: SelectionConfig,

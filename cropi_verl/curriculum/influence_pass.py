@@ -35,6 +35,7 @@ from cropi_verl.influence.selection import SelectionPool, SelectionResult, selec
 from cropi_verl.influence.store import FeatureStore
 from cropi_verl.rollout.records import excluded_responses, to_prompt_rollouts
 from cropi_verl.utils.draw import seeded_subset
+from cropi_verl.utils.identity import ids_digest
 
 log = logging.getLogger(__name__)
 ESS_LOW = 0.25  # a prompt whose sequence-level ESS/K is below this: few of its responses carry the weight
@@ -44,7 +45,7 @@ ESS_LOW = 0.25  # a prompt whose sequence-level ESS/K is below this: few of its 
 class InfluencePass:
     scores: pd.DataFrame  # prompt_id, pass_rate, score_<set> (NaN = not scored), skipped reason
     selection: SelectionResult
-    n_scored: int  # pool prompts whose gradients were computed (the candidates; all of the pool without them)
+    n_gradients: int  # pool prompts whose gradient was computed (scored or non-finite): the pass's cost
     n_zero_advantage: int
     n_nonfinite: int
     n_excluded: int  # responses of the pool excluded (empty or non-finite reward: ``records.usable_responses``)
@@ -91,8 +92,8 @@ def influence_pass(
     """Features, scores and selection at the policy ``featurize`` runs (see the module docstring), selecting with
     ``cfg.schedule``'s strategy and fraction and ``cfg.stage_seed(stage)`` (ties); the validation prompts are drawn
     with ``cfg.seed`` (``validation_prompts``). ``manifest``: the feature stores' (default ``cfg.manifest``).
-    ``candidates``: the pool prompt ids to score (None: all; the others are unscored, ``skipped`` "not_candidate",
-    and the selection still takes ``fraction`` of the whole pool from the scored). A pool
+    ``candidates``: the pool prompt ids to give the pass (None: all; the others are unscored, ``skipped``
+    "not_candidate", and the selection still takes ``fraction`` of the whole pool from the scored). A pool
     of which no prompt can be scored is a ``ValueError`` that names the cause (``nothing_scored``)."""
     manifest = cfg.manifest if manifest is None else manifest
     root = Path(store_root)
@@ -112,8 +113,9 @@ def influence_pass(
                              "advantage)") from None
     t1 = time.perf_counter()
     scored = train if candidates is None else train[train["prompt_id"].isin(candidates)]
+    given = {} if candidates is None else {"given": ids_digest(scored["prompt_id"])}  # a resume: the same prompts
     pool = features_into_store(
-        featurize, to_prompt_rollouts(scored), FeatureStore(root / "train", manifest | {"set": "train"}),
+        featurize, to_prompt_rollouts(scored), FeatureStore(root / "train", manifest | {"set": "train"} | given),
         cfg.shard_size, cfg.progress,
     )
     ids, feats, skipped, drift = pool.prompt_ids, pool.features, pool.skipped, pool.drift
@@ -144,10 +146,10 @@ def influence_pass(
     table.loc[[pos[int(i)] for i in result.prompt_ids], "selected_rank"] = np.arange(len(result.prompt_ids))
     log.info("influence pass: %d of %d pool prompts scored%s, %d zero-advantage removed, %d non-finite, %d responses "
              "excluded (empty or non-finite reward), %d selected", len(ids), len(train),
-             "" if candidates is None else f" (of {len(scored)} candidates)", n_zero, n_nonfinite, n_excluded,
+             "" if candidates is None else f" (given {len(scored)}: candidates and zero-advantage)", n_zero, n_nonfinite, n_excluded,
              len(result.prompt_ids))
     seconds = {"val_features": t1 - t0, "pool_features": t2 - t1, "scoring": time.perf_counter() - t2}
-    return InfluencePass(table, result, len(scored), n_zero, n_nonfinite, n_excluded,
+    return InfluencePass(table, result, len(ids) + n_nonfinite, n_zero, n_nonfinite, n_excluded,
                          {k: round(v, 3) for k, v in seconds.items()},
                          drift_summary(drift), flops + pool.flops)
 

@@ -6,8 +6,8 @@ For stage s with subset S_s (from its ``StageState``):
   its influence pass's parts (absent without a pass);
 - ``cropi/selection_seconds_total``: the sum of ``timing_s/cropi_boundary`` over stages 0..s (read from the stage
   states on disk, so it survives a resume);
-- ``cropi/stage``, ``cropi/n_pool``, ``cropi/n_scored`` (the prompts the pass was given: the pool, or its candidates,
-  which hold no zero-advantage prompt, so ``n_zero_advantage`` is then 0), ``cropi/n_selected`` = |S_s|,
+- ``cropi/stage``, ``cropi/n_pool``, ``cropi/n_gradients`` (the pool prompts whose gradient the pass computed: the
+  scorable pool, or its candidates with ``rescore=candidates``), ``cropi/n_selected`` = |S_s|,
   ``cropi/n_zero_advantage``, ``cropi/n_nonfinite``, ``cropi/n_excluded_responses`` (empty or non-finite reward),
   ``cropi/shortfall``;
 - ``cropi/overlap_prev`` = |S_s ∩ S_{s-1}| / |S_s| (absent at stage 0);
@@ -22,7 +22,7 @@ from pathlib import Path
 from cropi_verl.curriculum.state import StageState
 
 PASS_PARTS = {"val_features": "val_gradients", "pool_features": "pool_gradients", "scoring": "scoring"}
-COUNTS = ("n_pool", "n_scored", "n_zero_advantage", "n_nonfinite", "n_excluded_responses", "shortfall")
+COUNTS = ("n_pool", "n_gradients", "n_zero_advantage", "n_nonfinite", "n_excluded_responses", "shortfall")
 
 
 def boundary_metrics(state: StageState, previous: StageState | None, curriculum_dir: str | Path) -> dict[str, float]:

@@ -38,6 +38,8 @@ class CandidateConfig:
         """The share of a full pass's gradients that a candidates pass computes, when a share ``scorable`` of the
         pool is not zero-advantage: ``(min(t, s) + explore max(0, s - t)) / s`` with ``t = top_fraction``,
         ``s = scorable`` (a full pass computes the ``s N`` scorable prompts' gradients)."""
+        if scorable <= 0:
+            return 1.0  # nothing to compute either way
         t = self.top_fraction(fraction)
         return (min(t, scorable) + self.explore * max(0.0, scorable - t)) / scorable
 

@@ -13,6 +13,11 @@ from pathlib import Path
 from cropi_verl.utils.atomic import atomic_write_json
 
 
+def stage_dir(curriculum_dir: str | Path, stage: int) -> Path:
+    """Where stage ``stage``'s state, scores and features live: ``<curriculum_dir>/stage_<sss>``."""
+    return Path(curriculum_dir) / f"stage_{stage:03d}"
+
+
 @dataclass
 class StageState:
     stage: int  # 0-based stage index

@@ -213,6 +213,8 @@ def _response_states(
     every row's prompt the same), the targets and the mask ``[B, T]``."""
     device = next(model.parameters()).device
     if packed == "prompt_once":
+        if any(list(p) != list(prompt_ids[0]) for p in prompt_ids[1:]):
+            raise ValueError("pack=prompt_once lays out one prompt's responses: the rows have different prompts")
         ids, positions, pos, targets, mask = _prompt_once(prompt_ids[0], responses, device)
         with packed_attention(model, PREFIX_SDPA):
             hidden = model.get_decoder()(input_ids=ids, position_ids=positions, use_cache=False,

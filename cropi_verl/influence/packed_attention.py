@@ -53,16 +53,18 @@ def prefix_sdpa_forward(module: torch.nn.Module, query: torch.Tensor, key: torch
     ``[1, heads, N, d]`` in, ``[1, N, heads, d]`` out."""
     if position_ids is None or query.shape[0] != 1 or cropi_prefix_len is None:
         raise ValueError(f"{PREFIX_SDPA} attention needs one packed row, its position ids and cropi_prefix_len")
-    n, groups = cropi_prefix_len, query.shape[1] // key.shape[1]
+    if kwargs.get("sliding_window") is not None:
+        raise ValueError(f"{PREFIX_SDPA} attention has no sliding window (the model's config sets one)")
+    n, groups, scale = cropi_prefix_len, query.shape[1] // key.shape[1], kwargs.get("scaling", module.scaling)
     key, value = repeat_kv(key, groups), repeat_kv(value, groups)
     pos = position_ids[0]
     starts = [n] + (torch.nonzero(pos[n + 1:] <= pos[n:-1]).flatten() + n + 1).tolist() + [query.shape[2]]
     parts = [scaled_dot_product_attention(query[:, :, :n], key[:, :, :n], value[:, :, :n], is_causal=True,
-                                          scale=module.scaling)] if n else []
+                                          scale=scale)] if n else []
     for a, b in zip(starts[:-1], starts[1:]):
         k, v = torch.cat([key[:, :, :n], key[:, :, a:b]], 2), torch.cat([value[:, :, :n], value[:, :, a:b]], 2)
         causal = causal_lower_right(b - a, n + b - a)  # [prefix, segment]: the whole prefix, then causally
-        parts.append(scaled_dot_product_attention(query[:, :, a:b], k, v, attn_mask=causal, scale=module.scaling))
+        parts.append(scaled_dot_product_attention(query[:, :, a:b], k, v, attn_mask=causal, scale=scale))
     return torch.cat(parts, dim=2).transpose(1, 2).contiguous(), None
 
 

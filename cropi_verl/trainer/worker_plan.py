@@ -26,11 +26,13 @@ def recipe_shape(cfg) -> RecipeShape:
 
 def worker_settings(cropi: Mapping[str, Any], use_gpu: bool, checkpointing: bool) -> WorkerSettings:
     """The influence workers' settings on their device (``use_gpu``): dtype ``auto`` resolved
-    (``resolve_worker_precision``), ``checkpointing`` as decided (``resolve_checkpointing``)."""
+    (``resolve_worker_precision``), ``checkpointing`` as decided (``resolve_checkpointing``); the prompt is encoded
+    once per micro-batch with ``share_prompt`` (a KV cache) or ``pack=prompt_once`` (in the packed row)."""
     popi, workers = cropi["popi"], cropi["workers"]
     dtype, _ = resolve_worker_precision(workers["dtype"], checkpointing, use_gpu)
+    prompt_once = popi["share_prompt"] or popi["pack"] == "prompt_once"
     return WorkerSettings(dtype, checkpointing, popi["micro_batch_tokens"], popi["logit_chunk_tokens"],
-                          popi["stream_buffer"], cropi["projection"]["k"], popi["share_prompt"], use_gpu,
+                          popi["stream_buffer"], cropi["projection"]["k"], prompt_once, use_gpu,
                           workers["offload_actor"])
 
 

@@ -4,7 +4,8 @@ result made from other inputs that happen to have the same paths.
 - ``file_digest(path)``: sha256 of a file's bytes (16 hex digits);
 - ``model_digest(model)``: for a local model directory, sha256 over its weight, config and tokenizer files (names and
   bytes, in name order), so that other weights or another tokenizer give another digest; a hub id is kept as it is
-  (its files are the hub's, fixed by the id and the revision the run resolves).
+  (its files are the hub's, fixed by the id and the revision the run resolves);
+- ``ids_digest(ids)``: sha256 of integer ids in order (a pool's prompts, the prompts a pass was given).
 
 Digests are cached per path, size and modification time within a process (a 7B model's weights take seconds).
 """
@@ -15,6 +16,8 @@ import hashlib
 import os
 from functools import lru_cache
 from pathlib import Path
+
+import numpy as np
 
 CHUNK = 1 << 24  # bytes read at a time
 MODEL_FILES = ("*.safetensors", "*.bin", "*.json", "*.model", "*.txt", "*.tiktoken")  # weights, configs, tokenizers
@@ -56,3 +59,8 @@ def model_digest(model: str | Path) -> str:
         return str(model)
     stamp = tuple((p.name, p.stat().st_size, p.stat().st_mtime_ns) for p in sorted(root.iterdir()) if p.is_file())
     return _dir_digest(str(root.resolve()), stamp)
+
+
+def ids_digest(ids) -> str:
+    """A short digest of a sequence of integer ids, in order (int64 bytes): equal for the same ids."""
+    return hashlib.sha256(np.ascontiguousarray(np.asarray(ids, dtype=np.int64)).tobytes()).hexdigest()[:16]
