@@ -43,9 +43,8 @@ from omegaconf import OmegaConf
 
 from cropi_verl.curriculum.settings import candidates_from
 from cropi_verl.data.verl_format import read_verl_parquet, row_ids
-from cropi_verl.influence.gradients import is_zero_advantage
 from cropi_verl.plan import WorkerSettings, format_plan, meta_counts
-from cropi_verl.rollout.records import RolloutLimits, excluded_responses, read_rollouts, usable_responses
+from cropi_verl.rollout.records import RolloutLimits, excluded_responses, read_rollouts, zero_advantage
 from cropi_verl.trainer.curriculum_config import (CROPI_RULES, check_composed_config, check_cropi_keys,
                                                   reward_range, workers_on_gpu)
 from cropi_verl.utils.cli import hydra_error_line, one_line, one_line_errors
@@ -97,13 +96,6 @@ def logprob_dtype_problems(cropi: dict, worker_dtype: str) -> list[str]:
     return out
 
 
-def _zero_advantage(frame: pd.DataFrame) -> np.ndarray:
-    """Per prompt: scoring skips it as zero-advantage (its usable rewards, ``usable_responses``, are all equal or
-    fewer than two), so its POPI gradient is zero."""
-    return np.array([is_zero_advantage([float(r.reward[i]) for i in usable_responses(r.response_ids, r.reward, r.flag)])
-                     for r in frame.itertuples()], dtype=bool)
-
-
 def preflight(cfg) -> tuple[list[str], list[str]]:
     """(problems, summary lines) for a composed cropi_trainer config."""
     problems: list[str] = []
@@ -150,7 +142,7 @@ def preflight(cfg) -> tuple[list[str], list[str]]:
         if foreign:
             problems.append(f"cropi.train_rollouts: {len(foreign)} prompt ids are not in data.train_files "
                             f"(first: {sorted(foreign)[:5]}): rollouts of another dataset?")
-        zero = _zero_advantage(roll)
+        zero = zero_advantage(roll)
         scored = int((~zero).sum())
         p = roll["pass_rate"].to_numpy(float)
         lines.append(f"cropi.train_rollouts: {len(roll)} prompts, covering {len(ids & train_ids)}/{len(train_ids)} "
@@ -176,7 +168,7 @@ def preflight(cfg) -> tuple[list[str], list[str]]:
                             f"one batch (data.train_batch_size={batch}): raise the fraction or lower the batch")
     for name, path in val.items():  # a missing file is reported by the config checks
         roll = read_rollouts(path, eos, limits)
-        usable = int((~_zero_advantage(roll)).sum())
+        usable = int((~zero_advantage(roll)).sum())
         lines.append(f"cropi.val_rollouts.{name}: {len(roll)} prompts, {usable} usable; {excluded_responses(roll)} "
                      "responses excluded (empty or non-finite reward)")
         if usable == 0:

@@ -26,9 +26,8 @@ import pandas as pd
 from cropi_verl.curriculum.influence_pass import pool_for_selection
 from cropi_verl.curriculum.settings import CandidateConfig, SelectionConfig
 from cropi_verl.curriculum.state import StageState, stage_dir
-from cropi_verl.influence.gradients import is_zero_advantage
 from cropi_verl.influence.selection import select
-from cropi_verl.rollout.records import to_prompt_rollouts
+from cropi_verl.rollout.records import zero_advantage
 from cropi_verl.utils.draw import seeded_subset
 
 
@@ -53,7 +52,7 @@ def stage_candidates(stage: int, cfg: SelectionConfig, train: pd.DataFrame, prev
         return None
     if previous is None and (stage_dir(curriculum_dir, stage - 1) / "state.json").is_file():
         previous = StageState.load(stage_dir(curriculum_dir, stage - 1) / "state.json")
-    zero = np.array([is_zero_advantage(p.rewards) for p in to_prompt_rollouts(train)], dtype=bool)
+    zero = zero_advantage(train)
     ids = train["prompt_id"].to_numpy(np.int64)
     chosen = candidate_ids(previous_ranking(previous, train, cfg, curriculum_dir), ids[~zero], len(train),
                            cfg.candidates, cfg.schedule.fraction, cfg.stage_seed(stage))
@@ -70,4 +69,5 @@ def previous_ranking(previous: StageState | None, train: pd.DataFrame, cfg: Sele
     table = pd.read_parquet(previous.scores_path(curriculum_dir)).set_index("prompt_id").reindex(train["prompt_id"])
     scores = {c[len("score_"):]: table[c].to_numpy(np.float64) for c in table.columns if c.startswith("score_")}
     top = cfg.candidates.top_fraction(cfg.schedule.fraction)
-    return select(cfg.schedule.select_strategy, pool_for_selection(train, scores), top, previous.selection_seed).prompt_ids
+    pool = pool_for_selection(train, scores)
+    return select(cfg.schedule.select_strategy, pool, top, previous.selection_seed).prompt_ids

@@ -41,7 +41,7 @@ import numpy as np
 import pandas as pd
 
 from cropi_verl.data.verl_format import DataValidationError, RowProblem, read_parquet
-from cropi_verl.influence.gradients import PromptRollouts
+from cropi_verl.influence.gradients import PromptRollouts, is_zero_advantage
 
 RECORD_COLUMNS = (
     "prompt_id", "data_source", "split", "ground_truth", "prompt_token_ids", "response_ids", "response_text",
@@ -146,6 +146,13 @@ def make_row(
 def excluded_responses(frame: pd.DataFrame) -> int:
     """How many responses of ``frame`` are excluded (not ``usable_responses``)."""
     return sum(len(r.flag) - len(usable_responses(r.response_ids, r.reward, r.flag)) for r in frame.itertuples())
+
+
+def zero_advantage(frame: pd.DataFrame) -> np.ndarray:
+    """Per record: scoring skips it as zero-advantage (its usable rewards, ``usable_responses``, are all equal or
+    fewer than two), so its POPI gradient is zero at any weights."""
+    return np.array([is_zero_advantage([float(r.reward[i]) for i in usable_responses(r.response_ids, r.reward, r.flag)])
+                     for r in frame.itertuples()], dtype=bool)
 
 
 def to_prompt_rollouts(frame: pd.DataFrame) -> list[PromptRollouts]:
