@@ -115,13 +115,13 @@ def synthetic_prompts(name: str, shape: Shape, n: int) -> list:
 def pass_plan(name: str, shape: Shape, popi: dict, k: int, gpu_bytes: int | None):
     """The plan at the measured shapes (prompt 256 tokens, the recipes' actor settings otherwise)."""
     from cropi_verl import plan
+    from cropi_verl.influence.gradients import PopiConfig
 
     recipe = plan.RecipeShape(max_prompt_length=shape.prompt_tokens, max_response_length=shape.response_tokens,
                               responses_per_prompt=shape.responses,
                               ppo_max_token_len_per_gpu=3 * (1024 + shape.response_tokens))
     worker = plan.WorkerSettings(shape.dtype, shape.checkpointing, popi["micro_batch_tokens"],
-                                 popi["logit_chunk_tokens"], popi["stream_buffer"], k,
-                                 popi["share_prompt"] or popi.get("pack") == "prompt_once")
+                                 popi["logit_chunk_tokens"], popi["stream_buffer"], k, PopiConfig(**popi).prompt_once)
     gpu = plan.GpuSpec() if gpu_bytes is None else plan.GpuSpec(memory_bytes=gpu_bytes)
     return plan.plan(plan.ModelShape.from_config(MODELS[name]), recipe, worker, gpu)
 

@@ -93,6 +93,16 @@ class PopiConfig:
     pack: bool | str = True  # without share_prompt: a micro-batch's rows packed into one row of real tokens (no
     #                          padding); "prompt_once": and the prompt once in that row (module docstring)
 
+    @property
+    def packed(self) -> bool | str:
+        """The rows' layout without the prompt cache: ``pack`` (False with ``share_prompt``)."""
+        return False if self.share_prompt else self.pack
+
+    @property
+    def prompt_once(self) -> bool:
+        """The prompt is encoded once per micro-batch: in a KV cache (``share_prompt``) or in the packed row."""
+        return self.share_prompt or self.pack == "prompt_once"
+
 
 DRIFT_COLUMNS = ("ess_seq", "ess_popi", "rho_max")  # ``drift_stats``, per scored prompt
 
@@ -142,21 +152,29 @@ def parameter_offsets(model: torch.nn.Module) -> tuple[list[tuple[str, torch.nn.
     return out, off
 
 
+def _prediction_positions(starts: Sequence[int], lengths: Sequence[int]) -> tuple[torch.Tensor, torch.Tensor]:
+    """``pos[b, t] = starts[b] + t`` for t < ``lengths[b]`` (0 after) and its mask, ``[B, T]`` (T = the longest): the
+    positions of a layout whose hidden states predict each response token."""
+    pos = torch.zeros(len(lengths), max(lengths), dtype=torch.long)
+    mask = torch.zeros(len(lengths), max(lengths))
+    for i, (start, n) in enumerate(zip(starts, lengths)):
+        pos[i, :n] = torch.arange(start, start + n)
+        mask[i, :n] = 1
+    return pos, mask
+
+
 def _right_padded(
     prompt_ids: Sequence[Sequence[int]], responses: Sequence[Sequence[int]], pad_id: int, device: torch.device
 ) -> tuple[torch.Tensor, ...]:
     """prompt_b + response_b right-padded: ``ids`` and attention mask ``[B, W]``; the positions p_b - 1 + t that
     predict response_b[t], their targets and mask ``[B, T]`` (T = longest response)."""
-    width, t_max = max(len(p) + len(r) for p, r in zip(prompt_ids, responses)), max(len(r) for r in responses)
+    width = max(len(p) + len(r) for p, r in zip(prompt_ids, responses))
     ids = torch.full((len(responses), width), pad_id, dtype=torch.long)
     attn = torch.zeros_like(ids)
-    pos = torch.zeros(len(responses), t_max, dtype=torch.long)
-    mask = torch.zeros(len(responses), t_max)
     for i, (p, r) in enumerate(zip(prompt_ids, responses)):
         ids[i, : len(p) + len(r)] = torch.tensor([*p, *r])
         attn[i, : len(p) + len(r)] = 1
-        pos[i, : len(r)] = torch.arange(len(p) - 1, len(p) - 1 + len(r))
-        mask[i, : len(r)] = 1
+    pos, mask = _prediction_positions([len(p) - 1 for p in prompt_ids], [len(r) for r in responses])
     targets = ids.gather(1, (pos + 1).clamp(max=width - 1))
     return ids.to(device), attn.to(device), pos.to(device), targets.to(device), mask.to(device)
 
@@ -170,12 +188,8 @@ def _packed(
     seqs = [np.concatenate([np.asarray(p, dtype=np.int64), np.asarray(r, dtype=np.int64)])
             for p, r in zip(prompt_ids, responses)]
     offsets = np.concatenate([[0], np.cumsum([len(q) for q in seqs])[:-1]])
-    t_max = max(len(r) for r in responses)
-    pos = torch.zeros(len(responses), t_max, dtype=torch.long)
-    mask = torch.zeros(len(responses), t_max)
-    for i, (o, p, r) in enumerate(zip(offsets, prompt_ids, responses)):
-        pos[i, : len(r)] = torch.arange(o + len(p) - 1, o + len(p) - 1 + len(r))
-        mask[i, : len(r)] = 1
+    starts = [o + len(p) - 1 for o, p in zip(offsets, prompt_ids)]
+    pos, mask = _prediction_positions(starts, [len(r) for r in responses])
     ids = torch.from_numpy(np.concatenate(seqs))
     positions = torch.from_numpy(np.concatenate([np.arange(len(q)) for q in seqs]))
     targets = ids[(pos + 1).clamp(max=len(ids) - 1)]
@@ -192,16 +206,18 @@ def _prompt_once(
     segments = [np.concatenate([np.asarray(prompt_ids[-1:], dtype=np.int64), np.asarray(r[:-1], dtype=np.int64)])
                 for r in responses]
     offsets = n + np.concatenate([[0], np.cumsum([len(q) for q in segments])[:-1]])
-    t_max = max(len(r) for r in responses)
-    pos = torch.zeros(len(responses), t_max, dtype=torch.long)
-    targets, mask = torch.zeros_like(pos), torch.zeros(len(responses), t_max)
-    for i, (o, r) in enumerate(zip(offsets, responses)):
-        pos[i, : len(r)] = torch.arange(o, o + len(r))
+    pos, mask = _prediction_positions(offsets, [len(r) for r in responses])
+    targets = torch.zeros_like(pos)  # the segment's last token is not in the row: y_b[t] itself, not the next input
+    for i, r in enumerate(responses):
         targets[i, : len(r)] = torch.from_numpy(np.asarray(r, dtype=np.int64))
-        mask[i, : len(r)] = 1
     ids = torch.from_numpy(np.concatenate([np.asarray(prompt_ids[:-1], dtype=np.int64), *segments]))
     positions = torch.from_numpy(np.concatenate([np.arange(n), *[np.arange(n, n + len(q)) for q in segments]]))
     return ids[None].to(device), positions[None].to(device), pos.to(device), targets.to(device), mask.to(device)
+
+
+def _attention_of(packed: bool | str) -> str:
+    """The attention a packed layout needs: ``PREFIX_SDPA`` with the prompt once, else ``PACKED_SDPA``."""
+    return PREFIX_SDPA if packed == "prompt_once" else PACKED_SDPA
 
 
 def _response_states(
@@ -212,18 +228,16 @@ def _response_states(
     no KV cache: of the rows right-padded, packed into one row, or packed with the prompt once: ``"prompt_once"``,
     every row's prompt the same), the targets and the mask ``[B, T]``."""
     device = next(model.parameters()).device
-    if packed == "prompt_once":
-        if any(list(p) != list(prompt_ids[0]) for p in prompt_ids[1:]):
-            raise ValueError("pack=prompt_once lays out one prompt's responses: the rows have different prompts")
-        ids, positions, pos, targets, mask = _prompt_once(prompt_ids[0], responses, device)
-        with packed_attention(model, PREFIX_SDPA):
-            hidden = model.get_decoder()(input_ids=ids, position_ids=positions, use_cache=False,
-                                         cropi_prefix_len=len(prompt_ids[0]) - 1).last_hidden_state[0]
-        return hidden[pos], targets, mask
     if packed:
-        ids, positions, pos, targets, mask = _packed(prompt_ids, responses, device)
-        with packed_attention(model):
-            hidden = model.get_decoder()(input_ids=ids, position_ids=positions, use_cache=False).last_hidden_state[0]
+        once = packed == "prompt_once"
+        if once and any(not np.array_equal(p, prompt_ids[0]) for p in prompt_ids[1:]):
+            raise ValueError("pack=prompt_once lays out one prompt's responses: the rows have different prompts")
+        ids, positions, pos, targets, mask = (_prompt_once(prompt_ids[0], responses, device) if once
+                                              else _packed(prompt_ids, responses, device))
+        prefix = {"cropi_prefix_len": len(prompt_ids[0]) - 1} if once else {}
+        with packed_attention(model, _attention_of(packed)):
+            hidden = model.get_decoder()(input_ids=ids, position_ids=positions, use_cache=False,
+                                         **prefix).last_hidden_state[0]
         return hidden[pos], targets, mask
     ids, attn, pos, targets, mask = _right_padded(prompt_ids, responses, pad_id, device)
     hidden = model.get_decoder()(input_ids=ids, attention_mask=attn, use_cache=False).last_hidden_state
@@ -539,10 +553,9 @@ def popi_features(
     ids, feats, zero, nonfinite, drift, tokens = [], [], [], [], [], 0
     was_training = model.training
     model.train(train)  # without dropout either way: the deterministic surrogate's gradient
-    packed = cfg.pack if not cfg.share_prompt else False
-    attention = PREFIX_SDPA if packed == "prompt_once" else PACKED_SDPA
+    packed = cfg.packed
     try:
-        with packed_attention(model, attention) if packed else nullcontext():  # checkpointing recomputes in backward
+        with packed_attention(model, _attention_of(packed)) if packed else nullcontext():  # recomputed in backward
             for pr in tqdm(prompts, desc="POPI gradients", unit="prompt", disable=not progress, total=total):
                 if is_zero_advantage(pr.rewards):
                     zero.append(pr.prompt_id)

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from typing import Any, Mapping
 
+from cropi_verl.influence.gradients import PopiConfig
 from cropi_verl.plan import GIB, GpuSpec, Plan, RecipeShape, WorkerSettings, model_shape, plan
 from cropi_verl.workers.group import resolve_worker_precision
 
@@ -30,9 +31,8 @@ def worker_settings(cropi: Mapping[str, Any], use_gpu: bool, checkpointing: bool
     once per micro-batch with ``share_prompt`` (a KV cache) or ``pack=prompt_once`` (in the packed row)."""
     popi, workers = cropi["popi"], cropi["workers"]
     dtype, _ = resolve_worker_precision(workers["dtype"], checkpointing, use_gpu)
-    prompt_once = popi["share_prompt"] or popi["pack"] == "prompt_once"
     return WorkerSettings(dtype, checkpointing, popi["micro_batch_tokens"], popi["logit_chunk_tokens"],
-                          popi["stream_buffer"], cropi["projection"]["k"], prompt_once, use_gpu,
+                          popi["stream_buffer"], cropi["projection"]["k"], PopiConfig(**popi).prompt_once, use_gpu,
                           workers["offload_actor"])
 
 
