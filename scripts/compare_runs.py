@@ -12,7 +12,8 @@ Each run directory (the demo's ``output_dir``) holds the method's finished runs,
   (load cannot skew the FLOPs);
 - per evaluation step: the targeted accuracy of each run, averaged over the seeds, and B - A;
 - a final JSON line: ``overlap_by_stage``, ``gradients_ratio``, ``pass_seconds_ratio`` and ``pass_flops_ratio`` (B
-  over A, summed over the stages after 0, where they differ), ``mean_curve_diff`` (B - A averaged over the evaluations after step 0),
+  over A, summed over the stages after 0, where they differ), ``mean_curve_diff`` (B - A averaged over the
+  evaluations after step 0),
   ``final_diff``, ``best_diff`` and ``as_accurate``: no figure of the three below ``-tolerance``. The default
   tolerance is the sampling noise of one point of the demo's targeted mean at ``eval.k=16``.
 """
@@ -100,13 +101,14 @@ def print_report(r: dict, names: tuple[str, str]) -> None:
           f"{'GFLOP A':>9} {'GFLOP B':>9}")
     for s in r["stages"]:
         print(f"{s['stage']:>5} {s['gradients_a']:>9.1f} {s['gradients_b']:>9.1f} {s['overlap']:>8.2f} "
-              f"{s['overlap_range'][0]:>5.2f}-{s['overlap_range'][1]:<5.2f} {s['seconds_a']:>7.2f} {s['seconds_b']:>7.2f} "
+              f"{s['overlap_range'][0]:>5.2f}-{s['overlap_range'][1]:<5.2f} "
+              f"{s['seconds_a']:>7.2f} {s['seconds_b']:>7.2f} "
               f"{s['pass_flops_a'] / 1e9:>9.1f} {s['pass_flops_b'] / 1e9:>9.1f}")
     print(f"{'step':>5} {'A':>7} {'B':>7} {'B - A':>7}")
     for step, x, y in zip(r["steps"], r["curve_a"], r["curve_b"]):
         print(f"{step:>5} {x:>7.4f} {y:>7.4f} {y - x:>+7.4f}")
-    keys = ("seeds", "overlap_by_stage", "gradients_ratio", "pass_seconds_ratio", "pass_flops_ratio", "mean_curve_diff", "final_diff",
-            "best_diff", "tolerance", "as_accurate")
+    keys = ("seeds", "overlap_by_stage", "gradients_ratio", "pass_seconds_ratio", "pass_flops_ratio", "mean_curve_diff",
+            "final_diff", "best_diff", "tolerance", "as_accurate")
     print(json.dumps({k: round(r[k], 4) if isinstance(r[k], float) else r[k] for k in keys}))
 
 

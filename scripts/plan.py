@@ -45,7 +45,8 @@ INPUTS = {
                    "assumption: share of pool prompts whose 8 rewards are equal (no gradient)"),
     "val_prompts": ({"qwen2.5-1.5b": 200, "qwen2.5-7b": 200}, "published: 100 per targeted set, two sets"),
     "stages": ({"qwen2.5-1.5b": 10, "qwen2.5-7b": 10}, "assumption: the recipes' 10 stages (the paper does not say)"),
-    "fraction": ({"qwen2.5-1.5b": 0.1, "qwen2.5-7b": 0.1}, "published: the paper selects a tenth of the pool per stage"),
+    "fraction": ({"qwen2.5-1.5b": 0.1, "qwen2.5-7b": 0.1},
+                 "published: the paper selects a tenth of the pool per stage"),
     "mfu": ({"qwen2.5-1.5b": MEASURED_MFU, "qwen2.5-7b": MEASURED_MFU},
             "measured: the pass's MFU on an H100 (docs/results.md section 7)"),
     "gen_tokens_per_gpu_s": ({"qwen2.5-1.5b": 12_000, "qwen2.5-7b": 4_000},
@@ -105,7 +106,8 @@ def main(argv: list[str] | None = None) -> int:
                          "the whole pool (the paper)")
     ap.add_argument("--multiple", type=arg_type(AtLeastOne), default=CandidateConfig.multiple,
                     help="cropi.candidates.multiple")
-    ap.add_argument("--explore", type=arg_type(ShareOf), default=CandidateConfig.explore, help="cropi.candidates.explore")
+    ap.add_argument("--explore", type=arg_type(ShareOf), default=CandidateConfig.explore,
+                    help="cropi.candidates.explore")
     args = ap.parse_args(argv)
     candidates = CandidateConfig(args.multiple, args.explore) if args.rescore == "candidates" else None
     names = [m for m in MODELS if m != "tiny"] if args.model == "all" else [args.model]

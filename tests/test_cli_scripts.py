@@ -60,7 +60,8 @@ def _demo_result(run, name, seed, selections, scored, flops, curve):
     """A finished run's result.json; ``scored``: prompts given to each pass, of which 10 zero-advantage (recorded as
     ``n_gradients`` in run B, as the pool and the zero-advantage count in run A, as runs before it did)."""
     stats = [{"n_gradients": n - 10} if "b" in run.name else {"n_pool": n, "n_zero_advantage": 10} for n in scored]
-    stages = [{"selected_ids": ids, "settings": {"seed": seed}, "stats": st | {"seconds": 1.0 + n / 10, "pass_flops": f}}
+    stages = [{"selected_ids": ids, "settings": {"seed": seed},
+               "stats": st | {"seconds": 1.0 + n / 10, "pass_flops": f}}
               for ids, n, f, st in zip(selections, scored, flops, stats)]
     history = [{"step": 5 * i, "targeted": acc} for i, acc in enumerate(curve)]
     (run / name).mkdir(parents=True)

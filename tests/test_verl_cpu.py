@@ -241,7 +241,8 @@ def test_the_gpu_recipe_runs_on_the_cpu_end_to_end_and_its_rerun_resumes(tmp_pat
     reference policy, dynamic batch sizes, 8 dataloader / agent-loop / reward workers, the reward of every source),
     2 stages of 2 steps, every step for real: raw datasets made from the embedded task, prepare_data, the hf
     collection, preflight, verl's trainer. Every stage selects (stage 1 from candidates, the recipe's default), no
-    reward failed, every evaluation set has a validation metric (and the first validation is not the 0.0 of a failing verifier), and the rerun resumes."""
+    reward failed, every evaluation set has a validation metric (and the first validation is not the 0.0 of a failing
+    verifier), and the rerun resumes."""
     import time
 
     ckpt, out = tmp_path / "ckpt", tmp_path / "out"

@@ -125,9 +125,10 @@ def stage_boundary(
         score_file = str(atomic_write_parquet(res.scores, out / "scores.parquet"))
         kill_point("scores_written")
         selected = res.selection.prompt_ids.tolist()
-        stats |= {"n_gradients": res.n_gradients, "n_zero_advantage": res.n_zero_advantage, "n_nonfinite": res.n_nonfinite,
-                  "n_excluded_responses": res.n_excluded, "shortfall": res.selection.shortfall,
-                  "pass_seconds": res.seconds, "drift": res.drift, "pass_flops": res.flops}
+        stats |= {"n_gradients": res.n_gradients, "n_zero_advantage": res.n_zero_advantage,
+                  "n_nonfinite": res.n_nonfinite, "n_excluded_responses": res.n_excluded,
+                  "shortfall": res.selection.shortfall, "pass_seconds": res.seconds, "drift": res.drift,
+                  "pass_flops": res.flops}
     elif schedule.uses_influence:
         if previous is None:
             raise ValueError(f"stage {stage}: one-shot influence needs the previous stage's state")

@@ -146,8 +146,8 @@ def influence_pass(
     table.loc[[pos[int(i)] for i in result.prompt_ids], "selected_rank"] = np.arange(len(result.prompt_ids))
     log.info("influence pass: %d of %d pool prompts scored%s, %d zero-advantage removed, %d non-finite, %d responses "
              "excluded (empty or non-finite reward), %d selected", len(ids), len(train),
-             "" if candidates is None else f" (given {len(scored)}: candidates and zero-advantage)", n_zero, n_nonfinite, n_excluded,
-             len(result.prompt_ids))
+             "" if candidates is None else f" (given {len(scored)}: candidates and zero-advantage)", n_zero,
+             n_nonfinite, n_excluded, len(result.prompt_ids))
     seconds = {"val_features": t1 - t0, "pool_features": t2 - t1, "scoring": time.perf_counter() - t2}
     return InfluencePass(table, result, len(ids) + n_nonfinite, n_zero, n_nonfinite, n_excluded,
                          {k: round(v, 3) for k, v in seconds.items()},

@@ -35,11 +35,11 @@ from torchdata.stateful_dataloader import StatefulDataLoader
 from transformers import AutoModelForCausalLM, AutoTokenizer
 from verl.utils.tracking import Tracking
 
-from cropi_verl.curriculum.boundary import check_rollout_ids, stage_boundary, stage_dir
+from cropi_verl.curriculum.boundary import check_rollout_ids, stage_boundary
 from cropi_verl.curriculum.sampler import stage_dataloader
 from cropi_verl.curriculum.schedule import StageSchedule
 from cropi_verl.curriculum.settings import SelectionConfig
-from cropi_verl.curriculum.state import StageState
+from cropi_verl.curriculum.state import StageState, stage_dir
 from cropi_verl.data.verl_format import row_ids
 from cropi_verl.eval.accuracy import avg_at_k
 from cropi_verl.influence.pipeline import Featurizer
