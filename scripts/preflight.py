@@ -56,7 +56,7 @@ WRONG_ANSWERS = ("-987654321", "-987654320")  # preflight's reward check boxes t
 FSDP_BYTES, ADAM_BYTES = 4, 8  # per parameter in an actor checkpoint: fp32 model shards, Adam's two fp32 moments
 # The cropi keys the memory plan and the log-prob dtype check read (both are skipped while one breaks its rule)
 PLAN_KEYS = ("gpu_memory_gb", "projection.k", "popi.micro_batch_tokens", "popi.logit_chunk_tokens",
-             "popi.stream_buffer", "popi.share_prompt", "workers.use_gpu", "workers.dtype",
+             "popi.stream_buffer", "popi.share_prompt", "popi.pack", "workers.use_gpu", "workers.dtype",
              "workers.gradient_checkpointing", "workers.offload_actor")
 # What to lower when a plan component does not fit
 LOWER = {"actor": "actor_rollout_ref.actor.ppo_max_token_len_per_gpu (or more GPUs: trainer.n_gpus_per_node)",
