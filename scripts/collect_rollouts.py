@@ -80,7 +80,9 @@ def main(argv: list[str] | None = None) -> int:
     else:
         from cropi_verl.rollout.vllm_backend import vllm_backend
 
-        backend = vllm_backend(cfg, tokenizer.pad_token_id, args.data_parallel_size, args.logprob_tokens,
+        from cropi_verl.models.special_tokens import token_rule_of
+
+        backend = vllm_backend(cfg, token_rule_of(model, tokenizer), args.data_parallel_size, args.logprob_tokens,
                                args.gpu_memory_utilization)
     step(f"collecting into {args.out} (finished shards are kept)")
     path = collect_rollouts(cfg, args.out, backend, tokenizer, max_verifier_failures=args.max_verifier_failures)

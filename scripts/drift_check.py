@@ -44,6 +44,7 @@ from cropi_verl.influence.gradients import PopiConfig, parameter_offsets
 from cropi_verl.influence.pipeline import local_featurizer
 from cropi_verl.influence.projection import make_projector
 from cropi_verl.local.trainer import BOUNDARY_WEIGHTS
+from cropi_verl.models.special_tokens import token_rule_of
 from cropi_verl.rollout.collect import collect_rollouts, hf_backend
 from cropi_verl.rollout.records import read_rollouts
 from cropi_verl.utils.cli import HelpFormatter, one_line_errors
@@ -103,18 +104,19 @@ def main(argv: list[str] | None = None) -> int:
     policy = Path(summary["policy_dir"])
     model = AutoModelForCausalLM.from_pretrained(policy, dtype=torch.float32).eval()
     tok = AutoTokenizer.from_pretrained(policy)
+    tokens = token_rule_of(policy, tok)
     inf = cfg.influence
     _, dim = parameter_offsets(model)
     popi = PopiConfig(micro_batch_tokens=inf.micro_batch_tokens, share_prompt=inf.share_prompt,
                       merge_duplicates=inf.merge_duplicates)
     projector = make_projector(inf.method, dim, inf.k, inf.seed, inf.subset_ratio)
-    featurize = local_featurizer(model, projector, tok.pad_token_id, popi)
+    featurize = local_featurizer(model, projector, tokens.pad_id, popi)
     fraction = args.fraction or cfg.curriculum.fraction
     strategy = "influence_max" if args.method == "influence_max" else "cropi"  # the run's ranking
     sel_cfg = SelectionConfig(StageSchedule(1, 1, fraction, strategy), {}, cfg.seed, inf.metric, inf.max_val_prompts,
                               inf.shard_size)
     splits = ("train",) + TARGETED_SETS
-    offline = {s: read_rollouts(args.run / "rollouts" / s / "rollouts.parquet", tok.eos_token_id) for s in splits}
+    offline = {s: read_rollouts(args.run / "rollouts" / s / "rollouts.parquet", tokens.stop_ids) for s in splits}
     a, b = args.seeds
     rows = []
     for label, path, key, made in todo:
@@ -127,7 +129,7 @@ def main(argv: list[str] | None = None) -> int:
                     cc = replace(collect_config(cfg, policy, s), seed=seed)
                     out = Path(tmp) / f"roll_{seed}" / s
                     rollouts = collect_rollouts(cc, out, hf_backend(model, tok, cc), tok, progress=False)
-                    fresh[seed, s] = read_rollouts(rollouts, tok.eos_token_id)
+                    fresh[seed, s] = read_rollouts(rollouts, tokens.stop_ids)
             val = lambda seed: {s: fresh[seed, s] for s in TARGETED_SETS}  # noqa: E731
             off, drift = selection(featurize, offline["train"], {s: offline[s] for s in TARGETED_SETS}, sel_cfg,
                                    Path(tmp) / "off")

@@ -44,6 +44,7 @@ from omegaconf import OmegaConf
 from cropi_verl.curriculum.settings import candidates_from
 from cropi_verl.data.verl_format import read_verl_parquet, row_ids
 from cropi_verl.plan import WorkerSettings, format_plan, meta_counts
+from cropi_verl.rollout.collect import other_model_problem
 from cropi_verl.rollout.records import RolloutLimits, excluded_responses, read_rollouts, zero_advantage
 from cropi_verl.trainer.curriculum_config import (CROPI_RULES, check_composed_config, check_cropi_keys,
                                                   reward_range, workers_on_gpu)
@@ -67,12 +68,13 @@ def _files(value) -> list[str]:
     return [value] if isinstance(value, str) else list(value or [])
 
 
-def eos_id(model_path: str) -> int | None:
-    """The EOS id of the policy's tokenizer, with which scoring finds empty responses; None when it is unreadable."""
-    from transformers import AutoTokenizer
+def stop_ids(model_path: str) -> tuple[int, ...] | None:
+    """The policy's stop ids (``models.special_tokens``), with which scoring finds empty responses; None when its
+    tokenizer or config is unreadable."""
+    from cropi_verl.models.special_tokens import token_rule_of
 
     try:
-        return AutoTokenizer.from_pretrained(model_path).eos_token_id
+        return token_rule_of(model_path).stop_ids
     except Exception:  # a hub id not downloaded, no tokenizer files: only responses without tokens count as empty
         return None
 
@@ -133,7 +135,7 @@ def preflight(cfg) -> tuple[list[str], list[str]]:
     k = cropi["projection"]["k"]
     scored = 0
     val = {name: path for name, path in (cropi.get("val_rollouts") or {}).items() if Path(path).is_file()}
-    eos = eos_id(cfg.actor_rollout_ref.model.path) if cropi.get("train_rollouts") or val else None
+    eos = stop_ids(cfg.actor_rollout_ref.model.path) if cropi.get("train_rollouts") or val else None
     limits = RolloutLimits.of_model(cfg.actor_rollout_ref.model.path, reward_range(cropi))
     if cropi.get("train_rollouts") and Path(cropi["train_rollouts"]).is_file():
         roll = read_rollouts(cropi["train_rollouts"], eos, limits)
@@ -195,14 +197,8 @@ def model_problems(cfg, cropi: dict) -> list[str]:
     files = {"cropi.train_rollouts": cropi.get("train_rollouts"),
              **{f"cropi.val_rollouts.{n}": p for n, p in (cropi.get("val_rollouts") or {}).items()}}
     for label, path in files.items():
-        manifest = Path(path).with_name("manifest.json") if path else None
-        if manifest is None or not manifest.is_file():
-            continue
-        collected = json.loads(manifest.read_text()).get("config", {}).get("model")
-        if collected and Path(collected).expanduser().resolve() != Path(model).expanduser().resolve() \
-                and collected != model:
-            out.append(f"{label}: collected from {collected} ({manifest}), but the run trains {model}: the offline "
-                       "rollouts must come from the initial policy (beta)")
+        if path and (problem := other_model_problem(path, model)):
+            out.append(f"{label}: {problem}")
     return out
 
 

@@ -30,6 +30,7 @@ from cropi_verl.data.toy_task import TARGETED_SETS, ToyTaskConfig, build_toy_tas
 from cropi_verl.data.verl_format import write_verl_parquet
 from cropi_verl.influence.gradients import PopiConfig, parameter_offsets, popi_features
 from cropi_verl.influence.projection import make_projector
+from cropi_verl.models.special_tokens import model_token_rule
 from cropi_verl.influence.scoring import influence_scores
 from cropi_verl.models.tiny_policy import TinyPolicyConfig, build_tiny_policy
 from cropi_verl.rollout.collect import CollectConfig, collect_rollouts, hf_backend
@@ -50,8 +51,8 @@ def exact_features(model, tok, frame, n: int, seed: int, workdir: Path) -> torch
                         shard_size=1000, batch_size=50)
     roll = collect_rollouts(cfg, workdir / "rollouts", hf_backend(model, tok, cfg), tok, progress=False)
     _, dim = parameter_offsets(model)
-    prompts = to_prompt_rollouts(read_rollouts(roll, tok.eos_token_id))
-    res = popi_features(model, prompts, make_projector("identity", dim), tok.pad_token_id, PopiConfig())
+    prompts = to_prompt_rollouts(read_rollouts(roll, model_token_rule(model, tok).stop_ids))
+    res = popi_features(model, prompts, make_projector("identity", dim), model_token_rule(model, tok).pad_id, PopiConfig())
     return res.features
 
 

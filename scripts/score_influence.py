@@ -28,6 +28,7 @@ from cropi_verl.influence.pipeline import local_featurizer
 from cropi_verl.influence.projection import METHODS, make_projector
 from cropi_verl.influence.scoring import METRICS
 from cropi_verl.influence.selection import STRATEGIES
+from cropi_verl.models.special_tokens import token_rule_of
 from cropi_verl.rollout.records import RolloutLimits, read_rollouts
 from cropi_verl.utils.atomic import atomic_write_json, atomic_write_parquet
 from cropi_verl.utils.cli import HelpFormatter, check_writable, named_paths, one_line_errors, step
@@ -88,10 +89,11 @@ def score(ap: argparse.ArgumentParser, args: argparse.Namespace) -> int:
 
     step(f"loading {args.model} and the rollouts")
     tok = AutoTokenizer.from_pretrained(args.model)
+    stops = token_rule_of(args.model, tok).stop_ids
     limits = RolloutLimits.of_model(args.model)  # before any gradient: ids, positions, log-probs, rewards
     val_paths = named_paths(ap, args.val, "--val")
-    val = {name: read_rollouts(path, tok.eos_token_id, limits) for name, path in val_paths.items()}
-    train = read_rollouts(args.train_rollouts, tok.eos_token_id, limits)
+    val = {name: read_rollouts(path, stops, limits) for name, path in val_paths.items()}
+    train = read_rollouts(args.train_rollouts, stops, limits)
     with run_lock(args.out, "scripts/score_influence.py"):  # one run per --out at a time, once the inputs are read
         return scored(args, tok, train, val, val_paths)
 
@@ -111,7 +113,7 @@ def scored(args: argparse.Namespace, tok, train, val: dict, val_paths: dict) -> 
                                 store_manifest(proj, popi, model=str(args.model), model_step=args.model_step,
                                                inputs=input_digests(args.model, args.train_rollouts, val_paths)),
                                 args.seed, args.metric, args.max_val_prompts, args.shard_size, progress=True)
-    res = influence_pass(local_featurizer(model, proj, tok.pad_token_id, popi), train, val, args.out / "features",
+    res = influence_pass(local_featurizer(model, proj, token_rule_of(args.model, tok).pad_id, popi), train, val, args.out / "features",
                          selection)
     atomic_write_parquet(res.scores, args.out / "scores.parquet")
     atomic_write_json(

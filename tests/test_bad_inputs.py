@@ -95,7 +95,7 @@ def test_nan_or_inf_in_a_gradient_is_skipped_counted_and_never_selected(tmp_path
 def test_bad_responses_are_flagged_and_never_scored(tokens, reward, flag):
     good = Response([5, 6], "ok", [-1.0, -1.0], False)
     row = make_row(0, "cropi_toy/add", "train", "1", [1, 2], [good, Response(tokens, "", [-1.0] * len(tokens), False)],
-                   [1.0, reward], eos_id=None)
+                   [1.0, reward], stop_ids=None)
     assert row["flag"] == ["", flag] and row["n_valid"] == 1 and row["pass_rate"] == 1.0
     (pr,) = to_prompt_rollouts(pd.DataFrame([row]))
     assert [r.tolist() for r in pr.responses] == [[5, 6]] and pr.rewards == [1.0]

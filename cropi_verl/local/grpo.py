@@ -26,6 +26,7 @@ from verl.utils.torch_functional import entropy_from_logits, logprobs_from_logit
 from verl.workers.config import ActorConfig
 
 from cropi_verl.influence.gradients import response_logits
+from cropi_verl.models.special_tokens import model_token_rule
 from cropi_verl.rewards import compute_score
 from cropi_verl.rollout.hf_backend import chat_prompt_ids, sample_chat
 
@@ -90,7 +91,7 @@ def grpo_step(
     ], dtype=torch.float32)
     model.train()
     logits, targets, mask = response_logits(model, [g.prompt_ids for g in flat], [g.response_ids for g in flat],
-                                            tokenizer.pad_token_id)
+                                            model_token_rule(model, tokenizer).pad_id)
     lengths = mask.sum(-1).long()
     token_rewards = torch.zeros_like(mask)
     token_rewards[torch.arange(len(flat)), lengths - 1] = rewards
@@ -113,7 +114,7 @@ def grpo_step(
             raise ValueError("use_kl_loss needs a reference model")
         with torch.no_grad():
             ref_logits, _, _ = response_logits(ref_model, [g.prompt_ids for g in flat], [g.response_ids for g in flat],
-                                               tokenizer.pad_token_id)
+                                               model_token_rule(model, tokenizer).pad_id)
             ref_logp = logprobs_from_logits(ref_logits, targets)
         kl = core_algos.agg_loss(core_algos.kl_penalty(logp, ref_logp, cfg.kl_loss_type), mask, cfg.loss_agg_mode)
         loss = loss + cfg.kl_loss_coef * kl

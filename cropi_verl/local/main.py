@@ -48,6 +48,7 @@ from cropi_verl.local.grpo import GRPOConfig
 from cropi_verl.local.run_config import (refuse_other_settings, run_config, run_dir_problem, with_inputs,
                                          write_run_config)
 from cropi_verl.local.trainer import EvalConfig, LocalCurriculumTrainer, LocalRun
+from cropi_verl.models.special_tokens import token_rule_of
 from cropi_verl.models.tiny_policy import TinyPolicyConfig, build_tiny_policy, tiny_policy_dir
 from cropi_verl.rollout.collect import CollectConfig, collect_rollouts, hf_backend, manifest_mismatch
 from cropi_verl.rollout.records import RolloutLimits, read_rollouts
@@ -123,7 +124,7 @@ def offline_rollouts(cfg: DictConfig, policy_dir: Path) -> tuple[pd.DataFrame, d
         split_dir = Path(cfg.output_dir) / "rollouts" / split
         path = timed_collect(split_dir.parent / COLLECT_SECONDS, split,
                              lambda: collect_rollouts(cc, split_dir, hf_backend(model, tok, cc), tok))
-        out[split] = read_rollouts(path, tok.eos_token_id, RolloutLimits.of_model(str(policy_dir)))
+        out[split] = read_rollouts(path, token_rule_of(policy_dir, tok).stop_ids, RolloutLimits.of_model(str(policy_dir)))
     return out.pop("train"), out
 
 
@@ -391,7 +392,7 @@ def run_demo(cfg: DictConfig) -> None:
     tok = AutoTokenizer.from_pretrained(policy_dir)
     manifest = group.init_model(str(policy_dir), {"method": inf.method, "k": inf.k, "seed": inf.seed,
                                                   "subset_ratio": inf.subset_ratio, "native": inf.native},
-                                asdict(popi), tok.pad_token_id)
+                                asdict(popi), token_rule_of(policy_dir, tok).pad_id)
     rollouts = {split: file_digest(Path(cfg.output_dir) / "rollouts" / split / "rollouts.parquet")
                 for split in ("train",) + TARGETED_SETS}
     manifest |= {"policy": str(policy_dir), "rollouts": rollouts}  # selections and features: by content too

@@ -32,6 +32,7 @@ import pandas as pd
 from tqdm.auto import tqdm
 
 from cropi_verl.data.verl_format import read_verl_parquet, row_ids
+from cropi_verl.models.special_tokens import model_token_rule, token_rule_of
 from cropi_verl.rewards import score_or_nan
 from cropi_verl.rollout.records import RECORD_COLUMNS, Response, make_row
 from cropi_verl.utils.atomic import atomic_write_json, atomic_write_parquet
@@ -108,15 +109,33 @@ def manifest_mismatch(out: str | Path, cfg: CollectConfig) -> str | None:
     return None
 
 
+def other_model_problem(rollouts: str | Path, model: str) -> str | None:
+    """Why the rollouts file ``rollouts`` was not collected from ``model`` (beta must be the initial policy), by the
+    ``manifest.json`` beside it: the model's content digest where both are known (the same weights under another
+    path are the same model; other weights under the same path are not), else the recorded path or id. None when
+    it was, or when there is no manifest (a file made by hand)."""
+    manifest = Path(rollouts).with_name("manifest.json")
+    if not manifest.is_file():
+        return None
+    have = json.loads(manifest.read_text())
+    collected, digest = have.get("config", {}).get("model"), have.get("inputs", {}).get("model")
+    if digest is not None and Path(model).expanduser().is_dir():
+        same = digest == model_digest(model)
+    else:
+        same = not collected or collected == model or \
+            Path(collected).expanduser().resolve() == Path(model).expanduser().resolve()
+    return None if same else (f"{rollouts}: collected from {collected} ({manifest}), another model than {model} "
+                              "(by content): the offline rollouts must come from the initial policy (beta)")
+
+
 def _open_manifest(out: Path, cfg: CollectConfig) -> dict:
-    """The manifest under ``out``, written for ``cfg`` if there is none; refused if it records another config."""
+    """The manifest under ``out``, or the one ``cfg`` gets (written with the first shard, so that a collection that
+    fails before any shard leaves nothing behind); refused if it records another config."""
     problem = manifest_mismatch(out, cfg)
     if problem:
         raise RolloutManifestMismatch(f"{problem}; use another output directory or delete it")
     path = out / "manifest.json"
-    if not path.is_file():
-        atomic_write_json(_manifest(cfg), path)
-    return json.loads(path.read_text())
+    return json.loads(path.read_text()) if path.is_file() else _manifest(cfg)
 
 
 def _read_shard(path: Path, expected_ids: list[int]) -> pd.DataFrame | None:
@@ -148,6 +167,7 @@ def collect_rollouts(cfg: CollectConfig, out_dir: str | Path, backend: Backend, 
 def _collect(cfg: CollectConfig, out: Path, prompts: pd.DataFrame, backend: Backend, tokenizer, progress: bool,
              max_verifier_failures: float) -> Path:
     """``collect_rollouts`` once its input is read and its directory locked."""
+    tokens = token_rule_of(cfg.model, tokenizer)  # the stop ids that end a response (models.special_tokens)
     manifest = _open_manifest(out, cfg)
     ids = row_ids(prompts)
     chat_ids = [
@@ -181,7 +201,7 @@ def _collect(cfg: CollectConfig, out: Path, prompts: pd.DataFrame, backend: Back
             rewards = [score_or_nan(rec["data_source"], r.text, gt, rec["extra_info"]) for r in group]
             failed += sum(math.isnan(x) for x in rewards)
             records.append(make_row(ids[i], rec["data_source"], rec["extra_info"].get("split", ""), gt, chat_ids[i],
-                                    group, rewards, tokenizer.eos_token_id))
+                                    group, rewards, tokens.stop_ids))
             n_tokens += sum(len(r.token_ids) for r in group)
         scored = sum(len(g) for g in gens)
         if failed > max_verifier_failures * scored:
@@ -189,6 +209,8 @@ def _collect(cfg: CollectConfig, out: Path, prompts: pd.DataFrame, backend: Back
                                    f"responses, more than the share {max_verifier_failures} allowed; the shard is not "
                                    "written (finished shards are kept): check the verifier, then rerun to resume")
         frames[j] = pd.DataFrame(records, columns=list(RECORD_COLUMNS))
+        if not (out / "manifest.json").is_file():
+            atomic_write_json(manifest, out / "manifest.json")
         atomic_write_parquet(frames[j], out / "shards" / f"shard_{j:05d}.parquet")
         kill_point("rollout_shard")
         bar.update(len(rows))
@@ -218,7 +240,8 @@ def hf_backend(model, tokenizer, cfg: CollectConfig, logprob_tokens: int = LOGPR
                                cfg.top_p, cfg.max_new_tokens, seed * 7919 + b)
             groups += [[Response(g.response_ids, tokenizer.decode(g.response_ids, skip_special_tokens=True), None,
                                  g.truncated) for g in group] for group in gens]
-        return with_behaviour_logprobs(scorer, prompt_ids, groups, tokenizer.pad_token_id, logprob_tokens)
+        return with_behaviour_logprobs(scorer, prompt_ids, groups, model_token_rule(model, tokenizer).pad_id,
+                                       logprob_tokens)
 
     return run
 

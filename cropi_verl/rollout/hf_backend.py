@@ -1,6 +1,7 @@
 """HF ``generate`` sampling with left-padded batches, and beta's log-probs by the influence pass's forward.
 
-``sample_chat`` returns, per prompt, ``n`` responses; each response's token ids end with EOS unless it was
+``sample_chat`` returns, per prompt, ``n`` responses; each response's token ids end with its first stop id (the pad
+and stop rule of ``models.special_tokens``: the generation config's eos ids and the tokenizer's) unless it was
 truncated at ``max_new_tokens``. ``behaviour_logprobs`` recomputes the log-prob of every sampled token with
 ``cropi_verl.influence.gradients.response_logprobs`` (the forward the influence pass runs) on the model in the
 influence workers' dtype (``in_dtype``), so that at beta's weights the pass's ratio rho = exp(log pi - log beta)
@@ -16,6 +17,8 @@ from typing import TYPE_CHECKING, Sequence
 import numpy as np
 import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+from cropi_verl.models.special_tokens import model_token_rule
 
 if TYPE_CHECKING:
     from cropi_verl.rollout.records import Response
@@ -56,10 +59,10 @@ def sample_chat(
     max_new_tokens: int,
     seed: int,
 ) -> list[list[Generation]]:
-    """Sample ``n`` responses for each prompt in one left-padded ``generate`` call seeded by ``seed``."""
-    pad = tokenizer.pad_token_id
-    eos = tokenizer.eos_token_id
-    input_ids, attn = left_pad(prompt_ids, pad)
+    """Sample ``n`` responses for each prompt in one left-padded ``generate`` call seeded by ``seed``; a response
+    ends at the first id of the model's stop set (``model_token_rule``)."""
+    tokens = model_token_rule(model, tokenizer)
+    input_ids, attn = left_pad(prompt_ids, tokens.pad_id)
     torch.manual_seed(seed)
     out = model.generate(
         input_ids=input_ids,
@@ -70,18 +73,16 @@ def sample_chat(
         top_k=0,
         max_new_tokens=max_new_tokens,
         num_return_sequences=n,
-        pad_token_id=pad,
-        eos_token_id=eos,
+        pad_token_id=tokens.pad_id,
+        eos_token_id=list(tokens.stop_ids),
     )
     new = out[:, input_ids.shape[1]:].tolist()
     result: list[list[Generation]] = []
     for i, p in enumerate(prompt_ids):
         gens = []
         for row in new[i * n : (i + 1) * n]:
-            if eos in row:
-                gens.append(Generation(list(p), row[: row.index(eos) + 1], False))
-            else:
-                gens.append(Generation(list(p), row, True))
+            end = tokens.first_stop(row)
+            gens.append(Generation(list(p), row, True) if end is None else Generation(list(p), row[: end + 1], False))
         result.append(gens)
     return result
 

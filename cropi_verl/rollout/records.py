@@ -4,16 +4,16 @@ Columns:
 
 - ``prompt_id`` (int64, = the prompt parquet's ``extra_info.index``), ``data_source``, ``split``, ``ground_truth``
 - ``prompt_token_ids``: list[int], the chat-templated prompt
-- per response k (lists of length K): ``response_ids`` (list[int], ends with EOS unless truncated),
+- per response k (lists of length K): ``response_ids`` (list[int], ends with a stop id unless truncated),
   ``response_text``, ``reward`` (float; NaN when flagged), ``logprobs`` (beta's log-prob of each response
   token, temperature 1, by the influence pass's fp32 forward: ``rollout.hf_backend.behaviour_logprobs``),
-  ``length``, ``truncated`` (hit the token limit), ``flag`` ("" ok, "empty" no tokens before EOS, "nan_reward"
+  ``length``, ``truncated`` (hit the token limit), ``flag`` ("" ok, "empty" no token but stop ids, "nan_reward"
   the scorer returned a non-finite value)
 - per-prompt summaries: ``n_valid`` (unflagged responses), ``pass_rate`` (mean reward of unflagged responses,
   NaN if none), ``reward_std`` (population std of those rewards)
 
 The exclusion rule (``response_flags``, one place): a response is usable only if it is unflagged, has a token
-other than EOS and a finite reward (not NaN, inf or null); any other response is excluded one by one, whatever its
+other than the policy's stop ids and a finite reward (not NaN, inf or null); any other response is excluded one by one, whatever its
 stored flag says, and the group statistics (``n_valid``, ``pass_rate``, the advantages' mean and std, K) are
 computed over the usable responses alone. ``usable_responses`` is what preflight counts and scoring converts (``to_prompt_rollouts``).
 Excluded responses are kept in the file for inspection but never scored or used in a gradient. Token ids and
@@ -22,7 +22,7 @@ never as per-token Python scalars.
 
 Every reader of a rollouts file goes through ``read_rollouts``: the file is validated as strictly as a prompts
 file (``validate_rollouts``: ``<file>: row N: <key>: <reason>``) and every response is judged by the rule (with the
-tokenizer's EOS when the reader has one), so an unflagged empty response or non-finite reward is flagged there.
+policy's stop ids when the reader has them), so an unflagged empty response or non-finite reward is flagged there.
 Values are checked against their domain before any gradient (``RolloutLimits``): log-probs finite and <= 0, finite
 rewards in the declared range ([0, 1] for verifiable rewards), and, given the model that will score them, token ids
 in [0, vocab_size) and prompt + response within max_position_embeddings.
@@ -83,24 +83,27 @@ class Response:
     truncated: bool
 
 
-def _is_empty(tokens: np.ndarray, eos_id: int | None) -> bool:
-    """No token other than EOS."""
-    return not len(tokens) or (eos_id is not None and bool(np.all(tokens == eos_id)))
+StopIds = Sequence[int] | None  # the policy's stop ids (``models.special_tokens.TokenRule.stop_ids``), None: unknown
 
 
-def response_flag(tokens: Sequence[int], reward: float, eos_id: int | None) -> str:
-    """The rule for one response: "empty" (no token other than EOS), "nan_reward" (a reward that is null or not
-    finite) or ""."""
-    if _is_empty(np.asarray(tokens), eos_id):
+def _is_empty(tokens: np.ndarray, stop_ids: StopIds) -> bool:
+    """No token other than a stop id."""
+    return not len(tokens) or (stop_ids is not None and bool(np.isin(tokens, np.atleast_1d(np.asarray(stop_ids))).all()))
+
+
+def response_flag(tokens: Sequence[int], reward: float, stop_ids: StopIds) -> str:
+    """The rule for one response: "empty" (no token other than a stop id), "nan_reward" (a reward that is null or
+    not finite) or ""."""
+    if _is_empty(np.asarray(tokens), stop_ids):
         return "empty"
     return "" if reward is not None and math.isfinite(reward) else "nan_reward"
 
 
 def response_flags(response_ids: Sequence, rewards: Sequence[float], flags: Sequence[str],
-                   eos_id: int | None = None) -> list[str]:
-    """Each response's flag: its stored flag, else the rule's (``response_flag``; ``eos_id`` None: only a
+                   stop_ids: StopIds = None) -> list[str]:
+    """Each response's flag: its stored flag, else the rule's (``response_flag``; ``stop_ids`` None: only a
     response without tokens is empty)."""
-    return [f or response_flag(t, r, eos_id) for t, r, f in zip(response_ids, rewards, flags)]
+    return [f or response_flag(t, r, stop_ids) for t, r, f in zip(response_ids, rewards, flags)]
 
 
 def usable_responses(response_ids: Sequence, rewards: Sequence[float], flags: Sequence[str]) -> list[int]:
@@ -108,9 +111,9 @@ def usable_responses(response_ids: Sequence, rewards: Sequence[float], flags: Se
     return [i for i, f in enumerate(response_flags(response_ids, rewards, flags)) if not f]
 
 
-def _judged(response_ids: Sequence, rewards: Sequence[float], flags: Sequence[str], eos_id: int | None) -> dict:
+def _judged(response_ids: Sequence, rewards: Sequence[float], flags: Sequence[str], stop_ids: StopIds) -> dict:
     """A record's ``reward`` (NaN when flagged), ``flag`` and summary columns under the rule."""
-    flags = response_flags(response_ids, rewards, flags, eos_id)
+    flags = response_flags(response_ids, rewards, flags, stop_ids)
     clean = [float("nan") if f else float(r) for r, f in zip(rewards, flags)]
     valid = [r for r, f in zip(clean, flags) if not f]
     return {
@@ -124,7 +127,7 @@ def _judged(response_ids: Sequence, rewards: Sequence[float], flags: Sequence[st
 
 def make_row(
     prompt_id: int, data_source: str, split: str, ground_truth: str, prompt_token_ids: Sequence[int],
-    responses: Sequence[Response], rewards: Sequence[float], eos_id: int | None,
+    responses: Sequence[Response], rewards: Sequence[float], stop_ids: StopIds,
 ) -> dict[str, Any]:
     """One record; flags empty generations and non-finite rewards and summarises the unflagged ones."""
     ids = [np.asarray(r.token_ids, dtype=np.int64) for r in responses]
@@ -139,7 +142,7 @@ def make_row(
         "logprobs": [np.asarray(r.logprobs, dtype=np.float64) for r in responses],
         "length": [len(t) for t in ids],
         "truncated": [bool(r.truncated) for r in responses],
-        **_judged(ids, rewards, [""] * len(ids), eos_id),
+        **_judged(ids, rewards, [""] * len(ids), stop_ids),
     }
 
 
@@ -265,15 +268,15 @@ def validate_rollouts(frame: pd.DataFrame, path: str = "<frame>",
                        for row, i in ids if counts[i] > 1]
 
 
-def read_rollouts(path: str | Path, eos_id: int | None = None, limits: RolloutLimits = RolloutLimits()) -> pd.DataFrame:
+def read_rollouts(path: str | Path, stop_ids: StopIds = None, limits: RolloutLimits = RolloutLimits()) -> pd.DataFrame:
     """A rollouts parquet, validated (``validate_rollouts`` with ``limits``; ``DataValidationError`` in one line
-    otherwise), with every response judged by the rule (``response_flags`` with ``eos_id``) and the summaries
-    recomputed."""
+    otherwise), with every response judged by the rule (``response_flags`` with the policy's ``stop_ids``) and the
+    summaries recomputed."""
     path = Path(path)
     frame = read_parquet(path, "no such rollouts parquet (collect it with scripts/collect_rollouts.py)")
     problems = validate_rollouts(frame, str(path), limits)
     if problems:
         more = f"; ... and {len(problems) - MAX_LISTED} more" if len(problems) > MAX_LISTED else ""
         raise DataValidationError("; ".join(str(p) for p in problems[:MAX_LISTED]) + more)
-    judged = [_judged(r.response_ids, r.reward, r.flag, eos_id) for r in frame.itertuples()]
+    judged = [_judged(r.response_ids, r.reward, r.flag, stop_ids) for r in frame.itertuples()]
     return frame.assign(**pd.DataFrame(judged, index=frame.index))

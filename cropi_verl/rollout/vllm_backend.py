@@ -27,6 +27,7 @@ from typing import Sequence
 
 import numpy as np
 
+from cropi_verl.models.special_tokens import TokenRule
 from cropi_verl.rollout.collect import LOGPROB_TOKENS, Backend, CollectConfig
 from cropi_verl.rollout.records import Response
 
@@ -52,7 +53,7 @@ def split_evenly(n: int, parts: int) -> list[slice]:
     return [slice(int(a), int(b)) for a, b in zip(bounds[:-1], bounds[1:])]
 
 
-def _engine(cfg: CollectConfig, gpus: str | None, pad_id: int, logprob_tokens: int, memory: float, inbox,
+def _engine(cfg: CollectConfig, gpus: str | None, tokens: TokenRule, logprob_tokens: int, memory: float, inbox,
             outbox) -> None:
     """One engine process (see the module docstring); replies ``("ok", responses)`` or ``("error", traceback)``.
     ``gpus`` None: vLLM's CPU build (``vllm_on_cpu``), the HF model on the CPU too."""
@@ -74,10 +75,11 @@ def _engine(cfg: CollectConfig, gpus: str | None, pad_id: int, logprob_tokens: i
         outbox.put(("ok", None))
         for prompt_ids, seeds in iter(inbox.get, None):
             params = [SamplingParams(n=cfg.n, temperature=cfg.temperature, top_p=cfg.top_p,
-                                     max_tokens=cfg.max_new_tokens, seed=s) for s in seeds]
+                                     max_tokens=cfg.max_new_tokens, stop_token_ids=list(tokens.stop_ids), seed=s)
+                      for s in seeds]
             outs = llm.generate([TokensPrompt(prompt_token_ids=list(p)) for p in prompt_ids], params, use_tqdm=False)
             groups = vllm_outputs_to_responses(outs)
-            outbox.put(("ok", with_behaviour_logprobs(model, prompt_ids, groups, pad_id, logprob_tokens)))
+            outbox.put(("ok", with_behaviour_logprobs(model, prompt_ids, groups, tokens.pad_id, logprob_tokens)))
     except BaseException:
         outbox.put(("error", traceback.format_exc()))
     finally:
@@ -119,12 +121,13 @@ def vllm_on_cpu() -> bool:
     return current_platform.is_cpu()
 
 
-def vllm_backend(cfg: CollectConfig, pad_id: int, data_parallel_size: int = 1, logprob_tokens: int = LOGPROB_TOKENS,
+def vllm_backend(cfg: CollectConfig, tokens: TokenRule, data_parallel_size: int = 1, logprob_tokens: int = LOGPROB_TOKENS,
                  gpu_memory_utilization: float = 0.5) -> Backend:
     """Start ``data_parallel_size`` engines on the visible GPUs (``tensor_parallel_size`` each) and return the
     backend that splits each shard between them. vLLM gets ``gpu_memory_utilization`` of each GPU; the rest holds
     the HF model (in ``cfg.logprob_dtype``) and its log-prob forward (``logprob_tokens`` padded tokens at a time).
-    With vLLM's CPU build, one engine on the CPU (its KV cache sized by ``VLLM_CPU_KVCACHE_SPACE``, GiB)."""
+    With vLLM's CPU build, one engine on the CPU (its KV cache sized by ``VLLM_CPU_KVCACHE_SPACE``, GiB). Sampling
+    stops at ``tokens.stop_ids`` (``models.special_tokens``), as the HF backend's does."""
     tp = cfg.tensor_parallel_size
     if vllm_on_cpu():
         if data_parallel_size * tp != 1:
@@ -146,7 +149,7 @@ def vllm_backend(cfg: CollectConfig, pad_id: int, data_parallel_size: int = 1, l
     engines = []
     for group in groups:
         inbox, outbox = ctx.Queue(), ctx.Queue()
-        proc = ctx.Process(target=_engine, args=(cfg, group, pad_id, logprob_tokens, gpu_memory_utilization, inbox,
+        proc = ctx.Process(target=_engine, args=(cfg, group, tokens, logprob_tokens, gpu_memory_utilization, inbox,
                                                  outbox))
         proc.start()
         engines.append((proc, inbox, outbox))

@@ -57,6 +57,8 @@ from cropi_verl.curriculum.metrics import boundary_metrics
 from cropi_verl.curriculum.sampler import stage_dataloader
 from cropi_verl.curriculum.settings import SelectionConfig, candidates_from
 from cropi_verl.curriculum.state import StageState
+from cropi_verl.models.special_tokens import token_rule_of
+from cropi_verl.rollout.collect import other_model_problem
 from cropi_verl.rollout.records import RolloutLimits, read_rollouts
 from cropi_verl.trainer.curriculum_config import check_composed_config, reward_range, workers_on_gpu
 from cropi_verl.utils.atomic import atomic_write_json
@@ -121,8 +123,13 @@ class CROPITrainer(PPOTrainerSync):
         super()._init_dataloader()
         self.steps_per_epoch = self.total_training_steps  # the subset's epochs never end the run (docstring)
         self.id_to_pos = dataset_row_ids(self.train_dataset)
-        limits = RolloutLimits.of_model(self.config.actor_rollout_ref.model.path, reward_range(cropi))
-        read = partial(read_rollouts, eos_id=self.tokenizer.eos_token_id, limits=limits)
+        model = self.config.actor_rollout_ref.model.path
+        self.tokens = token_rule_of(model, self.tokenizer)  # pad and stop ids (models.special_tokens)
+        rollout_files = [cropi.get("train_rollouts"), *(cropi.get("val_rollouts") or {}).values()]
+        if foreign := [p for f in rollout_files if f and (p := other_model_problem(f, model))]:
+            raise ValueError("; ".join(foreign))
+        limits = RolloutLimits.of_model(model, reward_range(cropi))
+        read = partial(read_rollouts, stop_ids=self.tokens.stop_ids, limits=limits)
         self.train_rollouts = read(cropi["train_rollouts"]) if cropi.get("train_rollouts") else None
         names = cropi.get("val_sets") or list(cropi.get("val_rollouts") or {})
         self.val_rollouts = {n: read(cropi["val_rollouts"][n]) for n in names}
@@ -206,7 +213,7 @@ class CROPITrainer(PPOTrainerSync):
         trace("influence_pass", phase="begin", step=step)
         dtype, checkpointing = self.worker_precision
         self.influence_group.init_model(self._boundary_weights(step), OmegaConf.to_container(cropi.projection),
-                                        OmegaConf.to_container(cropi.popi), self.tokenizer.pad_token_id,
+                                        OmegaConf.to_container(cropi.popi), self.tokens.pad_id,
                                         dtype=dtype, gradient_checkpointing=checkpointing)
         return self.influence_group
 

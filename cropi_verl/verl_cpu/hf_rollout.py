@@ -50,6 +50,7 @@ from verl.workers.rollout.base import _ROLLOUT_REGISTRY, BaseRollout
 from verl.workers.rollout.replica import RolloutReplica, RolloutReplicaRegistry, TokenOutput
 from verl.workers.rollout.utils import ensure_async_iterator
 
+from cropi_verl.models.special_tokens import token_rule_of
 from cropi_verl.rollout.hf_backend import left_pad
 from cropi_verl.utils.trace import trace
 
@@ -183,14 +184,6 @@ def decode_batch(
         logits = _last_logits(model, tokens[:, None], mask, position, cache)
 
 
-def _eos_token_ids(model: PreTrainedModel) -> set[int]:
-    """EOS ids from the generation config and the model config (an int, a list or None each)."""
-    ids: set[int] = set()
-    for value in (getattr(model.generation_config, "eos_token_id", None), model.config.eos_token_id):
-        ids.update([value] if isinstance(value, int) else value or [])
-    return ids
-
-
 def _load_model(model_path: str, trust_remote_code: bool) -> PreTrainedModel:
     """The causal LM in float32 with sdpa attention (no flash-attention on CPU), in eval mode."""
     model = AutoModelForCausalLM.from_pretrained(
@@ -241,7 +234,8 @@ class HFServer:
             raise ValueError(f"logprobs_mode {logprobs_mode!r} is not one of {LOGPROBS_MODES}")
         torch.set_num_threads(num_threads or os.cpu_count() or 1)
         self.model = _load_model(model_path, trust_remote_code)
-        self.eos_token_ids = set() if ignore_eos else _eos_token_ids(self.model)
+        # the stop ids the offline collection ends responses with (models.special_tokens), so both end alike
+        self.eos_token_ids = set() if ignore_eos else set(token_rule_of(copy_to_local(model_path)).stop_ids)
         self.response_length, self.prompt_length = response_length, prompt_length
         self.seed, self.replica_rank = seed, replica_rank
         self.raw_logprobs = logprobs_mode == "raw_logprobs"
