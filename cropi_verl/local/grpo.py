@@ -81,6 +81,7 @@ def grpo_step(
 ) -> dict[str, float]:
     """Sample ``cfg.n`` responses per row of ``batch`` (seed ``seed``), update ``model`` once; returns metrics."""
     prompts = [chat_prompt_ids(tokenizer, list(p)) for p in batch["prompt"]]
+    pad_id = model_token_rule(model, tokenizer).pad_id
     model.eval()
     gens = sample_chat(model, tokenizer, prompts, cfg.n, cfg.temperature, 1.0, cfg.max_new_tokens, seed)
     flat = [g for group in gens for g in group]
@@ -91,7 +92,7 @@ def grpo_step(
     ], dtype=torch.float32)
     model.train()
     logits, targets, mask = response_logits(model, [g.prompt_ids for g in flat], [g.response_ids for g in flat],
-                                            model_token_rule(model, tokenizer).pad_id)
+                                            pad_id)
     lengths = mask.sum(-1).long()
     token_rewards = torch.zeros_like(mask)
     token_rewards[torch.arange(len(flat)), lengths - 1] = rewards
@@ -114,7 +115,7 @@ def grpo_step(
             raise ValueError("use_kl_loss needs a reference model")
         with torch.no_grad():
             ref_logits, _, _ = response_logits(ref_model, [g.prompt_ids for g in flat], [g.response_ids for g in flat],
-                                               model_token_rule(model, tokenizer).pad_id)
+                                               pad_id)
             ref_logp = logprobs_from_logits(ref_logits, targets)
         kl = core_algos.agg_loss(core_algos.kl_penalty(logp, ref_logp, cfg.kl_loss_type), mask, cfg.loss_agg_mode)
         loss = loss + cfg.kl_loss_coef * kl

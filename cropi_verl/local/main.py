@@ -117,6 +117,7 @@ def offline_rollouts(cfg: DictConfig, policy_dir: Path) -> tuple[pd.DataFrame, d
     untargeted sets are held out of scoring, as in the paper); resumable."""
     model = AutoModelForCausalLM.from_pretrained(policy_dir, dtype=torch.float32).eval()
     tok = AutoTokenizer.from_pretrained(policy_dir)
+    stop_ids = token_rule_of(policy_dir, tok).stop_ids
     out = {}
     for split in ("train",) + TARGETED_SETS:
         step(f"beta's rollouts of {split}")
@@ -124,7 +125,7 @@ def offline_rollouts(cfg: DictConfig, policy_dir: Path) -> tuple[pd.DataFrame, d
         split_dir = Path(cfg.output_dir) / "rollouts" / split
         path = timed_collect(split_dir.parent / COLLECT_SECONDS, split,
                              lambda: collect_rollouts(cc, split_dir, hf_backend(model, tok, cc), tok))
-        out[split] = read_rollouts(path, token_rule_of(policy_dir, tok).stop_ids, RolloutLimits.of_model(str(policy_dir)))
+        out[split] = read_rollouts(path, stop_ids, RolloutLimits.of_model(str(policy_dir)))
     return out.pop("train"), out
 
 
