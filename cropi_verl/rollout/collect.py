@@ -110,7 +110,7 @@ def manifest_mismatch(out: str | Path, cfg: CollectConfig) -> str | None:
 
 
 def other_model_problem(rollouts: str | Path, model: str) -> str | None:
-    """Why the rollouts file ``rollouts`` was not collected from ``model`` (beta must be the initial policy), by the
+    """Why the rollouts file ``rollouts`` was not collected from ``model`` (callers name the file) (beta must be the initial policy), by the
     ``manifest.json`` beside it: the model's content digest where both are known (the same weights under another
     path are the same model; other weights under the same path are not), else the recorded path or id. None when
     it was, or when there is no manifest (a file made by hand)."""
@@ -124,8 +124,8 @@ def other_model_problem(rollouts: str | Path, model: str) -> str | None:
     else:
         same = not collected or collected == model or \
             Path(collected).expanduser().resolve() == Path(model).expanduser().resolve()
-    return None if same else (f"{rollouts}: collected from {collected} ({manifest}), another model than {model} "
-                              "(by content): the offline rollouts must come from the initial policy (beta)")
+    return None if same else (f"collected from {collected} ({manifest}), another model than {model} (by content): "
+                              "the offline rollouts must come from the initial policy (beta)")
 
 
 def _open_manifest(out: Path, cfg: CollectConfig) -> dict:

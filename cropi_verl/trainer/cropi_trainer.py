@@ -126,8 +126,9 @@ class CROPITrainer(PPOTrainerSync):
         model = self.config.actor_rollout_ref.model.path
         self.tokens = token_rule_of(model, self.tokenizer)  # pad and stop ids (models.special_tokens)
         rollout_files = [cropi.get("train_rollouts"), *(cropi.get("val_rollouts") or {}).values()]
-        if foreign := [p for f in rollout_files if f and (p := other_model_problem(f, model))]:
-            raise ValueError("; ".join(foreign))
+        foreign = {f: p for f in rollout_files if f and (p := other_model_problem(f, model))}
+        if foreign:
+            raise ValueError("; ".join(f"{f}: {p}" for f, p in foreign.items()))
         limits = RolloutLimits.of_model(model, reward_range(cropi))
         read = partial(read_rollouts, stop_ids=self.tokens.stop_ids, limits=limits)
         self.train_rollouts = read(cropi["train_rollouts"]) if cropi.get("train_rollouts") else None
