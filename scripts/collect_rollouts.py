@@ -19,6 +19,7 @@ import sys
 
 import torch
 
+from cropi_verl.models.presets import model_source
 from cropi_verl.rollout.collect import LOGPROB_TOKENS, MAX_VERIFIER_FAILURES, CollectConfig, collect_rollouts, hf_backend
 from cropi_verl.utils.cli import HelpFormatter, check_writable, one_line_errors, step
 from cropi_verl.utils.config_rules import Count, Fraction, GroupSize, NonNegativeInt, Positive, arg_type
@@ -29,7 +30,7 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
     d = CollectConfig(model="", input="")
     ap.add_argument("--backend", choices=["hf", "vllm"], default="hf")
-    ap.add_argument("--model", required=True, help="HF checkpoint directory or hub id")
+    ap.add_argument("--model", required=True, help="an HF folder, a preset name (scripts/fetch_model.py) or a hub id")
     ap.add_argument("--input", required=True, help="verl-format prompts parquet")
     ap.add_argument("--out", required=True, help="output directory")
     ap.add_argument("--n", type=arg_type(GroupSize), default=d.n,
@@ -59,6 +60,7 @@ def main(argv: list[str] | None = None) -> int:
                     help="share of a shard's responses whose reward math-verify may fail to decide (NaN, dropped and "
                          "counted); more stops the collection")
     args = ap.parse_args(argv)
+    args.model = model_source(args.model)  # a preset name, a checked folder or a hub id
     check_writable(args.out, "--out")
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
     if args.threads:

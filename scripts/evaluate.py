@@ -19,6 +19,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from cropi_verl.data.verl_format import read_verl_parquet
 from cropi_verl.eval.accuracy import avg_at_k
+from cropi_verl.models.presets import model_source
 from cropi_verl.utils.cli import HelpFormatter, named_paths, one_line_errors, step
 from cropi_verl.utils.config_rules import Count, NonNegativeInt, Positive, arg_type
 
@@ -26,7 +27,7 @@ from cropi_verl.utils.config_rules import Count, NonNegativeInt, Positive, arg_t
 @one_line_errors(resumes=False)
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
-    ap.add_argument("--model", required=True, help="HF checkpoint directory (or hub id)")
+    ap.add_argument("--model", required=True, help="an HF folder, a preset name (scripts/fetch_model.py) or a hub id")
     ap.add_argument("--set", action="append", required=True, metavar="NAME=PARQUET", help="an evaluation set (repeat)")
     ap.add_argument("--targeted", nargs="*", default=[], help="set names averaged as 'targeted'; the rest 'untargeted'")
     ap.add_argument("--k", type=arg_type(Count), default=4)
@@ -35,6 +36,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--batch-size", type=arg_type(Count), default=32)
     ap.add_argument("--seed", type=arg_type(NonNegativeInt), default=0)
     args = ap.parse_args(argv)
+    args.model = model_source(args.model)  # a preset name, a checked folder or a hub id
     sets = {name: read_verl_parquet(path) for name, path in named_paths(ap, args.set, "--set").items()}
     unknown = [t for t in args.targeted if t not in sets]
     if unknown:

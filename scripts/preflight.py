@@ -44,6 +44,7 @@ from omegaconf import OmegaConf
 from cropi_verl.curriculum.settings import candidates_from
 from cropi_verl.data.verl_format import read_verl_parquet, row_ids
 from cropi_verl.plan import WorkerSettings, format_plan, meta_counts
+from cropi_verl.models.presets import PRESETS, ModelFolderError, model_source
 from cropi_verl.rollout.collect import other_model_problem
 from cropi_verl.rollout.records import RolloutLimits, excluded_responses, read_rollouts, zero_advantage
 from cropi_verl.trainer.curriculum_config import (CROPI_RULES, check_composed_config, check_cropi_keys,
@@ -103,6 +104,11 @@ def preflight(cfg) -> tuple[list[str], list[str]]:
     problems: list[str] = []
     lines: list[str] = []
     cropi = OmegaConf.to_container(cfg.cropi, resolve=True)
+    if (preset := str(cfg.actor_rollout_ref.model.path)) in PRESETS:  # its folder, as the trainer reads it
+        try:
+            cfg.actor_rollout_ref.model.path = model_source(preset)
+        except ModelFolderError as e:
+            problems.append(f"actor_rollout_ref.model.path={preset}: {e}")
     try:
         check_composed_config(cfg)
     except ValueError as e:

@@ -28,6 +28,7 @@ from cropi_verl.influence.pipeline import local_featurizer
 from cropi_verl.influence.projection import METHODS, make_projector
 from cropi_verl.influence.scoring import METRICS
 from cropi_verl.influence.selection import STRATEGIES
+from cropi_verl.models.presets import model_source
 from cropi_verl.models.special_tokens import token_rule_of
 from cropi_verl.rollout.records import RolloutLimits, read_rollouts
 from cropi_verl.utils.atomic import atomic_write_json, atomic_write_parquet
@@ -40,7 +41,7 @@ from cropi_verl.utils.config_rules import Count, Fraction, NonNegativeInt, Posit
 @one_line_errors
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
-    ap.add_argument("--model", required=True, help="HF checkpoint of the current policy")
+    ap.add_argument("--model", required=True, help="the current policy: an HF folder or a preset name")
     ap.add_argument("--train-rollouts", required=True)
     ap.add_argument("--val", action="append", required=True, metavar="NAME=ROLLOUTS", help="a validation set (repeat)")
     ap.add_argument("--out", required=True, type=Path)
@@ -70,9 +71,9 @@ def main(argv: list[str] | None = None) -> int:
                     help="selection tie-breaks and validation subsampling")
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     args = ap.parse_args(argv)
+    args.model = model_source(args.model)  # a preset name, a checked folder or a hub id
     check_writable(args.out, "--out")
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
-
     return score(ap, args)
 
 

