@@ -54,6 +54,10 @@ from cropi_verl.utils.config_rules import config_problems
 from cropi_verl.trainer.worker_plan import config_plan, resolve_checkpointing, worker_settings
 
 ROOT = Path(__file__).resolve().parents[1]
+# what the reward check scores (``reward_check``): label -> (the response, with {} the answer; whether it is right)
+REWARD_PROBES = {"a right answer boxed": ("The final answer is \\boxed{{{}}}.", True),
+                 "a right answer in words": ("So the answer is ${}$.", True),
+                 "a wrong answer": ("The final answer is \\boxed{{{}}}.", False)}
 WRONG_ANSWERS = ("-987654321", "-987654320")  # preflight's reward check boxes the first that is not the truth
 FSDP_BYTES, ADAM_BYTES = 4, 8  # per parameter in an actor checkpoint: fp32 model shards, Adam's two fp32 moments
 # The cropi keys the memory plan and the log-prob dtype check read (both are skipped while one breaks its rule)
@@ -217,9 +221,9 @@ def length_problems(cfg) -> list[str]:
 
 
 def reward_check(cfg, sources: dict[str, tuple[str, dict]]) -> tuple[list[str], list[str]]:
-    """(lines, problems): each data source scored by the configured reward (loaded as verl loads it) on a right
-    answer (its first row's ground truth, boxed) and a wrong one; 1 and 0 expected. A raising reward is a problem
-    that names the source and the file."""
+    """(lines, problems): each data source scored by the configured reward (loaded as verl loads it) on its first
+    row's ground truth stated three ways (``REWARD_PROBES``): boxed and in words, both right (1 expected), and a wrong
+    one boxed (0 expected). A raising reward is a problem that names the source and the file."""
     from verl.trainer.ppo.reward import get_custom_reward_fn
     from verl.utils.reward_score import default_compute_score
 
@@ -233,23 +237,24 @@ def reward_check(cfg, sources: dict[str, tuple[str, dict]]) -> tuple[list[str], 
     for source, (path, row) in sorted(sources.items()):
         truth = str(row["reward_model"]["ground_truth"])
         wrong = next(w for w in WRONG_ANSWERS if w != truth)
-        got = []
-        for answer in (truth, wrong):
-            answer = f"The final answer is \\boxed{{{answer}}}."
+        got = {}
+        for label, (text, right) in REWARD_PROBES.items():
             try:
-                result = score(data_source=source, solution_str=answer, ground_truth=truth,
-                               extra_info=row.get("extra_info"))
-                got.append(float(result["score"] if isinstance(result, dict) else result))
+                result = score(data_source=source, solution_str=text.format(truth if right else wrong),
+                               ground_truth=truth, extra_info=row.get("extra_info"))
+                got[label] = float(result["score"] if isinstance(result, dict) else result)
             except Exception as e:  # noqa: BLE001 - what verl's agent loop would catch and count as a failed group
                 problems.append(f"data_source {source!r} ({path}): the reward ({name}) raised {type(e).__name__}: "
                                 f"{one_line(str(e))}: set reward.custom_reward_function.path=pkg://cropi_verl.rewards")
                 break
         else:
-            if got != [1.0, 0.0]:
-                problems.append(f"data_source {source!r} ({path}): the reward ({name}) scores a right answer "
-                                f"{got[0]} and a wrong one {got[1]}, expected 1.0 and 0.0 (the offline rollouts' "
-                                "scale): set reward.custom_reward_function.path=pkg://cropi_verl.rewards")
-    lines = [] if problems else [f"reward: {name} scores 1 / 0 on every data source ({', '.join(sorted(sources))})"]
+            if off := [f"{label} {got[label]}" for label, (_, right) in REWARD_PROBES.items()
+                       if got[label] != float(right)]:
+                problems.append(f"data_source {source!r} ({path}): the reward ({name}) scores {', '.join(off)}, "
+                                "expected 1.0 for a right answer (boxed or in words) and 0.0 for a wrong one (the "
+                                "offline rollouts' scale): set reward.custom_reward_function.path=pkg://cropi_verl.rewards")
+    lines = [] if problems else [f"reward: {name} scores 1 / 0 on every data source ({', '.join(sorted(sources))}), "
+                                 "right answers boxed and in words"]
     return lines, problems
 
 

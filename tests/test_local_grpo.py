@@ -46,17 +46,23 @@ def _reference_step(model, tok, batch, cfg, seed, lr, rewards_fn):
             p -= lr * p.grad
 
 
-def test_grpo_step_matches_hand_written_reference(policy, monkeypatch):
+@pytest.mark.parametrize("micro_batch_tokens", [16384, 64, 1])
+def test_grpo_step_matches_hand_written_reference(policy, monkeypatch, micro_batch_tokens):
+    """The whole batch in one backward, in micro-batches of <= 64 padded positions, and one response per backward:
+    the same update as the reference's single loss."""
     model, tok = policy
     batch = build_toy_task(TASK)["train"].iloc[:3]
     # a random policy never solves the task: reward = response length parity, so advantages are non-zero
     fake = lambda row, text: float(len(text) % 2)  # noqa: E731
     monkeypatch.setattr("cropi_verl.local.grpo.compute_score", lambda ds, text, gt, extra=None: fake(None, text))
-    cfg = GRPOConfig(batch_size=3, n=4, max_new_tokens=8, grad_clip=1e9, clip_ratio=0.2)
+    cfg = GRPOConfig(batch_size=3, n=4, max_new_tokens=8, grad_clip=1e9, clip_ratio=0.2,
+                     micro_batch_tokens=micro_batch_tokens)
     ours, ref = copy.deepcopy(model), copy.deepcopy(model)
     metrics = grpo_step(ours, tok, torch.optim.SGD(ours.parameters(), lr=0.5), batch, cfg, seed=11)
     _reference_step(ref, tok, batch, cfg, 11, 0.5, fake)
     assert 0 < metrics["critic/score/mean"] < 1
+    low, high = {16384: (1, 1), 64: (2, 11), 1: (12, 12)}[micro_batch_tokens]  # of the 12 responses
+    assert low <= metrics["batch/micro_batches"] <= high
     moved = 0.0
     for (name, a), b, c in zip(ours.named_parameters(), ref.parameters(), model.parameters()):
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6, msg=name)

@@ -53,7 +53,7 @@ def test_good_run_passes_with_a_summary(tmp_path):
             "gradients (64%)") in out.stdout
     assert "cropi.val_rollouts.v: 5 prompts, 5 usable" in out.stdout
     assert ("reward: pkg://cropi_verl.rewards:compute_score scores 1 / 0 on every data source (cropi_toy/add, "
-            "cropi_toy/max, cropi_toy/mul, cropi_toy/rev, cropi_toy/sub)") in out.stdout
+            "cropi_toy/max, cropi_toy/mul, cropi_toy/rev, cropi_toy/sub), right answers boxed and in words") in out.stdout
 
 
 def test_every_problem_is_listed_at_once(tmp_path):
@@ -220,7 +220,7 @@ def test_a_mistyped_override_is_one_line():
 
 def test_a_misconfigured_reward_nodes_model_lengths_and_batch_are_refused_at_once(tmp_path):
     """verl's default reward (``reward.custom_reward_function.path=null``) raises for the embedded task's sources and
-    scores ``aime24`` -1 / +1 (math_dapo): both named with their file. Several nodes need an absolute, shared
+    scores ``aime24`` -1 for a wrong answer and for a right one in words (math_dapo): both named with their file. Several nodes need an absolute, shared
     ``trainer.default_local_dir``. (The shipped config, ``pkg://cropi_verl.rewards``, scores every source 1 / 0:
     ``test_good_run_passes_with_a_summary``.)"""
     train = _setup(tmp_path)
@@ -242,7 +242,8 @@ def test_a_misconfigured_reward_nodes_model_lengths_and_batch_are_refused_at_onc
                  "cropi.val_sets='v': expected a list of names of cropi.val_rollouts, e.g. cropi.val_sets=[v]"):
         assert part in bad.stderr, part
     assert (f"data_source 'aime24' ({tmp_path / 'val.parquet'}): the reward (verl's default_compute_score) scores a "
-            "right answer 1.0 and a wrong one -1.0, expected 1.0 and 0.0") in bad.stderr
+            "right answer in words -1.0, a wrong answer -1.0, expected 1.0 for a right answer (boxed or in words) and "
+            "0.0 for a wrong one") in bad.stderr
     assert (f"data_source 'cropi_toy/add' ({train}): the reward (verl's default_compute_score) raised "
             "NotImplementedError") in bad.stderr
     assert f"data_source 'gsm8k' ({tmp_path / 'val.parquet'}): the reward (verl's default_compute_score) raised" \

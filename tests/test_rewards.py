@@ -16,11 +16,28 @@ from cropi_verl.rewards import compute_score
         ("12 + 7 = 19. \\boxed{18}", "19", 0.0),  # wrong
         ("\\boxed{19} then \\boxed{20}", "19", 0.0),  # the last box counts
         ("\\boxed{20} then \\boxed{19}", "19", 1.0),
-        ("12 + 7 = 19.", "19", 0.0),  # no box
+        ("12 + 7 = 19.", "19", 0.0),  # a work line alone states no answer (the tiny policy's unboxed habit)
         ("\\boxed{19", "19", 0.0),  # unclosed
         ("\\boxed{1 9}", "19", 0.0),  # not an integer
         ("\\boxed{019}", "19", 1.0),  # integer value, not string
         ("", "19", 0.0),
+        # what a careful grader accepts from an instruct model
+        ("7 + 8 = 15. The answer is 15.", "15", 1.0),
+        ("So the answer is 42 coins.", "42", 1.0),  # a trailing unit
+        ("The final answer is: $1,234$", "1234", 1.0),
+        ("\\boxed{1,234}", "1234", 1.0),  # thousands separators
+        ("\\boxed{1{,}000}", "1000", 1.0),
+        ("\\boxed{\\text{15 apples}}", "15", 1.0),
+        ("\\boxed{\\$12}", "12", 1.0),
+        ("The answer is 15. Checking again, the answer is 16.", "16", 1.0),  # the last statement counts
+        ("The answer is \\boxed{10}.", "10", 1.0),
+        # and stays strict about anything else
+        ("The answer is 14.", "15", 0.0),
+        ("The answer is 15 or 16.", "15", 0.0),  # two numbers
+        ("\\boxed{15.5}", "15", 0.0),  # a decimal
+        ("\\boxed{1,23}", "123", 0.0),  # not a thousands group
+        ("\\boxed{15} so the answer is 16.", "16", 0.0),  # a box is the answer when there is one
+        ("The answer is fifteen.", "15", 0.0),
     ],
 )
 def test_toy_reward(response, truth, expected):

@@ -34,6 +34,11 @@ def paper_prompt(question: str) -> list[dict[str, str]]:
     return [{"role": "system", "content": SYSTEM_PROMPT}, {"role": "user", "content": question.strip()}]
 
 
+def with_paper_prompt(frame: pd.DataFrame) -> pd.DataFrame:
+    """A verl-format frame with each prompt replaced by ``paper_prompt`` of its last turn (the question)."""
+    return frame.assign(prompt=[paper_prompt(p[-1]["content"]) for p in frame["prompt"]])
+
+
 def _field(rec: dict[str, Any], *names: str) -> Any:
     for n in names:
         if n in rec and rec[n] is not None:

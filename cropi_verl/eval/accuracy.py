@@ -32,10 +32,16 @@ def avg_at_k(
     seed: int = 0,
     batch_size: int = 64,
     progress: bool = False,
+    max_batch_tokens: int | None = None,
 ) -> np.ndarray:
-    """Per-row avg@k accuracy, shape ``[len(frame)]``; batch ``b`` is sampled with seed ``seed + b``."""
+    """Per-row avg@k accuracy, shape ``[len(frame)]``; batch ``b`` is sampled with seed ``seed + b``. A batch holds
+    ``batch_size`` prompts, fewer where ``max_batch_tokens`` bounds its ``k`` x prompts rows x (longest prompt of the
+    frame + ``max_new_tokens``) positions (the KV cache ``generate`` holds; at least one prompt)."""
     model.eval()
     prompts = [chat_prompt_ids(tokenizer, list(p)) for p in frame["prompt"]]
+    if max_batch_tokens and prompts:
+        per_prompt = k * (max(map(len, prompts)) + max_new_tokens)
+        batch_size = max(1, min(batch_size, max_batch_tokens // per_prompt))
     acc, failed = np.zeros(len(frame)), 0
     starts = range(0, len(prompts), batch_size)
     for b, s in enumerate(tqdm(starts, desc="eval", unit="batch", disable=not progress)):

@@ -21,6 +21,7 @@ from cropi_verl.curriculum.schedule import STRATEGIES
 from cropi_verl.influence.projection import METHODS
 from cropi_verl.influence.scoring import METRICS
 from cropi_verl.local.grpo import GRPOConfig
+from cropi_verl.models.tiny_policy import PROMPT_FORMATS
 from cropi_verl.utils.cli import check_writable, one_line_errors
 from cropi_verl.utils.config_rules import (
     AtLeastOne,
@@ -64,7 +65,8 @@ DEMO_RULES = {
     "grpo.batch_size": Count, "grpo.n": GroupSize, "grpo.temperature": Positive, "grpo.max_new_tokens": Count,
     "grpo.lr": Positive, "grpo.weight_decay": NonNegative, "grpo.grad_clip": Positive, "grpo.clip_ratio": Positive,
     "grpo.norm_adv_by_std_in_grpo": Flag, "grpo.use_kl_loss": Flag, "grpo.kl_loss_coef": NonNegative,
-    "grpo.entropy_coeff": NonNegative,
+    "grpo.entropy_coeff": NonNegative, "grpo.micro_batch_tokens": Count, "eval.max_batch_tokens": Count,
+    "policy.prompt": one_of(PROMPT_FORMATS),
     "train.ckpt_every": Count, "train.log_every": Count, "train.loggers": list_of(Tracking.supported_backend),
     "eval.k": Count, "eval.temperature": Positive, "eval.max_new_tokens": Count, "eval.batch_size": Count,
     "eval.every": Count, "eval.speedup_gain_fraction": Fraction,

@@ -1,6 +1,8 @@
 """The main job on its embedded default: the tiny CPU CROPI demo (``python -m cropi_verl.local.main [overrides]``).
 
-1. Write the embedded task's parquet files; build (or load from cache) the warmed-up tiny policy (= beta).
+1. Write the embedded task's parquet files; build (or load from cache) the warmed-up tiny policy (= beta), or take
+   the real model ``policy.path`` names (a preset such as ``smollm2-135m``, fetched by ``scripts/fetch_model.py``, or
+   a local HF folder; ``preset=smollm2`` sets it with the paper's system prompt and its token budgets).
 2. Collect offline rollouts of the pool and of each validation set from it (resumable); each split's collection
    seconds are recorded once in ``<out>/rollouts/collect_seconds.json``.
 3. Start the influence worker group (Ray, verl single_controller, CPU).
@@ -38,6 +40,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from cropi_verl.curriculum.schedule import INFLUENCE_STRATEGIES, PASS_RATE_STRATEGIES, StageSchedule
 from cropi_verl.curriculum.settings import SelectionConfig, candidates_from
+from cropi_verl.data.preprocess import with_paper_prompt
 from cropi_verl.data.toy_task import TARGETED_SETS, UNTARGETED_SETS, ToyTaskConfig, build_toy_task
 from cropi_verl.data.verl_format import row_ids, write_verl_parquet
 from cropi_verl.eval.plots import plot_run
@@ -48,6 +51,7 @@ from cropi_verl.local.grpo import GRPOConfig
 from cropi_verl.local.run_config import (refuse_other_settings, run_config, run_dir_problem, with_inputs,
                                          write_run_config)
 from cropi_verl.local.trainer import EvalConfig, LocalCurriculumTrainer, LocalRun
+from cropi_verl.models.presets import PRESETS, model_source
 from cropi_verl.models.special_tokens import token_rule_of
 from cropi_verl.models.tiny_policy import TinyPolicyConfig, build_tiny_policy, tiny_policy_dir
 from cropi_verl.rollout.collect import CollectConfig, collect_rollouts, hf_backend, manifest_mismatch
@@ -65,12 +69,19 @@ COLLECT_SECONDS = "collect_seconds.json"  # under ${output_dir}/rollouts: each s
 
 
 def prepare(cfg: DictConfig) -> tuple[dict, Path]:
-    """Write the task's splits under ``${output_dir}/data`` and build the policy; returns (frames, policy dir)."""
+    """Write the task's splits under ``${output_dir}/data`` (their prompts in ``policy.prompt``'s format) and build
+    the tiny policy, or take ``policy.path``'s model; returns (frames, policy dir)."""
     step("the task's data")
     frames = build_toy_task(dataclass_from(ToyTaskConfig, cfg.task))
+    if cfg.policy.prompt == "paper":
+        frames = {split: with_paper_prompt(frame) for split, frame in frames.items()}
     data_dir = Path(cfg.output_dir) / "data"
     for split, frame in frames.items():
         write_verl_parquet(frame, data_dir / f"{split}.parquet")
+    if cfg.policy.path:
+        policy_dir = policy_dir_of(cfg)
+        log.info("policy: %s (policy.path=%s)", policy_dir, cfg.policy.path)
+        return frames, policy_dir
     step("the tiny policy's warm-up (unless cached)")
     t0 = time.time()
     policy_dir = build_tiny_policy(*policy_config(cfg))
@@ -80,8 +91,21 @@ def prepare(cfg: DictConfig) -> tuple[dict, Path]:
 
 def policy_config(cfg: DictConfig) -> tuple[TinyPolicyConfig, Path | None]:
     """The tiny policy's config and cache directory (None: ``cache_root()/tiny_policy``)."""
-    policy = dataclass_from(TinyPolicyConfig, cfg.policy, ("cache_dir",), task=dataclass_from(ToyTaskConfig, cfg.task))
+    policy = dataclass_from(TinyPolicyConfig, cfg.policy, ("cache_dir", "path"),
+                            task=dataclass_from(ToyTaskConfig, cfg.task))
     return policy, Path(cfg.policy.cache_dir) / "tiny_policy" if cfg.policy.cache_dir else None
+
+
+def policy_dir_of(cfg: DictConfig) -> Path:
+    """beta's folder: ``policy.path``'s (a preset name or a local HF folder, checked: ``models.presets``), else where
+    the tiny policy of the config is cached (built by ``prepare``)."""
+    if not cfg.policy.path:
+        return tiny_policy_dir(*policy_config(cfg))
+    source = model_source(cfg.policy.path)
+    if not Path(source).is_dir():
+        raise ValueError(f"policy.path={cfg.policy.path}: expected a preset name ({', '.join(PRESETS)}) or a local HF "
+                         "model folder (the demo downloads nothing)")
+    return Path(source)
 
 
 def collect_config(cfg: DictConfig, policy_dir: Path, split: str) -> CollectConfig:
@@ -103,11 +127,13 @@ def check_before_work(cfg: DictConfig, methods: list[str]) -> None:
     output_dir is Hydra's: ``WritableRunDir``), and the results a rerun would reuse or resume against this command's
     settings (each method directory of ``methods``, each split's rollouts manifest), all named in one error."""
     check_demo_config(cfg)
-    policy, cache = policy_config(cfg)
-    check_writable(cache or cache_root() / "tiny_policy", "the policy cache (policy.cache_dir, else $CROPI_CACHE_DIR)")
+    if not cfg.policy.path:
+        cache = policy_config(cfg)[1]
+        check_writable(cache or cache_root() / "tiny_policy", "the policy cache (policy.cache_dir, else $CROPI_CACHE_DIR)")
+    policy_dir = policy_dir_of(cfg)
     runs = [run_dir_problem(method_dir(cfg, m, s), run_config(cfg, m, s)) for m in methods for s in demo_seeds(cfg)]
     rollouts = [manifest_mismatch(Path(cfg.output_dir) / "rollouts" / split,
-                                  collect_config(cfg, tiny_policy_dir(policy, cache), split))
+                                  collect_config(cfg, policy_dir, split))
                 for split in ("train",) + TARGETED_SETS]
     refuse_other_settings(runs + rollouts)
 

@@ -58,6 +58,7 @@ class EvalConfig:
     max_new_tokens: int = 32
     batch_size: int = 100
     every: int = 5  # evaluate every this many steps (and at step 0 and at the end)
+    max_batch_tokens: int = 131072  # positions per generate call at most (avg_at_k): bounds the KV cache
 
 
 @dataclass
@@ -174,7 +175,7 @@ class LocalCurriculumTrainer:
     def evaluate(self) -> dict:
         ev = self.run.eval
         accs = {name: float(np.mean(avg_at_k(self.model, self.tokenizer, frame, ev.k, ev.temperature, ev.max_new_tokens,
-                                             self.run.seed, ev.batch_size)))
+                                             self.run.seed, ev.batch_size, max_batch_tokens=ev.max_batch_tokens)))
                 for name, frame in self.run.val_prompts.items()}
         others = [n for n in accs if n not in self.run.targeted]
         rec = {"step": self.step, "val": accs, "targeted": targeted_mean(accs, self.run.targeted),

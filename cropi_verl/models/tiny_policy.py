@@ -25,7 +25,7 @@ import torch
 from tqdm.auto import tqdm
 from transformers import PreTrainedTokenizerFast, Qwen2Config, Qwen2ForCausalLM
 
-from cropi_verl.data.preprocess import paper_prompt
+from cropi_verl.data.preprocess import with_paper_prompt
 from cropi_verl.data.toy_task import ToyTaskConfig, build_toy_task
 from cropi_verl.models.tokenizer import train_chatml_tokenizer
 from cropi_verl.rollout.hf_backend import chat_prompt_ids
@@ -96,9 +96,7 @@ def _corpus(frame) -> list[str]:
 def warmup_corpus(cfg: TinyPolicyConfig):
     """The warm-up rows: the embedded task's ``sft`` split, its prompts in the ``cfg.prompt`` format."""
     sft = build_toy_task(cfg.task)["sft"]  # excludes this task's pool and validation problems
-    if cfg.prompt == "paper":
-        sft = sft.assign(prompt=[paper_prompt(p[-1]["content"]) for p in sft["prompt"]])
-    return sft
+    return with_paper_prompt(sft) if cfg.prompt == "paper" else sft
 
 
 def _sft_examples(tokenizer: PreTrainedTokenizerFast, frame) -> list[tuple[list[int], list[int]]]:

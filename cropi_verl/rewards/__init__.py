@@ -2,8 +2,10 @@
 
 Routing by ``data_source``:
 
-- ``cropi_toy/<family>`` (the embedded task): 1.0 if the last ``\\boxed{n}`` of the response is the integer
-  ground truth, else 0.0 (a missing or non-integer box is 0.0).
+- ``cropi_toy/<family>`` (the embedded task): 1.0 if the response's answer is the integer ground truth, else 0.0.
+  The answer is the last ``\\boxed{}``'s content, else what a final "the answer is ..." states, read as a careful
+  grader reads an integer: thousands separators, ``\\text{}``, ``$``, a trailing unit in words and a final period
+  are allowed (``toy_answer``); a fraction, a decimal, two numbers or a work line alone are no answer.
 - every real math source this project prepares (GSM8K, MATH, DeepScaleR, MATH500, AIME24, AMC23,
   Gaokao2023en, OlympiadBench): ``math_score``, the math-verify library's ``parse`` and ``verify`` against
   ``\\boxed{ground_truth}`` (the check the paper's code and verl's ``math_verify`` scorer run), called in process.
@@ -52,17 +54,37 @@ class VerifierError(RuntimeError):
     """The verifier could not decide (math-verify timed out): neither a right nor a wrong answer."""
 
 
-_BOXED_INT = re.compile(r"\\boxed\{\s*(-?\d+)\s*\}")
-_BOXED_ANY = re.compile(r"\\boxed\{")
+# an integer as a careful grader reads it: an optional sign, digits or thousands groups (1,234 or 1{,}234), then
+# optionally a unit in words ("15 apples"); \text{}/\mbox{}, $ and \$ around it, and a final period, removed first
+_INTEGER = re.compile(r"(-?(?:\d{1,3}(?:,\d{3})+|\d+))(?:\s+[A-Za-z][A-Za-z ]*)?")
+_WRAPPERS = re.compile(r"\\(?:text|mbox|mathrm)\{([^{}]*)\}")
+_ANSWER_IS = re.compile(r"\banswer is:?\s*(.*?)(?:\.\s|\.?$|\n)", re.IGNORECASE)
+
+
+def stated_integer(text: str) -> int | None:
+    """The integer ``text`` states (``_INTEGER``, after the wrappers are removed), None for anything else (a
+    fraction, a decimal, two numbers, an expression)."""
+    text = _WRAPPERS.sub(r"\1", text).replace("{,}", ",").replace("\\$", "").replace("$", "").replace("\\ ", " ")
+    m = _INTEGER.fullmatch(text.strip().rstrip(".").strip())
+    return int(m.group(1).replace(",", "")) if m else None
+
+
+def toy_answer(solution_str: str) -> int | None:
+    """The embedded task's answer in a response: the content of its last ``\\boxed{}`` (verl's
+    ``last_boxed_only_string``) when it has one, else what its last "the answer is ..." states; None when neither
+    states an integer. A work line alone (``7 + 8 = 15.``) states no answer."""
+    from verl.utils.reward_score.math_reward import last_boxed_only_string, remove_boxed
+
+    if "\\boxed" in solution_str:
+        box = last_boxed_only_string(solution_str)
+        return stated_integer(remove_boxed(box)) if box and box.startswith("\\boxed{") else None
+    said = _ANSWER_IS.findall(solution_str)
+    return stated_integer(said[-1]) if said else None
 
 
 def toy_score(solution_str: str, ground_truth: str) -> float:
-    """1.0 iff the last ``\\boxed{...}`` in ``solution_str`` holds exactly the integer ``ground_truth``."""
-    if not _BOXED_ANY.search(solution_str):
-        return 0.0
-    last_box = solution_str[[m.start() for m in _BOXED_ANY.finditer(solution_str)][-1] :]
-    m = _BOXED_INT.match(last_box)
-    return float(m is not None and int(m.group(1)) == int(ground_truth))
+    """1.0 iff the response's answer (``toy_answer``) is the integer ``ground_truth``."""
+    return float(toy_answer(solution_str) == int(ground_truth))
 
 
 def math_score(solution_str: str, ground_truth: str) -> float:
