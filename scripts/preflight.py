@@ -126,6 +126,7 @@ def preflight(cfg) -> tuple[list[str], list[str]]:
                      f"{'on' if checkpointing else 'off'} ({why})")
     problems += model_problems(cfg, cropi) + length_problems(cfg)
     train_ids: set[int] = set()
+    tiers: dict[int, str] = {}  # training row id -> its extra_info.tier, where the rows carry one
     sources: dict[str, tuple[str, dict]] = {}  # data_source -> (file, its first row)
     for key in ("train_files", "val_files"):
         for path in _files(cfg.data[key]):
@@ -139,6 +140,8 @@ def preflight(cfg) -> tuple[list[str], list[str]]:
                 sources.setdefault(str(row["data_source"]), (path, row))
             if key == "train_files":
                 train_ids |= set(row_ids(frame))
+                tiers |= {i: str(e["tier"]) for i, e in zip(row_ids(frame), frame["extra_info"])
+                          if isinstance(e, dict) and e.get("tier") is not None}
     reward_lines, reward_issues = reward_check(cfg, sources)
     lines += reward_lines
     problems += reward_issues + node_problems(cfg)
@@ -162,6 +165,7 @@ def preflight(cfg) -> tuple[list[str], list[str]]:
                      f"{np.round(np.nanpercentile(p, [25, 50, 75]), 3).tolist()}; zero-advantage {int(zero.sum())} "
                      f"({zero.mean():.0%}) -> {scored} can be scored; {excluded_responses(roll)} responses excluded "
                      "(empty or non-finite reward)")
+        lines += pass_rate_lines(roll, zero, tiers)
         frac = cropi["fraction"]
         n_select = round(frac * len(roll)) if isinstance(frac, (int, float)) and 0 < frac <= 1 else 0
         try:
@@ -194,6 +198,21 @@ def preflight(cfg) -> tuple[list[str], list[str]]:
     memory_problems, memory_lines = memory_plan(cfg, worker)
     return (problems + logprob_dtype_problems(cropi, worker.dtype) + disk_problems + memory_problems,
             lines + disk_lines + memory_lines)
+
+
+def pass_rate_lines(roll, zero, tiers: dict[int, str]) -> list[str]:
+    """beta's pass rate and zero-advantage share per data_source (the embedded task's skill families) and, where the
+    training rows name one, per tier: a group of prompts beta never or always solves gives GRPO no signal."""
+    frame = pd.DataFrame({"source": roll["data_source"].astype(str), "pass_rate": roll["pass_rate"].to_numpy(float),
+                          "tier": [tiers.get(int(i)) for i in roll["prompt_id"]], "zero": np.asarray(zero, bool)})
+    out = []
+    for key, label in (("source", "data_source"), ("tier", "tier")):
+        if frame[key].isna().all():
+            continue
+        stats = frame.groupby(key).agg(p=("pass_rate", "mean"), z=("zero", "mean"), n=("zero", "size"))
+        out.append(f"cropi.train_rollouts by {label} (pass rate, zero-advantage share, prompts): " + "; ".join(
+            f"{r.Index} {r.p:.2f}, {r.z:.0%}, {r.n}" for r in stats.itertuples()))
+    return out
 
 
 def model_problems(cfg, cropi: dict) -> list[str]:

@@ -54,6 +54,17 @@ def test_good_run_passes_with_a_summary(tmp_path):
     assert "cropi.val_rollouts.v: 5 prompts, 5 usable" in out.stdout
     assert ("reward: pkg://cropi_verl.rewards:compute_score scores 1 / 0 on every data source (cropi_toy/add, "
             "cropi_toy/max, cropi_toy/mul, cropi_toy/rev, cropi_toy/sub), right answers boxed and in words") in out.stdout
+    # beta's pass rate and zero-advantage share per data source and tier, by hand from the two files
+    roll = pd.read_parquet(tmp_path / "train_rollouts.parquet")
+    tier = {int(i): e["tier"] for i, e in zip(row_ids(pd.read_parquet(train)), pd.read_parquet(train)["extra_info"])}
+    cells = {}
+    for pid, rewards in zip(roll["prompt_id"], roll["reward"]):
+        cells.setdefault(str(tier[int(pid)]), []).append((sum(rewards) / len(rewards), len(set(rewards)) == 1))
+    want = "; ".join(f"{t} {sum(p for p, _ in v) / len(v):.2f}, {sum(z for _, z in v) / len(v):.0%}, {len(v)}"
+                     for t, v in sorted(cells.items()))
+    assert f"cropi.train_rollouts by tier (pass rate, zero-advantage share, prompts): {want}" in out.stdout
+    assert "cropi.train_rollouts by data_source (pass rate, zero-advantage share, prompts): cropi_toy/add 0." \
+        in out.stdout
 
 
 def test_every_problem_is_listed_at_once(tmp_path):

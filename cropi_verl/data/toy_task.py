@@ -9,8 +9,8 @@ The splits are built so that *selection matters*:
 - ``train``: the pool, uniform over families x tiers. Only ``add`` and ``sub`` (2/5 of it) teach the skills
   the targeted validation sets measure; tier 1 is mostly solved and tier 3 mostly unsolved by the warm-up
   policy (zero-advantage groups), tier 2 is learnable.
-- ``val_add``, ``val_sub``: the targeted validation sets (tier 2 of one family each).
-- ``val_mixed``: the untargeted held-out set (tier 2 of every family).
+- ``val_add``, ``val_sub``: the targeted validation sets (tier ``val_tier``, default 2, of one family each).
+- ``val_mixed``: the untargeted held-out set (tier ``val_tier`` of every family).
 - ``sft``: the warm-up corpus for the tiny policy. By default half of its ``add`` and ``sub`` answers stop after
   the work line without ``\\boxed{}`` (``sft_unboxed``), so the warm-up policy has a format habit on exactly the
   targeted skills that GRPO on those families removes and that other families' prompts do not teach. (Without it,
@@ -29,6 +29,7 @@ from typing import Callable, Mapping
 
 import pandas as pd
 
+from cropi_verl.data.preprocess import with_paper_prompt
 from cropi_verl.data.verl_format import make_record
 
 DATA_SOURCE_PREFIX = "cropi_toy"
@@ -36,6 +37,15 @@ FAMILIES = ("add", "sub", "mul", "max", "rev")
 TIERS = (1, 2, 3)
 TARGETED_SETS = ("val_add", "val_sub")
 UNTARGETED_SETS = ("val_mixed",)
+
+# How a split's prompts are written (``in_prompt_format``): ``toy``, the question as the one user turn (the tiny
+# policy learns the boxed format in its warm-up); ``paper``, the paper's system turn first (the GPU recipes');
+# ``fewshot``, for a small instruct model: a system turn asking for "The answer is <n>." and two worked examples as
+# earlier turns (3-digit operands, which no split holds).
+PROMPT_FORMATS = ("toy", "paper", "fewshot")
+FEWSHOT_SYSTEM = "Answer in one line and end with: The answer is <number>."
+FEWSHOT_EXAMPLES = (("What is 120 + 250?", "120 + 250 = 370. The answer is 370."),
+                    ("Bo has 700 pens and gives away 400. How many pens are left?", "700 - 400 = 300. The answer is 300."))
 
 _NAMES = ("Ann", "Bo", "Cy", "Di", "Ed", "Flo")
 _THINGS = ("apples", "coins", "cards", "pens")
@@ -125,6 +135,20 @@ def unboxed_text(p: Problem) -> str:
     return f"{p.solution}."
 
 
+def in_prompt_format(frame: pd.DataFrame, fmt: str) -> pd.DataFrame:
+    """A split of this task with its prompts written in the format ``fmt`` (``PROMPT_FORMATS``)."""
+    if fmt not in PROMPT_FORMATS:
+        raise ValueError(f"prompt format {fmt!r}: expected one of {', '.join(PROMPT_FORMATS)}")
+    if fmt == "paper":
+        return with_paper_prompt(frame)
+    if fmt == "fewshot":
+        shots = [{"role": role, "content": text} for q, a in FEWSHOT_EXAMPLES
+                 for role, text in (("user", q), ("assistant", a))]
+        return frame.assign(prompt=[[{"role": "system", "content": FEWSHOT_SYSTEM}, *shots, p[-1]]
+                                    for p in frame["prompt"]])
+    return frame
+
+
 def _stream_rng(seed: int, split: str, family: str, tier: int) -> random.Random:
     h = hashlib.sha256(f"{seed}/{split}/{family}/{tier}".encode()).digest()
     return random.Random(int.from_bytes(h[:8], "little"))
@@ -202,6 +226,7 @@ class ToyTaskConfig:
     # answer the reward needs -- a format habit of the warm-up policy that GRPO on that family removes. A mapping
     # is accepted; zero rates are dropped, so equal settings give equal configs (and the same cached policy).
     sft_unboxed: tuple[tuple[str, float], ...] = (("add", 0.5), ("sub", 0.5))
+    val_tier: int = 2  # the tier of every validation set (the learnable one for the tiny policy; 1 for SmolLM2-135M)
 
     def __post_init__(self) -> None:
         pairs = self.sft_unboxed.items() if isinstance(self.sft_unboxed, Mapping) else (self.sft_unboxed or ())
@@ -210,6 +235,8 @@ class ToyTaskConfig:
         if bad:
             raise ValueError(f"task.sft_unboxed: {', '.join(bad)}: expected a family of {FAMILIES} and a rate in [0, 1]")
         object.__setattr__(self, "sft_unboxed", tuple(sorted((f, r) for f, r in pairs if r > 0)))
+        if self.val_tier not in TIERS:
+            raise ValueError(f"task.val_tier={self.val_tier}: expected one of {TIERS}")
 
 
 def _sft_solutions(problems: list[Problem], cfg: ToyTaskConfig) -> list[str]:
@@ -223,9 +250,9 @@ def build_toy_task(cfg: ToyTaskConfig) -> dict[str, pd.DataFrame]:
     used: set[tuple] = set()
     frames: dict[str, pd.DataFrame] = {}
     plan = [
-        ("val_add", cfg.n_val, ("add",), (2,)),
-        ("val_sub", cfg.n_val, ("sub",), (2,)),
-        ("val_mixed", cfg.n_val, FAMILIES, (2,)),
+        ("val_add", cfg.n_val, ("add",), (cfg.val_tier,)),
+        ("val_sub", cfg.n_val, ("sub",), (cfg.val_tier,)),
+        ("val_mixed", cfg.n_val, FAMILIES, (cfg.val_tier,)),
         ("train", cfg.n_train, FAMILIES, TIERS),
         ("sft", cfg.n_sft, FAMILIES, TIERS),
     ]

@@ -21,7 +21,7 @@ from cropi_verl.curriculum.schedule import STRATEGIES
 from cropi_verl.influence.projection import METHODS
 from cropi_verl.influence.scoring import METRICS
 from cropi_verl.local.grpo import GRPOConfig
-from cropi_verl.models.tiny_policy import PROMPT_FORMATS
+from cropi_verl.data.toy_task import PROMPT_FORMATS, TIERS
 from cropi_verl.utils.cli import check_writable, one_line_errors
 from cropi_verl.utils.config_rules import (
     AtLeastOne,
@@ -47,6 +47,7 @@ T = TypeVar("T")
 DEMO_RULES = {
     "seed": NonNegativeInt, "repeats": Count, "threads": Count,
     "task.seed": NonNegativeInt, "task.n_train": Count, "task.n_val": Count, "task.n_sft": Count,
+    "task.val_tier": one_of(TIERS),
     **{f"policy.{k}": Count for k in ("hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads",
                                       "num_key_value_heads", "max_position_embeddings", "vocab_size", "warmup_steps",
                                       "warmup_batch_size")},

@@ -2,7 +2,7 @@
 
 1. Write the embedded task's parquet files; build (or load from cache) the warmed-up tiny policy (= beta), or take
    the real model ``policy.path`` names (a preset such as ``smollm2-135m``, fetched by ``scripts/fetch_model.py``, or
-   a local HF folder; ``preset=smollm2`` sets it with the paper's system prompt and its token budgets).
+   a local HF folder; ``preset=smollm2`` sets it with a few-shot prompt, its token budgets and memory bounds).
 2. Collect offline rollouts of the pool and of each validation set from it (resumable); each split's collection
    seconds are recorded once in ``<out>/rollouts/collect_seconds.json``.
 3. Start the influence worker group (Ray, verl single_controller, CPU).
@@ -40,8 +40,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from cropi_verl.curriculum.schedule import INFLUENCE_STRATEGIES, PASS_RATE_STRATEGIES, StageSchedule
 from cropi_verl.curriculum.settings import SelectionConfig, candidates_from
-from cropi_verl.data.preprocess import with_paper_prompt
-from cropi_verl.data.toy_task import TARGETED_SETS, UNTARGETED_SETS, ToyTaskConfig, build_toy_task
+from cropi_verl.data.toy_task import TARGETED_SETS, UNTARGETED_SETS, ToyTaskConfig, build_toy_task, in_prompt_format
 from cropi_verl.data.verl_format import row_ids, write_verl_parquet
 from cropi_verl.eval.plots import plot_run
 from cropi_verl.eval.speedup import compute_speedup, gain_speedup, step_speedup, wallclock_speedup
@@ -73,8 +72,7 @@ def prepare(cfg: DictConfig) -> tuple[dict, Path]:
     the tiny policy, or take ``policy.path``'s model; returns (frames, policy dir)."""
     step("the task's data")
     frames = build_toy_task(dataclass_from(ToyTaskConfig, cfg.task))
-    if cfg.policy.prompt == "paper":
-        frames = {split: with_paper_prompt(frame) for split, frame in frames.items()}
+    frames = {split: in_prompt_format(frame, cfg.policy.prompt) for split, frame in frames.items()}
     data_dir = Path(cfg.output_dir) / "data"
     for split, frame in frames.items():
         write_verl_parquet(frame, data_dir / f"{split}.parquet")

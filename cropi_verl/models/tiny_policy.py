@@ -25,8 +25,7 @@ import torch
 from tqdm.auto import tqdm
 from transformers import PreTrainedTokenizerFast, Qwen2Config, Qwen2ForCausalLM
 
-from cropi_verl.data.preprocess import with_paper_prompt
-from cropi_verl.data.toy_task import ToyTaskConfig, build_toy_task
+from cropi_verl.data.toy_task import PROMPT_FORMATS, ToyTaskConfig, build_toy_task, in_prompt_format
 from cropi_verl.models.tokenizer import train_chatml_tokenizer
 from cropi_verl.rollout.hf_backend import chat_prompt_ids
 from cropi_verl.utils.atomic import atomic_write_json
@@ -34,7 +33,6 @@ from cropi_verl.utils.cache import cache_root
 
 log = logging.getLogger(__name__)
 
-PROMPT_FORMATS = ("toy", "paper")
 VERSION = 1  # bump when the build procedure changes, so cached policies are rebuilt
 
 
@@ -96,7 +94,7 @@ def _corpus(frame) -> list[str]:
 def warmup_corpus(cfg: TinyPolicyConfig):
     """The warm-up rows: the embedded task's ``sft`` split, its prompts in the ``cfg.prompt`` format."""
     sft = build_toy_task(cfg.task)["sft"]  # excludes this task's pool and validation problems
-    return with_paper_prompt(sft) if cfg.prompt == "paper" else sft
+    return in_prompt_format(sft, cfg.prompt)
 
 
 def _sft_examples(tokenizer: PreTrainedTokenizerFast, frame) -> list[tuple[list[int], list[int]]]:

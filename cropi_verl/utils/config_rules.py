@@ -35,9 +35,9 @@ OptionalPositive = Annotated[Positive | None, Field(description="null or a numbe
 OptionalCount = Annotated[Count | None, Field(description="null or an integer >= 1")]
 
 
-def one_of(choices: Sequence[str]) -> Any:
+def one_of(choices: Sequence) -> Any:
     """The rule: one of ``choices``."""
-    return Annotated[Literal[tuple(choices)], Field(description=f"one of {', '.join(choices)}")]
+    return Annotated[Literal[tuple(choices)], Field(description=f"one of {', '.join(map(str, choices))}")]
 
 
 def list_of(choices: Sequence[str], non_empty: bool = False) -> Any:
