@@ -269,6 +269,8 @@ ONE_LINE = [
     ("demo: CROPI_CACHE_DIR is a file", lambda f: _demo(f["demo"]),
      "error: the policy cache (policy.cache_dir, else $CROPI_CACHE_DIR) {file}/tiny_policy: {file} is not a "
      "directory"),
+    ("demo: a policy.path that is no model folder", lambda f: [*_demo(f["demo"]), f"policy.path={f['no_tokenizer']}"],
+     "error: model {no_tokenizer}: no tokenizer (expected tokenizer.json or tokenizer_config.json)"),
     # what hydra refuses before the entry point runs: no "+" advice for a key of ours, its known keys instead
     ("demo: mistyped key without +", lambda f: [*_demo(f["demo"]), "grpo.lrr=1e-4"],
      "error: bad override grpo.lrr: grpo has unknown keys ['lrr']: expected ['batch_size', 'n', "),

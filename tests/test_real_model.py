@@ -1,0 +1,70 @@
+"""The real pretrained model (the ``smollm2-135m`` preset, cached in ``$CROPI_CACHE_DIR``) through the paths the
+tiny fixtures stand in for: its special tokens, a few-shot prompt answered and ended at ``<|im_end|>``, the gradient
+pass against autograd at 134.5M parameters. Slow: ``-m slow``. Without the fetched preset they fail with one line
+saying how to fetch it (they never skip)."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+from cropi_verl.data.toy_task import ToyTaskConfig, build_toy_task, in_prompt_format
+from cropi_verl.influence.gradients import PopiConfig, PromptRollouts, parameter_offsets, popi_features
+from cropi_verl.influence.projection import make_projector
+from cropi_verl.models.presets import ModelFolderError, resolve_model
+from cropi_verl.models.special_tokens import token_rule_of
+from cropi_verl.rewards import compute_score
+from cropi_verl.rollout.hf_backend import chat_prompt_ids, sample_chat
+from influence_helpers import reference_gradient
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def smollm2():
+    try:
+        path = resolve_model("smollm2-135m")
+    except ModelFolderError as e:
+        pytest.fail(str(e), pytrace=False)
+    return path, AutoTokenizer.from_pretrained(path), AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).eval()
+
+
+def test_its_tokens_follow_the_rule(smollm2):
+    """No pad token; the tokenizer's eos is <|im_start|>, the generation config's <|im_end|>: pad with the former,
+    stop at both."""
+    path, tok, model = smollm2
+    start, end = tok.convert_tokens_to_ids(["<|im_start|>", "<|im_end|>"])
+    assert tok.pad_token_id is None and tok.eos_token_id == start
+    assert sum(p.numel() for p in model.parameters()) == 134_515_008
+    rule = token_rule_of(path)
+    assert rule.pad_id == start and set(rule.stop_ids) == {start, end}
+
+
+def test_a_fewshot_prompt_is_answered_and_ended_at_the_chat_end(smollm2):
+    """Greedy answers to tier-1 prompts in the few-shot format end with <|im_end|> well before the budget, and the
+    task's reward scores some of them right."""
+    _, tok, model = smollm2
+    rows = in_prompt_format(build_toy_task(ToyTaskConfig(n_train=30, n_val=4, n_sft=10))["val_add"], "fewshot")
+    end = tok.convert_tokens_to_ids("<|im_end|>")
+    gens = sample_chat(model, tok, [chat_prompt_ids(tok, list(p)) for p in rows["prompt"]], 1, 0.0, 1.0, 48, seed=0)
+    assert all(g.response_ids[-1] == end and not g.truncated for (g,) in gens)
+    scores = [compute_score(r["data_source"], tok.decode(g.response_ids, skip_special_tokens=True),
+                            r["reward_model"]["ground_truth"]) for (g,), (_, r) in zip(gens, rows.iterrows())]
+    assert set(scores) <= {0.0, 1.0}
+
+
+def test_the_gradient_pass_matches_autograd_at_134m_parameters(smollm2):
+    path, tok, model = smollm2
+    prompt = chat_prompt_ids(tok, [{"role": "user", "content": "What is 7 + 8?"}])
+    end = tok.convert_tokens_to_ids("<|im_end|>")
+    rng = random.Random(0)
+    responses = [tok("7 + 8 = 15. The answer is 15.", add_special_tokens=False)["input_ids"] + [end],
+                 tok("The answer is 16.", add_special_tokens=False)["input_ids"] + [end]]
+    rollouts = [PromptRollouts(0, prompt, responses, [[-rng.uniform(0.5, 3) for _ in r] for r in responses], [1.0, 0.0])]
+    _, dim = parameter_offsets(model)
+    res = popi_features(model, rollouts, make_projector("identity", dim), token_rule_of(path).pad_id,
+                        PopiConfig(micro_batch_tokens=4096, pack=True))
+    torch.testing.assert_close(res.features[0], reference_gradient(model, rollouts[0]), rtol=1e-3, atol=1e-6)
