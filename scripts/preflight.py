@@ -44,7 +44,7 @@ from omegaconf import OmegaConf
 from cropi_verl.curriculum.settings import candidates_from
 from cropi_verl.data.verl_format import read_verl_parquet, row_ids
 from cropi_verl.plan import WorkerSettings, format_plan, meta_counts
-from cropi_verl.models.presets import PRESETS, ModelFolderError, model_source
+from cropi_verl.models.presets import ModelFolderError, preset_folder
 from cropi_verl.rollout.collect import other_model_problem
 from cropi_verl.rollout.records import RolloutLimits, excluded_responses, read_rollouts, zero_advantage
 from cropi_verl.trainer.curriculum_config import (CROPI_RULES, check_composed_config, check_cropi_keys,
@@ -108,11 +108,10 @@ def preflight(cfg) -> tuple[list[str], list[str]]:
     problems: list[str] = []
     lines: list[str] = []
     cropi = OmegaConf.to_container(cfg.cropi, resolve=True)
-    if (preset := str(cfg.actor_rollout_ref.model.path)) in PRESETS:  # its folder, as the trainer reads it
-        try:
-            cfg.actor_rollout_ref.model.path = model_source(preset)
-        except ModelFolderError as e:
-            problems.append(f"actor_rollout_ref.model.path={preset}: {e}")
+    try:  # a preset's folder, as the trainer reads it
+        cfg.actor_rollout_ref.model.path = preset_folder(cfg.actor_rollout_ref.model.path)
+    except ModelFolderError as e:
+        problems.append(f"actor_rollout_ref.model.path={cfg.actor_rollout_ref.model.path}: {e}")
     try:
         check_composed_config(cfg)
     except ValueError as e:
@@ -271,7 +270,8 @@ def reward_check(cfg, sources: dict[str, tuple[str, dict]]) -> tuple[list[str], 
                        if got[label] != float(right)]:
                 problems.append(f"data_source {source!r} ({path}): the reward ({name}) scores {', '.join(off)}, "
                                 "expected 1.0 for a right answer (boxed or in words) and 0.0 for a wrong one (the "
-                                "offline rollouts' scale): set reward.custom_reward_function.path=pkg://cropi_verl.rewards")
+                                "offline rollouts' scale): set "
+                                "reward.custom_reward_function.path=pkg://cropi_verl.rewards")
     lines = [] if problems else [f"reward: {name} scores 1 / 0 on every data source ({', '.join(sorted(sources))}), "
                                  "right answers boxed and in words"]
     return lines, problems

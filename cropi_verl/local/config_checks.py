@@ -18,10 +18,10 @@ from omegaconf import DictConfig, OmegaConf
 from verl.utils.tracking import Tracking
 
 from cropi_verl.curriculum.schedule import STRATEGIES
+from cropi_verl.data.toy_task import PROMPT_FORMATS, TIERS
 from cropi_verl.influence.projection import METHODS
 from cropi_verl.influence.scoring import METRICS
 from cropi_verl.local.grpo import GRPOConfig
-from cropi_verl.data.toy_task import PROMPT_FORMATS, TIERS
 from cropi_verl.utils.cli import check_writable, one_line_errors
 from cropi_verl.utils.config_rules import (
     AtLeastOne,

@@ -125,6 +125,12 @@ def model_source(spec: str | Path, root: Path | None = None) -> str:
     return text
 
 
+def preset_folder(spec: str) -> str:
+    """A preset name's fetched folder (``resolve_model``), any other model key as it is: the trainer and preflight
+    read ``actor_rollout_ref.model.path`` this way, leaving paths and hub ids to verl."""
+    return str(resolve_model(spec)) if str(spec) in PRESETS else spec
+
+
 def _checked(path: Path, want: str, what: str) -> Path:
     got = sha256_of(path)
     if got != want:

@@ -110,8 +110,8 @@ def manifest_mismatch(out: str | Path, cfg: CollectConfig) -> str | None:
 
 
 def other_model_problem(rollouts: str | Path, model: str) -> str | None:
-    """Why the rollouts file ``rollouts`` was not collected from ``model`` (callers name the file) (beta must be the initial policy), by the
-    ``manifest.json`` beside it: the model's content digest where both are known (the same weights under another
+    """Why the rollouts file ``rollouts`` was not collected from ``model`` (beta must be the initial policy; the
+    caller names the file), by the ``manifest.json`` beside it: the model's content digest where both are known (the same weights under another
     path are the same model; other weights under the same path are not), else the recorded path or id. None when
     it was, or when there is no manifest (a file made by hand)."""
     manifest = Path(rollouts).with_name("manifest.json")

@@ -1,7 +1,7 @@
 """Hydra entry point of the verl recipe: ``python -m cropi_verl.trainer.main [overrides]`` (configs/cropi_trainer.yaml).
 
-Resolves ``actor_rollout_ref.model.path`` when it names a preset (its fetched folder: ``models.presets``), validates verl's config, the ``cropi:`` group and its rollouts files (``read_rollouts``; one clear error before any
-GPU work) and the verl internals the trainer relies on (``verl_contract.check_verl``), makes
+Resolves ``actor_rollout_ref.model.path`` when it names a preset (its fetched folder: ``models.presets``), validates
+verl's config, the ``cropi:`` group and its rollouts files (``read_rollouts``; one clear error before any GPU work) and the verl internals the trainer relies on (``verl_contract.check_verl``), makes
 ``trainer.default_local_dir`` absolute (every node's workers read the boundary weights there), then runs
 ``CROPITaskRunner`` through verl's ``run_ppo`` (Ray init, runtime env). ``CROPI_DRY_RUN=1`` prints the composed
 config and exits after the checks. A refused override, bad input, Ctrl-C or SIGTERM end it with one line
@@ -17,7 +17,7 @@ import hydra
 import ray
 from omegaconf import DictConfig, OmegaConf
 
-from cropi_verl.models.presets import PRESETS, model_source
+from cropi_verl.models.presets import preset_folder
 from cropi_verl.rollout.records import RolloutLimits, read_rollouts
 from cropi_verl.trainer.curriculum_config import check_composed_config, reward_range
 from cropi_verl.trainer.verl_contract import check_verl
@@ -111,8 +111,7 @@ def main(config: DictConfig) -> None:
 
     step("the config and rollouts checks")
     check_cpu_platform(config)
-    if config.actor_rollout_ref.model.path in PRESETS:  # its fetched folder (other paths: verl reads them)
-        config.actor_rollout_ref.model.path = model_source(config.actor_rollout_ref.model.path)
+    config.actor_rollout_ref.model.path = preset_folder(config.actor_rollout_ref.model.path)  # (others: verl's)
     auto_set_device(config)
     check(config)
     check_verl()
