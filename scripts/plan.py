@@ -2,7 +2,7 @@
 """The end-to-end cost of one paper-scale CROPI run on verl against full-data GRPO, in GPU hours: an estimate whose
 every input is named with its source (a measurement of ours, a published figure, or an assumption).
 
-    python scripts/plan.py [--model qwen2.5-1.5b|qwen2.5-7b|all] [--pool 54888] [--zero-share 0.5] ...
+    python scripts/plan.py [--model qwen2.5-1.5b|qwen2.5-7b|r1-distill-qwen-1.5b|all|<model folder>] ...
 
 CROPI = offline collection (vLLM generation of K responses per pool prompt + beta's log-probs by one HF forward)
 + one influence pass per stage (POPI gradients of the pool prompts that are not zero-advantage, and of the
@@ -11,8 +11,14 @@ pool's, ``CandidateConfig.scored_share``) + its GRPO steps; full data = its GRPO
 are the plan's (``cropi_verl/plan.py``: 6 or 8 P T, checkpointing decided by the memory plan as
 ``cropi.workers.gradient_checkpointing=auto`` does), run at the MFU measured on an H100. Prints a table per model and
 a final JSON line: collection hours, seconds per boundary pass, seconds per GRPO step, each side's hours, the pass's
-share of CROPI's time, the wall-clock speed-up at the paper's step counts, and the step speed-up CROPI needs to break
-even in wall-clock.
+share of CROPI's time, the wall-clock speed-up at the paper's step counts, the selection's overhead O (collection +
+passes) as a share of CROPI's training S_c s, and the step speed-up full data must need for CROPI to break even in
+wall-clock, (O + S_c s) / (S_c s) = 1 + overhead (defined without full data's step count).
+
+Step counts are the paper's per model (PAPER.md's results table): Qwen2.5-1.5B 650 against 1,750, Qwen2.5-7B 300
+against 600; R1-Distill-Qwen-1.5B has no step ratio (CROPI @300 beats full data @300), so its speed-up is left out
+unless ``--full-steps`` is given. A local model folder is sized from its config.json; it needs ``--cropi-steps`` and
+``--full-steps``, and its other per-model inputs are the published model's nearest in parameter count (labelled).
 """
 
 from __future__ import annotations
@@ -20,57 +26,90 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from gpu_pass_check import MODELS  # noqa: E402  (the Qwen2.5 configs, published on the HF hub)
+from gpu_pass_check import MODELS as QWEN  # noqa: E402  (the Qwen2.5 configs, published on the HF hub)
 
 from cropi_verl import plan  # noqa: E402
 from cropi_verl.curriculum.settings import CandidateConfig  # noqa: E402
 from cropi_verl.utils.cli import HelpFormatter, one_line_errors  # noqa: E402
 from cropi_verl.utils.config_rules import AtLeastOne, Fraction, Positive, ShareOf, arg_type  # noqa: E402
 
+# the published models' configs (HF hub config.json values); R1-Distill-Qwen-1.5B is Qwen2.5-1.5B's shape with an
+# untied head (1.78B parameters)
+MODELS = {"qwen2.5-1.5b": QWEN["qwen2.5-1.5b"], "qwen2.5-7b": QWEN["qwen2.5-7b"],
+          "r1-distill-qwen-1.5b": dict(QWEN["qwen2.5-1.5b"], tie_word_embeddings=False)}
+R1 = "r1-distill-qwen-1.5b"
 # name -> (value per model, source): the inputs, each with where it comes from
 MEASURED_MFU = 0.32  # docs/results.md §7: 0.30 s/prompt, Qwen2.5-1.5B, 8 x (256 + 1,024) tokens, bf16, one H100
 INPUTS = {
-    "n_gpus": ({"qwen2.5-1.5b": 8, "qwen2.5-7b": 8}, "published: the paper's setup (8 GPUs)"),
-    "pool": ({"qwen2.5-1.5b": 54_888, "qwen2.5-7b": 54_888},
+    "n_gpus": ({"qwen2.5-1.5b": 8, "qwen2.5-7b": 8, R1: 8}, "published: the paper's setup (8 GPUs)"),
+    "pool": ({"qwen2.5-1.5b": 54_888, "qwen2.5-7b": 54_888, R1: 54_888},
              "published: GSM8K train 7,473 + MATH train 7,500 + DeepScaleR 40,315, minus 400 held out"),
-    "responses": ({"qwen2.5-1.5b": 8, "qwen2.5-7b": 8}, "published: the paper's K = 8 offline responses"),
-    "prompt_tokens": ({"qwen2.5-1.5b": 256, "qwen2.5-7b": 256}, "assumption: a chat-templated math prompt"),
-    "mean_response": ({"qwen2.5-1.5b": 1024, "qwen2.5-7b": 1536},
-                      "assumption: mean response tokens at T = 0.5 (caps 2,048 / 4,096)"),
-    "zero_share": ({"qwen2.5-1.5b": 0.5, "qwen2.5-7b": 0.5},
+    "responses": ({"qwen2.5-1.5b": 8, "qwen2.5-7b": 8, R1: 8}, "published: the paper's K = 8 offline responses"),
+    "prompt_tokens": ({"qwen2.5-1.5b": 256, "qwen2.5-7b": 256, R1: 256}, "assumption: a chat-templated math prompt"),
+    "mean_response": ({"qwen2.5-1.5b": 1024, "qwen2.5-7b": 1536, R1: 4096},
+                      "assumption: mean response tokens at T = 0.5 (caps 2,048 / 4,096 / 8,192)"),
+    "zero_share": ({"qwen2.5-1.5b": 0.5, "qwen2.5-7b": 0.5, R1: 0.5},
                    "assumption: share of pool prompts whose 8 rewards are equal (no gradient)"),
-    "val_prompts": ({"qwen2.5-1.5b": 200, "qwen2.5-7b": 200}, "published: 100 per targeted set, two sets"),
-    "stages": ({"qwen2.5-1.5b": 10, "qwen2.5-7b": 10}, "assumption: the recipes' 10 stages (the paper does not say)"),
-    "fraction": ({"qwen2.5-1.5b": 0.1, "qwen2.5-7b": 0.1},
+    "val_prompts": ({"qwen2.5-1.5b": 200, "qwen2.5-7b": 200, R1: 200}, "published: 100 per targeted set, two sets"),
+    "stages": ({"qwen2.5-1.5b": 10, "qwen2.5-7b": 10, R1: 10}, "assumption: the recipes' 10 stages (the paper does not say)"),
+    "fraction": ({"qwen2.5-1.5b": 0.1, "qwen2.5-7b": 0.1, R1: 0.1},
                  "published: the paper selects a tenth of the pool per stage"),
-    "mfu": ({"qwen2.5-1.5b": MEASURED_MFU, "qwen2.5-7b": MEASURED_MFU},
+    "mfu": ({"qwen2.5-1.5b": MEASURED_MFU, "qwen2.5-7b": MEASURED_MFU, R1: MEASURED_MFU},
             "measured: the pass's MFU on an H100 (docs/results.md section 7)"),
-    "gen_tokens_per_gpu_s": ({"qwen2.5-1.5b": 12_000, "qwen2.5-7b": 4_000},
+    "gen_tokens_per_gpu_s": ({"qwen2.5-1.5b": 12_000, "qwen2.5-7b": 4_000, R1: 12_000},
                              "assumption: vLLM decode throughput per GPU (batched, bf16, H100)"),
-    "step_seconds": ({"qwen2.5-1.5b": 45.0, "qwen2.5-7b": 105.0},
-                     "published: GRESO's verl GRPO step times (arXiv 2506.02177), as issue 27's model reads them"),
-    "cropi_steps": ({"qwen2.5-1.5b": 650, "qwen2.5-7b": 650},
-                    "published: the paper's 650 steps to full data's level"),
-    "full_steps": ({"qwen2.5-1.5b": 1750, "qwen2.5-7b": 1750}, "published: full data reaches it at 1,750 steps"),
+    "step_seconds": ({"qwen2.5-1.5b": 45.0, "qwen2.5-7b": 105.0, R1: 180.0},
+                     "published: GRESO's verl GRPO step times (arXiv 2506.02177), as issue 27's model reads them; "
+                     "R1-Distill: assumption, 1.5B's x 4 (4x the mean response)"),
+    "cropi_steps": ({"qwen2.5-1.5b": 650, "qwen2.5-7b": 300, R1: 300},
+                    "published: CROPI's steps to full data's level (1.5B @650; 7B @300, 57.46 vs 57.44 on "
+                    "GSM8K+MATH; R1-Distill @300, 47.94, already above full data's @300)"),
+    "full_steps": ({"qwen2.5-1.5b": 1750, "qwen2.5-7b": 600, R1: None},
+                   "published: full data's steps to that level (1.5B @1,750; 7B @600; R1-Distill: none, full data "
+                   "@300 is below CROPI @300 and no later point is published)"),
 }
 INPUT_RULES = {"fraction": Fraction, "zero_share": ShareOf, "mfu": Fraction}  # the others: a number > 0
-MAX_RESPONSE = {"qwen2.5-1.5b": 2048, "qwen2.5-7b": 4096}  # the recipes' caps
+MAX_RESPONSE = {"qwen2.5-1.5b": 2048, "qwen2.5-7b": 4096, R1: 8192}  # the recipes' caps
+STEP_KEYS = ("cropi_steps", "full_steps")
 
 
-def estimate(name: str, values: dict, candidates: CandidateConfig | None = None) -> dict:
-    """Every figure of one model's run (module docstring); ``candidates``: ``--rescore candidates``'s settings."""
-    v = values
-    shape = plan.ModelShape.from_config(MODELS[name])
+@dataclass(frozen=True)
+class Target:
+    """The model planned: its name, shape, the recipe's response cap, and the published model whose per-model
+    inputs it takes (itself, or the nearest in parameter count for a folder)."""
+
+    name: str
+    shape: plan.ModelShape
+    max_response: int
+    inputs_of: str
+
+
+def target(spec: str) -> Target:
+    """A published model's name, or a local model folder (sized by ``plan.model_shape``)."""
+    if spec in MODELS:
+        return Target(spec, plan.ModelShape.from_config(MODELS[spec]), MAX_RESPONSE[spec], spec)
+    if not (Path(spec) / "config.json").is_file():
+        raise ValueError(f"--model {spec}: expected one of {', '.join(MODELS)}, all, or a local model folder with a "
+                         "config.json")
+    shape = plan.model_shape(spec)
+    near = min(MODELS, key=lambda m: abs(plan.ModelShape.from_config(MODELS[m]).params() - shape.params()))
+    return Target(Path(spec).name, shape, MAX_RESPONSE[near], near)
+
+
+def estimate(t: Target, values: dict, candidates: CandidateConfig | None = None) -> dict:
+    """Every figure of one model's run (module docstring); ``candidates``: ``--rescore candidates``'s settings;
+    ``values["full_steps"]`` None: no speed-up (only the overhead and the break-even step speed-up)."""
+    v, shape = values, t.shape
     p_count, gpus = shape.params(), v["n_gpus"]
     recipe = plan.RecipeShape(gpus, v["prompt_tokens"], v["mean_response"], v["responses"],
-                              ppo_max_token_len_per_gpu=3 * (1024 + MAX_RESPONSE[name]))
+                              ppo_max_token_len_per_gpu=3 * (1024 + t.max_response))
     worker = plan.WorkerSettings(gradient_checkpointing=False)
     gpu = plan.GpuSpec(mfu=v["mfu"])
-    checkpointing = not plan.plan(shape, replace(recipe, max_response_length=MAX_RESPONSE[name]), worker,
+    checkpointing = not plan.plan(shape, replace(recipe, max_response_length=t.max_response), worker,
                                   gpu).boundary_fits()
     tokens = plan.tokens_per_prompt(recipe, share_prompt=False)
     per_prompt = plan.pass_flops(shape, tokens, checkpointing) / (gpu.peak_flops * v["mfu"])
@@ -82,22 +121,38 @@ def estimate(name: str, values: dict, candidates: CandidateConfig | None = None)
     generated = v["pool"] * v["responses"] * v["mean_response"]
     collect_s = (generated / (v["gen_tokens_per_gpu_s"] * gpus)
                  + 2 * p_count * v["pool"] * tokens / (gpu.peak_flops * v["mfu"] * gpus))  # beta's log-probs
-    steps_cropi_s, full_s = v["cropi_steps"] * v["step_seconds"], v["full_steps"] * v["step_seconds"]
+    steps_cropi_s = v["cropi_steps"] * v["step_seconds"]
     cropi_s = collect_s + passes_s + steps_cropi_s
-    overhead = collect_s + passes_s
-    return {"model": name, "params": p_count, "checkpointing": checkpointing, "pass_seconds_per_prompt": per_prompt,
+    overhead = (collect_s + passes_s) / steps_cropi_s
+    full_s = None if v["full_steps"] is None else v["full_steps"] * v["step_seconds"]
+    return {"model": t.name, "params": p_count, "checkpointing": checkpointing, "pass_seconds_per_prompt": per_prompt,
             "collection_hours": collect_s / 3600, "pass_seconds": pass_s, "rescored_share": share,
             "passes_hours": passes_s / 3600,
             "step_seconds": v["step_seconds"], "cropi_steps_hours": steps_cropi_s / 3600,
-            "cropi_hours": cropi_s / 3600, "full_hours": full_s / 3600, "pass_share": passes_s / cropi_s,
-            "wallclock_speedup": full_s / cropi_s,
-            "break_even_step_speedup": full_s / (full_s - overhead) if full_s > overhead else None}
+            "cropi_hours": cropi_s / 3600, "full_hours": None if full_s is None else full_s / 3600,
+            "pass_share": passes_s / cropi_s, "overhead": overhead,
+            "wallclock_speedup": None if full_s is None else full_s / cropi_s,
+            "break_even_step_speedup": 1 + overhead}
+
+
+def model_values(t: Target, args: argparse.Namespace) -> dict:
+    """Each input: the command line's, else the published default of ``t.inputs_of``; a folder model's step
+    counts must be given (``ValueError`` otherwise)."""
+    if t.inputs_of != t.name and None in (args.cropi_steps, args.full_steps):
+        raise ValueError(f"--model {t.name}: no published step counts for this model; give both --cropi-steps and "
+                         "--full-steps (CROPI's steps and full data's to the same accuracy)")
+    return {k: (getattr(args, k) if getattr(args, k) is not None else per_model[t.inputs_of])
+            for k, (per_model, _) in INPUTS.items()}
+
+
+def cell(value: float | None, fmt: str) -> str:
+    return "-" if value is None else format(value, fmt)
 
 
 @one_line_errors(resumes=False)
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
-    ap.add_argument("--model", choices=[*[m for m in MODELS if m != "tiny"], "all"], default="all")
+    ap.add_argument("--model", default="all", help=f"{', '.join(MODELS)}, all, or a local model folder")
     for key, (per_model, source) in INPUTS.items():
         ap.add_argument(f"--{key.replace('_', '-')}", type=arg_type(INPUT_RULES.get(key, Positive)), default=None,
                         help=f"{source} (default: {', '.join(f'{m} {x}' for m, x in per_model.items())})")
@@ -110,29 +165,36 @@ def main(argv: list[str] | None = None) -> int:
                     help="cropi.candidates.explore")
     args = ap.parse_args(argv)
     candidates = CandidateConfig(args.multiple, args.explore) if args.rescore == "candidates" else None
-    names = [m for m in MODELS if m != "tiny"] if args.model == "all" else [args.model]
-    rows = []
+    targets = [target(m) for m in (MODELS if args.model == "all" else [args.model])]
+    values = [model_values(t, args) for t in targets]  # every check before any output
     print("inputs:")
     for key, (per_model, source) in INPUTS.items():
         given = getattr(args, key)
-        shown = given if given is not None else ", ".join(f"{m} {per_model[m]}" for m in names)
+        shown = given if given is not None else ", ".join(f"{t.name} {v[key]}" for t, v in zip(targets, values))
         print(f"  {key:<22} {shown}  [{source if given is None else 'this command line'}]")
+    for t in targets:
+        if t.inputs_of != t.name:
+            print(f"  ({t.name}: {t.shape.params():,} parameters; the inputs not given are {t.inputs_of}'s, the "
+                  "published model nearest in size)")
     given = (args.rescore, args.multiple, args.explore) != (ap.get_default("rescore"), ap.get_default("multiple"),
                                                              ap.get_default("explore"))
     print(f"  {'rescore':<22} {args.rescore}" + (f" (multiple {args.multiple}, explore {args.explore})" if candidates
                                                 else "")
           + f"  [{'this command line' if given else 'assumption: configs/cropi_trainer.yaml, cropi.rescore'}]")
-    for name in names:
-        values = {k: (getattr(args, k) if getattr(args, k) is not None else per_model[name])
-                  for k, (per_model, _) in INPUTS.items()}
-        rows.append(estimate(name, values, candidates))
-    print(f"\n{'model':<14}{'collect h':>10}{'pass s':>9}{'passes h':>10}{'step s':>8}{'CROPI h':>9}{'full h':>8}"
-          f"{'speed-up':>10}{'pass share':>12}{'break-even':>12}")
+    rows = [estimate(t, v, candidates) for t, v in zip(targets, values)]
+    print(f"\n{'model':<22}{'collect h':>10}{'pass s':>9}{'passes h':>10}{'step s':>8}{'CROPI h':>9}{'full h':>8}"
+          f"{'speed-up':>10}{'pass share':>12}{'overhead':>10}{'break-even':>12}")
     for r in rows:
-        even = "-" if r["break_even_step_speedup"] is None else f"{r['break_even_step_speedup']:.2f}x"
-        print(f"{r['model']:<14}{r['collection_hours']:>10.1f}{r['pass_seconds']:>9.0f}{r['passes_hours']:>10.1f}"
-              f"{r['step_seconds']:>8.0f}{r['cropi_hours']:>9.1f}{r['full_hours']:>8.1f}"
-              f"{r['wallclock_speedup']:>9.2f}x{r['pass_share']:>12.0%}{even:>12}")
+        speed = cell(r["wallclock_speedup"], ".2f") + ("x" if r["wallclock_speedup"] else "")
+        print(f"{r['model']:<22}{r['collection_hours']:>10.1f}{r['pass_seconds']:>9.0f}{r['passes_hours']:>10.1f}"
+              f"{r['step_seconds']:>8.0f}{r['cropi_hours']:>9.1f}{cell(r['full_hours'], '.1f'):>8}"
+              f"{speed:>10}{r['pass_share']:>12.0%}{r['overhead']:>10.0%}{r['break_even_step_speedup']:>11.2f}x")
+    print("(overhead: collection + passes over CROPI's training; break-even: the step speed-up over CROPI's steps that "
+          "full data must need for CROPI to break even in wall-clock, 1 + overhead)")
+    for r, v in zip(rows, values):
+        if v["full_steps"] is None:
+            print(f"({r['model']}: no speed-up: the paper publishes no full-data step count reaching CROPI's level; "
+                  "give --full-steps for one)")
     print("(checkpointing in the pass: " + ", ".join(f"{r['model']} {'on' if r['checkpointing'] else 'off'}"
                                                     for r in rows) + ", as the memory plan decides on 80 GiB)")
     print(json.dumps({r["model"]: {k: (round(v, 3) if isinstance(v, float) else v) for k, v in r.items()

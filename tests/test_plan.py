@@ -192,20 +192,77 @@ def test_candidates_rescoring_shrinks_the_later_passes_by_hand():
     """``CandidateConfig.scored_share`` and ``scripts/plan.py --rescore candidates``: with half the pool scorable
     (s = 0.5), fraction 0.1, multiple 3, explore 0.1, a later pass computes (0.3 + 0.1 x 0.2) / 0.5 = 0.64 of the
     pool's gradients (and all the validation prompts'); where the previous top covers the scorable pool, 1."""
-    import importlib.util
-
     from cropi_verl.curriculum.settings import CandidateConfig
 
     c = CandidateConfig(multiple=3, explore=0.1)
     assert c.scored_share(0.1, 0.5) == pytest.approx(0.64) and c.scored_share(0.1, 0.2) == 1.0
     assert c.scored_share(0.5, 1.0) == 1.0 and CandidateConfig(1, 0.0).scored_share(0.1, 1.0) == pytest.approx(0.1)
-    spec = importlib.util.spec_from_file_location("plan_script", ROOT / "scripts" / "plan.py")
-    script = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(script)
+    script = plan_script()
     values = {k: per_model["qwen2.5-1.5b"] for k, (per_model, _) in script.INPUTS.items()}
-    full, cand = script.estimate("qwen2.5-1.5b", values), script.estimate("qwen2.5-1.5b", values, c)
+    t = script.target("qwen2.5-1.5b")
+    full, cand = script.estimate(t, values), script.estimate(t, values, c)
     pool, val = 54_888 * 0.5, 200
     one = full["pass_seconds"]
     assert full["passes_hours"] * 3600 == pytest.approx(10 * one)
     assert cand["passes_hours"] * 3600 == pytest.approx(one + 9 * one * (val + 0.64 * pool) / (val + pool))
     assert cand["cropi_hours"] - full["cropi_hours"] == pytest.approx(cand["passes_hours"] - full["passes_hours"])
+
+
+def plan_script():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("plan_script", ROOT / "scripts" / "plan.py")
+    script = importlib.util.module_from_spec(spec)
+    sys.modules["plan_script"] = script  # its dataclass looks its module up there
+    spec.loader.exec_module(script)
+    return script
+
+
+def test_plan_script_overhead_and_break_even_by_hand():
+    """SMALL (P = 1192) on 2 GPUs: a pool of 100, K = 2, prompt 4 + response 6, half zero-advantage, 10 validation
+    prompts, 3 stages rescoring everything, 10 generated tokens/s per GPU, 1 s per step, CROPI 5 steps, full 20."""
+    script = plan_script()
+    t = script.Target("small", ModelShape.from_config(SMALL), 6, "qwen2.5-1.5b")
+    v = dict(n_gpus=2, pool=100, responses=2, prompt_tokens=4, mean_response=6, zero_share=0.5, val_prompts=10,
+             stages=3, fraction=0.1, mfu=0.5, gen_tokens_per_gpu_s=10, step_seconds=1.0, cropi_steps=5, full_steps=20)
+    r = script.estimate(t, v)
+    rate = 989e12 * 0.5
+    per_prompt = 6 * 1192 * 2 * (4 + 6) / rate  # no checkpointing: the tiny pass fits
+    passes = 3 * (100 * 0.5 + 10) * per_prompt / 2
+    collect = 100 * 2 * 6 / (10 * 2) + 2 * 1192 * 100 * 20 / (rate * 2)  # 60 s of generation + beta's log-probs
+    assert r["pass_seconds_per_prompt"] == pytest.approx(per_prompt) and not r["checkpointing"]
+    assert r["collection_hours"] * 3600 == pytest.approx(collect)
+    assert r["passes_hours"] * 3600 == pytest.approx(passes)
+    assert r["overhead"] == pytest.approx((collect + passes) / 5)  # about 12: 60 s against 5 steps of 1 s
+    assert r["break_even_step_speedup"] == pytest.approx(1 + (collect + passes) / 5)
+    assert r["wallclock_speedup"] == pytest.approx(20 / (collect + passes + 5))
+    none = script.estimate(t, v | {"full_steps": None})
+    assert none["wallclock_speedup"] is None and none["full_hours"] is None
+    assert none["break_even_step_speedup"] == r["break_even_step_speedup"]
+
+
+def test_plan_script_uses_each_models_published_step_counts(tmp_path):
+    """7B: CROPI @300 = full data @600 (not the 1.5B's 650 / 1,750); R1-Distill: no speed-up; a folder model is
+    sized from its config and needs both step counts (one line, exit 2 otherwise)."""
+    proc = subprocess.run([sys.executable, str(ROOT / "scripts" / "plan.py")], capture_output=True, text=True,
+                          timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    out = json.loads(proc.stdout.strip().splitlines()[-1])
+    seven, small, r1 = out["qwen2.5-7b"], out["qwen2.5-1.5b"], out["r1-distill-qwen-1.5b"]
+    assert seven["cropi_steps_hours"] == pytest.approx(300 * 105 / 3600, abs=1e-3)
+    assert seven["full_hours"] == pytest.approx(600 * 105 / 3600, abs=1e-3)
+    assert small["cropi_steps_hours"] == pytest.approx(650 * 45 / 3600, abs=1e-3)
+    assert small["full_hours"] == pytest.approx(1750 * 45 / 3600, abs=1e-3)
+    assert r1["wallclock_speedup"] is None and r1["params"] == 1_777_088_000  # 1.5B's shape, an untied head
+    assert "r1-distill-qwen-1.5b: no speed-up" in proc.stdout
+    cfg = Qwen2Config(**dict(SMALL, tie_word_embeddings=False))
+    cfg.save_pretrained(tmp_path)
+    refused = subprocess.run([sys.executable, str(ROOT / "scripts" / "plan.py"), "--model", str(tmp_path)],
+                             capture_output=True, text=True, timeout=120)
+    assert refused.returncode == 2 and refused.stdout == ""
+    assert refused.stderr.count("\n") == 1 and "give both --cropi-steps and --full-steps" in refused.stderr
+    given = subprocess.run([sys.executable, str(ROOT / "scripts" / "plan.py"), "--model", str(tmp_path),
+                            "--cropi-steps", "10", "--full-steps", "30"], capture_output=True, text=True, timeout=120)
+    assert given.returncode == 0, given.stderr
+    row = json.loads(given.stdout.strip().splitlines()[-1])[tmp_path.name]
+    assert row["params"] == 1352 and "nearest in size" in given.stdout

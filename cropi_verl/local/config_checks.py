@@ -45,7 +45,7 @@ from cropi_verl.utils.config_rules import (
 T = TypeVar("T")
 
 DEMO_RULES = {
-    "seed": NonNegativeInt, "repeats": Count, "threads": Count,
+    "seed": NonNegativeInt, "repeats": Count, "threads": Count, "estimate": Flag,
     "task.seed": NonNegativeInt, "task.n_train": Count, "task.n_val": Count, "task.n_sft": Count,
     "task.val_tier": one_of(TIERS),
     **{f"policy.{k}": Count for k in ("hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads",

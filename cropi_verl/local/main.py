@@ -3,6 +3,7 @@
 1. Write the embedded task's parquet files; build (or load from cache) the warmed-up tiny policy (= beta), or take
    the real model ``policy.path`` names (a preset such as ``smollm2-135m``, fetched by ``scripts/fetch_model.py``, or
    a local HF folder; ``preset=smollm2`` sets it with a few-shot prompt, its token budgets and memory bounds).
+   With ``estimate``, print an upper bound of the wall time left (``local/wall_estimate.py``).
 2. Collect offline rollouts of the pool and of each validation set from it (resumable); each split's collection
    seconds are recorded once in ``<out>/rollouts/collect_seconds.json``.
 3. Start the influence worker group (Ray, verl single_controller, CPU).
@@ -50,10 +51,12 @@ from cropi_verl.local.grpo import GRPOConfig
 from cropi_verl.local.run_config import (refuse_other_settings, run_config, run_dir_problem, with_inputs,
                                          write_run_config)
 from cropi_verl.local.trainer import EvalConfig, LocalCurriculumTrainer, LocalRun
+from cropi_verl.local.wall_estimate import Rates, estimate_lines, longest_per_call, measure_rates
 from cropi_verl.models.presets import PRESETS, model_source
 from cropi_verl.models.special_tokens import token_rule_of
 from cropi_verl.models.tiny_policy import TinyPolicyConfig, build_tiny_policy, tiny_policy_dir
 from cropi_verl.rollout.collect import CollectConfig, collect_rollouts, hf_backend, manifest_mismatch
+from cropi_verl.rollout.hf_backend import chat_prompt_ids
 from cropi_verl.rollout.records import RolloutLimits, read_rollouts
 from cropi_verl.utils.atomic import atomic_write_json
 from cropi_verl.utils.cache import cache_root
@@ -151,6 +154,25 @@ def offline_rollouts(cfg: DictConfig, policy_dir: Path) -> tuple[pd.DataFrame, d
                              lambda: collect_rollouts(cc, split_dir, hf_backend(model, tok, cc), tok))
         out[split] = read_rollouts(path, stop_ids, RolloutLimits.of_model(str(policy_dir)))
     return out.pop("train"), out
+
+
+def print_estimate(cfg: DictConfig, pool: pd.DataFrame, policy_dir: Path, rates: Rates | None = None,
+                   train_roll: pd.DataFrame | None = None) -> Rates:
+    """Print the wall-time estimate of what this command has left to do (``local/wall_estimate.py``) with
+    ``rates``, measured first when None; with beta's pool rollouts ``train_roll``, from their response lengths."""
+    tok = AutoTokenizer.from_pretrained(policy_dir)
+    prompts = [chat_prompt_ids(tok, list(p)) for p in pool["prompt"]]
+    if rates is None:
+        step("the wall-time estimate (three rates measured first)")
+        model = AutoModelForCausalLM.from_pretrained(policy_dir, dtype=torch.float32)
+        rates = measure_rates(model, tok, prompts, cfg.grpo.batch_size * cfg.grpo.n, cfg.grpo.micro_batch_tokens)
+    collected = {s for s in ("train",) + TARGETED_SETS
+                 if (Path(cfg.output_dir) / "rollouts" / s / "rollouts.parquet").is_file()}
+    runs = {method_dir(cfg, m, s): m for m in cfg.methods for s in demo_seeds(cfg)}
+    longest = None if train_roll is None else longest_per_call(
+        [[len(r) for r in rs] for rs in train_roll["response_ids"]], cfg.offline.batch_size)
+    print("\n".join(estimate_lines(cfg, prompts, rates, runs, collected, longest)), flush=True)
+    return rates
 
 
 def timed_collect(record: Path, split: str, collect: Callable[[], Path]) -> Path:
@@ -407,7 +429,10 @@ def run_demo(cfg: DictConfig) -> None:
     warnings.filterwarnings("ignore", message=".*'set_vital' is deprecated")  # torchdata's, once per dataloader
     t0 = time.time()
     frames, policy_dir = prepare(cfg)
+    rates = print_estimate(cfg, frames["train"], policy_dir) if cfg.estimate else None
     train_roll, val_roll = offline_rollouts(cfg, policy_dir)
+    if rates:
+        print_estimate(cfg, frames["train"], policy_dir, rates, train_roll)
     pool, pool_table = pool_summary(train_roll, frames["train"])
     inf = cfg.influence
     step("starting the influence workers")

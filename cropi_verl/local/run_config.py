@@ -2,7 +2,7 @@
 
 ``<out>/<method>[.seed<s>]/run_config.json`` holds the flat ``{dotted key: value}`` of the resolved demo config
 that decides the run's results: every key but the execution-only ones (``EXECUTION_ONLY``: where outputs go,
-which methods run, thread and worker counts, logging and checkpoint intervals, the C kernel switch, which gives the
+which methods run, thread and worker counts, the wall-time estimate, logging and checkpoint intervals, the C kernel switch, which gives the
 same bits), and but ``influence.*`` for strategies that never score and ``curriculum.candidates.*`` unless
 ``curriculum.rescore`` is ``candidates``; plus the strategy and the run's seed. A
 directory that holds results (``result.json`` or ``ckpt/``) is refused when its settings differ, or when it has no
@@ -24,7 +24,7 @@ from omegaconf import DictConfig, OmegaConf
 from cropi_verl.curriculum.schedule import INFLUENCE_STRATEGIES
 from cropi_verl.utils.atomic import atomic_write_json
 
-EXECUTION_ONLY = ("run_name", "output_dir", "methods", "repeats", "seed", "threads", "policy.cache_dir",
+EXECUTION_ONLY = ("run_name", "output_dir", "methods", "repeats", "seed", "threads", "estimate", "policy.cache_dir",
                   "influence.workers", "influence.threads_per_worker", "influence.native", "train.loggers",
                   "train.log_every", "train.ckpt_every", "eval.speedup_gain_fraction")
 FILE = "run_config.json"
