@@ -30,6 +30,13 @@ positions over real tokens (real: every response after its own prompt), s/prompt
 padded s/prompt over each packed one, and the packed features' largest relative difference from the padded ones.
 
     python scripts/bench_gradients.py --lengths realistic [--model medium] [--cap 512] [--prompts 16]
+
+With ``--model`` a preset (smollm2-135m) or a local HF folder, the realistic mode runs that model's weights in fp32
+(its shape read from its config), and with ``--rollouts`` (a rollouts parquet, e.g. the demo's
+``<output_dir>/rollouts/train/rollouts.parquet``) on the first ``--prompts`` scorable prompts' real prompts and
+responses instead of drawn ones (tokens/s then counts their real tokens).
+
+    python scripts/bench_gradients.py --lengths realistic --model smollm2-135m --rollouts RUN/rollouts/train/rollouts.parquet
 """
 
 from __future__ import annotations
@@ -225,20 +232,59 @@ def realistic_prompts(n: int, k: int, cap: int, median_frac: float, at_cap: floa
     return out
 
 
+def real_model(args) -> tuple[torch.nn.Module, int]:
+    """(model, pad id) of ``--model`` as a preset or local folder, fp32 on ``--device``."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from cropi_verl.models.presets import model_source
+    from cropi_verl.models.special_tokens import model_token_rule
+
+    folder = model_source(args.model)
+    model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32).to(args.device).eval()
+    return model, model_token_rule(model, AutoTokenizer.from_pretrained(folder)).pad_id
+
+
+def rollout_prompts(path: str, n: int, stop_model: str) -> list:
+    """The first ``n`` prompts of a rollouts parquet that have a gradient (not zero-advantage), as POPI inputs."""
+    from transformers import AutoTokenizer
+
+    from cropi_verl.influence.gradients import is_zero_advantage
+    from cropi_verl.models.presets import model_source
+    from cropi_verl.models.special_tokens import token_rule_of
+    from cropi_verl.rollout.records import RolloutLimits, read_rollouts, to_prompt_rollouts
+
+    folder = model_source(stop_model)
+    rule = token_rule_of(folder, AutoTokenizer.from_pretrained(folder))
+    prompts = [p for p in to_prompt_rollouts(read_rollouts(path, rule.stop_ids, RolloutLimits.of_model(folder)))
+               if not is_zero_advantage(p.rewards)]
+    if len(prompts) < n:
+        raise ValueError(f"--rollouts {path}: {len(prompts)} prompts with a gradient, fewer than --prompts {n}")
+    return prompts[:n]
+
+
 def run_realistic(args) -> dict:
-    """Padded against packed rows on ``realistic_prompts`` (module docstring)."""
+    """Padded against packed rows on ``realistic_prompts`` or ``--rollouts`` (module docstring)."""
     from transformers import Qwen2Config, Qwen2ForCausalLM
 
     from cropi_verl.influence.gradients import micro_batches, parameter_offsets, popi_features, processed_tokens
     from cropi_verl.influence.projection import make_projector
 
     torch.manual_seed(0)
-    cfg = Qwen2Config(**MODELS[args.model], max_position_embeddings=max(4096, 2 * args.cap), tie_word_embeddings=True)
-    with torch.device(args.device):
-        model = Qwen2ForCausalLM(cfg).to(torch.bfloat16 if args.device == "cuda" else torch.float32)
+    if args.model in MODELS:
+        cfg = Qwen2Config(**MODELS[args.model], max_position_embeddings=max(4096, 2 * args.cap),
+                          tie_word_embeddings=True)
+        with torch.device(args.device):
+            model = Qwen2ForCausalLM(cfg).to(torch.bfloat16 if args.device == "cuda" else torch.float32)
+        pad = 0
+    else:
+        model, pad = real_model(args)
     _, dim = parameter_offsets(model)
     proj = make_projector("sparse_jl", dim, args.k)
-    prompts = realistic_prompts(args.prompts, args.k_resp, args.cap, args.median_frac, args.at_cap, cfg.vocab_size)
+    if args.rollouts:
+        prompts = rollout_prompts(args.rollouts, args.prompts, args.model)
+    else:
+        prompts = realistic_prompts(args.prompts, args.k_resp, args.cap, args.median_frac, args.at_cap,
+                                    model.config.vocab_size)
     real = sum(len(p.prompt_ids) + len(r) for p in prompts for r in p.responses)
     positions, seconds, feats = {}, {}, {}
     lengths = [[len(r) for r in p.responses] for p in prompts]
@@ -249,11 +295,11 @@ def run_realistic(args) -> dict:
     popi = {name: PopiConfig(micro_batch_tokens=args.micro_batch_tokens, share_prompt=False, pack=pack,
                              stream_buffer=args.stream_buffer) for name, pack in LAYOUTS.items()}
     for name in LAYOUTS:  # warm-up (allocator, kernels)
-        popi_features(model, prompts[:1], proj, 0, popi[name])
+        popi_features(model, prompts[:1], proj, pad, popi[name])
     for _ in range(args.repeats):
         for name in LAYOUTS:
             t = time.perf_counter()
-            res = popi_features(model, prompts, proj, 0, popi[name])
+            res = popi_features(model, prompts, proj, pad, popi[name])
             if args.device == "cuda":
                 torch.cuda.synchronize()
             seconds[name] = min(seconds.get(name, float("inf")), time.perf_counter() - t)
@@ -266,6 +312,8 @@ def run_realistic(args) -> dict:
             "real_tokens": real, **{f"{n}_positions": positions[n] for n in LAYOUTS},
             **{f"token_ratio_{n}": round(positions[n] / real, 3) for n in LAYOUTS},
             **{f"s_per_prompt_{n}": round(seconds[n] / args.prompts, 4) for n in LAYOUTS},
+            **{f"real_tokens_per_s_{n}": round(real / seconds[n], 1) for n in LAYOUTS},
+            "rollouts": args.rollouts,
             "packed_speedup": round(seconds["padded"] / seconds["packed"], 2),
             "prompt_once_speedup": round(seconds["padded"] / seconds["prompt_once"], 2),
             "max_rel_err": max(rel("packed"), rel("prompt_once")), "max_rel_err_prompt_once": rel("prompt_once")}
@@ -274,10 +322,10 @@ def run_realistic(args) -> dict:
 def print_realistic(out: dict) -> None:
     print(f"model={out['model']} ({out['params']:,} params) device={out['device']} {out['prompts']} prompts, response "
           f"cap {out['cap']}: {out['real_tokens']:,} real tokens")
-    print(f"{'rows':<12}{'positions':>11}{'over real':>11}{'s/prompt':>10}")
+    print(f"{'rows':<12}{'positions':>11}{'over real':>11}{'s/prompt':>10}{'real tokens/s':>15}")
     for name in LAYOUTS:
         print(f"{name:<12}{out[f'{name}_positions']:>11,}{out[f'token_ratio_{name}']:>11.3f}"
-              f"{out[f's_per_prompt_{name}']:>10.4f}")
+              f"{out[f's_per_prompt_{name}']:>10.4f}{out[f'real_tokens_per_s_{name}']:>15.1f}")
     print(f"speed-up over padded rows: packed {out['packed_speedup']:.2f}x, prompt once "
           f"{out['prompt_once_speedup']:.2f}x; largest relative feature difference {out['max_rel_err']:.1e}")
     print(json.dumps(out))
@@ -289,7 +337,10 @@ def main(argv: list[str] | None = None) -> int:
         "examples:\n  python scripts/bench_gradients.py --prompts 16\n"
         "  OMP_NUM_THREADS=1 python scripts/bench_gradients.py --modes streamed_compiled --prompts 64 --distinct 4\n"
         "  python scripts/bench_gradients.py --model qwen2.5-1.5b --device cuda"))
-    ap.add_argument("--model", choices=sorted(MODELS), default="tiny")
+    ap.add_argument("--model", default="tiny", help=f"{', '.join(sorted(MODELS))} (random init), or with --lengths "
+                    "realistic a preset (smollm2-135m) or a local HF model folder (its weights)")
+    ap.add_argument("--rollouts", default=None, help="realistic: a rollouts parquet whose real prompts and "
+                    "responses are timed (module docstring)")
     ap.add_argument("--prompts", type=int, default=32)
     ap.add_argument("--k-resp", type=int, default=8, help="responses per prompt")
     ap.add_argument("--tokens", type=int, default=32, help="tokens per response")
@@ -316,6 +367,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--at-cap", type=float, default=0.1, help="realistic: share of responses at the cap")
     ap.add_argument("--repeats", type=int, default=2, help="realistic: timed runs per layout (the fastest counts)")
     args = ap.parse_args(argv)
+    if args.model not in MODELS and args.lengths != "realistic":
+        raise ValueError(f"--model {args.model}: a model folder or preset needs --lengths realistic; the other modes "
+                         f"take one of {', '.join(sorted(MODELS))}")
     if args.lengths == "realistic":
         print_realistic(run_realistic(args))
         return 0

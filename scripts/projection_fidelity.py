@@ -11,6 +11,15 @@ averaged over the validation sets. Prints a table; the last line is one JSON obj
 maps each method to its value at the default k.
 
     python scripts/projection_fidelity.py [--quick] [--policy DIR]
+
+On a real model (``--model``, a preset such as smollm2-135m or a local HF folder) the exact cosines are computed
+streaming (``cropi_verl/influence/exact_reference.py``: each pool gradient dotted with the dense validation
+directions as backward produces it; no [N, d] or d x k matrix), and sparse_jl is measured at each k of ``--ks``
+(default 2^11 .. 2^17) in the same pass. Its rollouts: ``--rollouts DIR`` (beta's, as the demo writes them under
+``<output_dir>/rollouts``: train/, val_add/, val_sub/), else ``--pool`` prompts of the embedded task collected into
+``--work`` (resumable) in ``--prompt``'s format with ``--n`` responses each.
+
+    python scripts/projection_fidelity.py --model smollm2-135m --pool 800 --n 4
 """
 
 from __future__ import annotations
@@ -26,22 +35,87 @@ import numpy as np
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from cropi_verl.data.toy_task import TARGETED_SETS, ToyTaskConfig, build_toy_task
+from cropi_verl.data.toy_task import PROMPT_FORMATS, TARGETED_SETS, ToyTaskConfig, build_toy_task, in_prompt_format
 from cropi_verl.data.verl_format import write_verl_parquet
+from cropi_verl.influence.exact_reference import precision_at, reference_scores, validation_direction
 from cropi_verl.influence.gradients import PopiConfig, parameter_offsets, popi_features
 from cropi_verl.influence.projection import make_projector
-from cropi_verl.models.special_tokens import model_token_rule
 from cropi_verl.influence.scoring import influence_scores
+from cropi_verl.models.presets import model_source
+from cropi_verl.models.special_tokens import model_token_rule
 from cropi_verl.models.tiny_policy import TinyPolicyConfig, build_tiny_policy
 from cropi_verl.rollout.collect import CollectConfig, collect_rollouts, hf_backend
-from cropi_verl.rollout.records import read_rollouts, to_prompt_rollouts
+from cropi_verl.rollout.records import RolloutLimits, read_rollouts, to_prompt_rollouts
+from cropi_verl.utils.cache import cache_root
 from cropi_verl.utils.cli import HelpFormatter, one_line_errors
+from cropi_verl.utils.config_rules import Count, arg_type
+
+REAL_KS = [1 << e for e in range(11, 18)]  # 2^11 .. 2^17
 
 
-def precision_at(exact: np.ndarray, approx: np.ndarray, frac: float = 0.1) -> float:
-    n = max(1, int(round(frac * len(exact))))
-    top = lambda s: set(np.argsort(-s, kind="stable")[:n].tolist())  # noqa: E731
-    return len(top(exact) & top(approx)) / n
+SPLITS = ("train",) + TARGETED_SETS
+
+
+def given_rollouts(rollouts: Path) -> dict[str, Path]:
+    """Each split's rollouts parquet under ``--rollouts`` (checked before any work)."""
+    paths = {s: rollouts / s / "rollouts.parquet" for s in SPLITS}
+    missing = [str(p) for p in paths.values() if not p.is_file()]
+    if missing:
+        raise ValueError(f"--rollouts {rollouts}: expected train/, val_add/ and val_sub/ rollouts (the demo's "
+                         f"<output_dir>/rollouts); missing {', '.join(missing)}")
+    return paths
+
+
+def collected_rollouts(args: argparse.Namespace, model, tok, folder: str) -> dict[str, Path]:
+    """Each split's rollouts parquet, collected into ``--work`` (resumable)."""
+    work = args.work or cache_root() / "fidelity" / Path(folder).name
+    frames = build_toy_task(ToyTaskConfig(n_train=args.pool, n_val=args.val_prompts, val_tier=args.val_tier))
+    out = {}
+    for split in SPLITS:
+        frame = in_prompt_format(frames[split], args.prompt)
+        src = write_verl_parquet(frame, work / "data" / f"{split}.parquet")
+        cfg = CollectConfig(model=folder, input=str(src), n=args.n if split == "train" else args.val_n,
+                            temperature=0.7, max_new_tokens=args.max_new_tokens, seed=args.seed, batch_size=8,
+                            shard_size=40)
+        out[split] = collect_rollouts(cfg, work / "rollouts" / split, hf_backend(model, tok, cfg), tok)
+    return out
+
+
+def real_model_fidelity(args: argparse.Namespace) -> int:
+    """The streaming mode (module docstring): one table row per k, one JSON line."""
+    t0 = time.time()
+    folder = model_source(args.model)
+    if not Path(folder).is_dir():
+        raise ValueError(f"--model {args.model}: expected a preset name or a local HF model folder")
+    paths = given_rollouts(args.rollouts) if args.rollouts else None
+    model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32).eval()
+    tok = AutoTokenizer.from_pretrained(folder)
+    rule = model_token_rule(model, tok)
+    paths = paths or collected_rollouts(args, model, tok, folder)
+    limits = RolloutLimits.of_model(folder)
+    prompts = {s: to_prompt_rollouts(read_rollouts(p, rule.stop_ids, limits)) for s, p in paths.items()}
+    _, dim = parameter_offsets(model)
+    cfg = PopiConfig(micro_batch_tokens=1 << 14, share_prompt=True)
+    directions, used = {}, {}
+    for s in TARGETED_SETS:
+        directions[s], used[s] = validation_direction(model, prompts[s], rule.pad_id, cfg, args.max_val_prompts)
+    print(f"validation directions: {used} usable prompts, d={dim:,} ({time.time() - t0:.0f}s)", flush=True)
+    ks = args.ks or REAL_KS
+    projectors = {str(k): make_projector("sparse_jl", dim, k, args.seed) for k in ks}
+    ref = reference_scores(model, prompts["train"], directions, projectors, rule.pad_id, cfg, progress=True)
+    n = len(ref.prompt_ids)
+    rows = [{"k": k, **{s: precision_at(ref.exact[s], ref.projected[str(k)][s]) for s in TARGETED_SETS}}
+            for k in ks]
+    print(f"\nsparse_jl against exact cosines: {n} scored pool prompts of {len(prompts['train'])}, top "
+          f"{max(1, round(0.1 * n))} per set")
+    print(f"{'k':>8}" + "".join(f"{s:>10}" for s in TARGETED_SETS) + f"{'mean':>8}")
+    for r in rows:
+        r["mean"] = float(np.mean([r[s] for s in TARGETED_SETS]))
+        print(f"{r['k']:>8}" + "".join(f"{r[s]:>10.3f}" for s in TARGETED_SETS) + f"{r['mean']:>8.3f}")
+    print(json.dumps({"model": str(args.model), "dim": dim, "n_pool": len(prompts["train"]), "n_scored": n,
+                      "val_prompts": used, "precision_at_10": {str(r["k"]): round(r["mean"], 4) for r in rows},
+                      "seconds": round(time.time() - t0, 1)}))
+    return 0
 
 
 def exact_features(model, tok, frame, n: int, seed: int, workdir: Path) -> torch.Tensor:
@@ -67,8 +141,25 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--methods", nargs="*", default=["sparse_jl", "subset_gaussian", "subset_rademacher", "gaussian"])
     ap.add_argument("--ks", nargs="*", type=int, default=None, help="k sweep (default 512 2048 <default-k> 32768)")
     ap.add_argument("--ratios", nargs="*", type=float, default=None, help="subset ratio sweep (default .05 .15 .5 1)")
+    real = ap.add_argument_group("a real model (--model): the streaming exact reference, sparse_jl only")
+    real.add_argument("--model", default=None, help="a preset (smollm2-135m) or a local HF model folder")
+    real.add_argument("--rollouts", type=Path, default=None, help="beta's rollouts: the demo's <output_dir>/rollouts")
+    real.add_argument("--work", type=Path, default=None,
+                      help="where collected rollouts go (default $CROPI_CACHE_DIR/fidelity/<model>)")
+    real.add_argument("--prompt", choices=PROMPT_FORMATS, default="fewshot", help="the task's prompt format")
+    real.add_argument("--n", type=arg_type(Count), default=4, help="responses per pool prompt")
+    real.add_argument("--val-n", type=arg_type(Count), default=8, help="responses per validation prompt")
+    real.add_argument("--val-prompts", type=arg_type(Count), default=16, help="prompts per validation set")
+    real.add_argument("--val-tier", type=int, choices=[1, 2, 3], default=1, help="the validation sets' tier")
+    real.add_argument("--max-new-tokens", type=arg_type(Count), default=128)
+    real.add_argument("--max-val-prompts", type=arg_type(Count), default=100,
+                      help="usable prompts per validation direction (influence.max_val_prompts)")
     args = ap.parse_args(argv)
     torch.set_num_threads(2)
+    if args.model:
+        if args.pool is None and not args.rollouts:
+            args.pool = 800
+        return real_model_fidelity(args)
     t0 = time.time()
     pool_n = args.pool or (200 if args.quick else 600)
     val_n = 8 if args.quick else 16

@@ -90,3 +90,22 @@ def test_compare_runs_reports_overlaps_costs_and_curves_by_hand(tmp_path):
     assert bad.returncode == 2 and "argument --tolerance: expected a number >= 0, got '-1'" in bad.stderr
     bad = run_script("drift_check.py", str(a), "--stages", "1,x", check=False)
     assert bad.returncode == 2 and "argument --stages: expected all, latest or stage numbers" in bad.stderr
+
+
+def test_bench_gradients_times_a_model_folder_on_real_rollouts(tmp_path):
+    """``bench_gradients.py --lengths realistic --model DIR --rollouts FILE``: the folder's weights on the file's first
+    scorable prompts; the real-token count is the file's, and the three layouts give the same features."""
+    from policy_helpers import saved_chat_end_policy
+
+    folder = saved_chat_end_policy(tmp_path / "model")
+    prompts = make_prompts(8, seed=3, zero_every=4)  # prompts 0 and 4 zero-advantage
+    rollout_table(prompts).to_parquet(tmp_path / "train.parquet")
+    out = run_script("bench_gradients.py", "--lengths", "realistic", "--model", str(folder), "--rollouts",
+                     str(tmp_path / "train.parquet"), "--prompts", "3", "--repeats", "1", "--k", "64")
+    res = json.loads(out.stdout.strip().splitlines()[-1])
+    timed = [p for i, p in enumerate(prompts) if i % 4][:3]
+    assert res["real_tokens"] == sum(len(p.prompt_ids) + len(r) for p in timed for r in p.responses)
+    assert res["max_rel_err"] < 1e-4 and res["real_tokens_per_s_packed"] > 0
+    bad = run_script("bench_gradients.py", "--lengths", "realistic", "--model", str(folder), "--rollouts",
+                     str(tmp_path / "train.parquet"), "--prompts", "7", check=False)
+    assert bad.returncode == 2 and "6 prompts with a gradient, fewer than --prompts 7" in bad.stderr
