@@ -43,6 +43,7 @@ from omegaconf import OmegaConf
 
 from cropi_verl.curriculum.settings import candidates_from
 from cropi_verl.data.verl_format import read_verl_parquet, row_ids
+from cropi_verl.influence.gradients import grad_layers_problem
 from cropi_verl.plan import WorkerSettings, format_plan, meta_counts
 from cropi_verl.models.presets import ModelFolderError, preset_folder
 from cropi_verl.rollout.collect import other_model_problem
@@ -222,6 +223,12 @@ def model_problems(cfg, cropi: dict) -> list[str]:
     if (Path(model).is_absolute() or model.startswith((".", "~"))) and not (Path(model).expanduser() /
                                                                              "config.json").is_file():
         out.append(f"actor_rollout_ref.model.path={model}: no model directory there (no config.json)")
+    grad_layers = (cropi.get("popi") or {}).get("grad_layers")
+    config = Path(model).expanduser() / "config.json"
+    if isinstance(grad_layers, int) and config.is_file():  # a hub id's: checked by the workers as they load it
+        problem = grad_layers_problem(grad_layers, json.loads(config.read_text())["num_hidden_layers"])
+        if problem:
+            out.append(f"cropi.popi.{problem}")
     files = {"cropi.train_rollouts": cropi.get("train_rollouts"),
              **{f"cropi.val_rollouts.{n}": p for n, p in (cropi.get("val_rollouts") or {}).items()}}
     for label, path in files.items():

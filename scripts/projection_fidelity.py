@@ -19,7 +19,10 @@ directions as backward produces it; no [N, d] or d x k matrix), and sparse_jl is
 ``<output_dir>/rollouts``: train/, val_add/, val_sub/), else ``--pool`` prompts of the embedded task collected into
 ``--work`` (resumable) in ``--prompt``'s format with ``--n`` responses each.
 
-    python scripts/projection_fidelity.py --model smollm2-135m --pool 800 --n 4
+With ``--grad-layers``, each L' given also runs the pass on the last L' blocks' gradient (``popi.grad_layers``) and
+reports the overlap of its top 10% (exact, and sparse_jl at ``--default-k``) with the full gradient's exact top 10%.
+
+    python scripts/projection_fidelity.py --model smollm2-135m --pool 800 --n 4 [--grad-layers 2 8 15]
 """
 
 from __future__ import annotations
@@ -38,7 +41,8 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 from cropi_verl.data.toy_task import PROMPT_FORMATS, TARGETED_SETS, ToyTaskConfig, build_toy_task, in_prompt_format
 from cropi_verl.data.verl_format import write_verl_parquet
 from cropi_verl.influence.exact_reference import precision_at, reference_scores, validation_direction
-from cropi_verl.influence.gradients import PopiConfig, parameter_offsets, popi_features
+from cropi_verl.influence.gradients import (PopiConfig, grad_layers_problem, last_layers_only, parameter_offsets,
+                                            popi_features)
 from cropi_verl.influence.projection import make_projector
 from cropi_verl.influence.scoring import influence_scores
 from cropi_verl.models.presets import model_source
@@ -81,40 +85,71 @@ def collected_rollouts(args: argparse.Namespace, model, tok, folder: str) -> dic
     return out
 
 
+def streamed_scores(model, prompts: dict, ks: list[int], args: argparse.Namespace, pad_id: int):
+    """(exact and sparse_jl cosines of the pool at ``model``'s trainable parameters, usable validation prompts per
+    set, d, seconds of the pass)."""
+    t0 = time.time()
+    _, dim = parameter_offsets(model)
+    cfg = PopiConfig(micro_batch_tokens=1 << 14, share_prompt=True)
+    directions, used = {}, {}
+    for s in TARGETED_SETS:
+        directions[s], used[s] = validation_direction(model, prompts[s], pad_id, cfg, args.max_val_prompts)
+    projectors = {str(k): make_projector("sparse_jl", dim, k, args.seed) for k in ks}
+    ref = reference_scores(model, prompts["train"], directions, projectors, pad_id, cfg, progress=True)
+    return ref, used, dim, time.time() - t0
+
+
+def mean_precision(exact: dict, approx: dict) -> float:
+    return float(np.mean([precision_at(exact[s], approx[s]) for s in TARGETED_SETS]))
+
+
 def real_model_fidelity(args: argparse.Namespace) -> int:
-    """The streaming mode (module docstring): one table row per k, one JSON line."""
+    """The streaming mode (module docstring): one table row per k (and per --grad-layers), one JSON line."""
     t0 = time.time()
     folder = model_source(args.model)
     if not Path(folder).is_dir():
         raise ValueError(f"--model {args.model}: expected a preset name or a local HF model folder")
     paths = given_rollouts(args.rollouts) if args.rollouts else None
-    model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32).eval()
-    tok = AutoTokenizer.from_pretrained(folder)
+    load = lambda: AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32).eval()  # noqa: E731
+    model, tok = load(), AutoTokenizer.from_pretrained(folder)
+    layers = model.config.num_hidden_layers
+    bad = [n for n in args.grad_layers if grad_layers_problem(n, layers)]
+    if bad:
+        raise ValueError(f"--grad-layers {bad}: {grad_layers_problem(bad[0], layers)}")
     rule = model_token_rule(model, tok)
     paths = paths or collected_rollouts(args, model, tok, folder)
     limits = RolloutLimits.of_model(folder)
     prompts = {s: to_prompt_rollouts(read_rollouts(p, rule.stop_ids, limits)) for s, p in paths.items()}
-    _, dim = parameter_offsets(model)
-    cfg = PopiConfig(micro_batch_tokens=1 << 14, share_prompt=True)
-    directions, used = {}, {}
-    for s in TARGETED_SETS:
-        directions[s], used[s] = validation_direction(model, prompts[s], rule.pad_id, cfg, args.max_val_prompts)
-    print(f"validation directions: {used} usable prompts, d={dim:,} ({time.time() - t0:.0f}s)", flush=True)
     ks = args.ks or REAL_KS
-    projectors = {str(k): make_projector("sparse_jl", dim, k, args.seed) for k in ks}
-    ref = reference_scores(model, prompts["train"], directions, projectors, rule.pad_id, cfg, progress=True)
+    ref, used, dim, seconds = streamed_scores(model, prompts, ks, args, rule.pad_id)
     n = len(ref.prompt_ids)
     rows = [{"k": k, **{s: precision_at(ref.exact[s], ref.projected[str(k)][s]) for s in TARGETED_SETS}}
             for k in ks]
     print(f"\nsparse_jl against exact cosines: {n} scored pool prompts of {len(prompts['train'])}, top "
-          f"{max(1, round(0.1 * n))} per set")
+          f"{max(1, round(0.1 * n))} per set, validation prompts {used}, d={dim:,} ({seconds:.0f}s)")
     print(f"{'k':>8}" + "".join(f"{s:>10}" for s in TARGETED_SETS) + f"{'mean':>8}")
     for r in rows:
         r["mean"] = float(np.mean([r[s] for s in TARGETED_SETS]))
         print(f"{r['k']:>8}" + "".join(f"{r[s]:>10.3f}" for s in TARGETED_SETS) + f"{r['mean']:>8.3f}")
+    layer_rows = []
+    for n_layers in args.grad_layers:
+        restricted = load()
+        last_layers_only(restricted, n_layers)
+        sub, _, d_sub, sec = streamed_scores(restricted, prompts, [args.default_k], args, rule.pad_id)
+        layer_rows.append({"grad_layers": n_layers, "of": layers, "dim": d_sub, "seconds_ratio": round(sec / seconds, 3),
+                           "flop_factor": round((2 + 4 * d_sub / dim) / 6, 3),
+                           "exact_overlap": mean_precision(ref.exact, sub.exact),
+                           "sketch_overlap": mean_precision(ref.exact, sub.projected[str(args.default_k)])})
+    if layer_rows:
+        print(f"\nthe last L' of {layers} blocks only, against the full gradient's exact top 10%: the restricted "
+              f"exact cosines' top 10% and sparse_jl's at k={args.default_k}")
+        print(f"{'L_prime':>8}{'d':>13}{'FLOP factor':>13}{'s ratio':>9}{'exact':>8}{'sketch':>8}")
+        for r in layer_rows:
+            print(f"{r['grad_layers']:>8}{r['dim']:>13,}{r['flop_factor']:>13.3f}{r['seconds_ratio']:>9.3f}"
+                  f"{r['exact_overlap']:>8.3f}{r['sketch_overlap']:>8.3f}")
     print(json.dumps({"model": str(args.model), "dim": dim, "n_pool": len(prompts["train"]), "n_scored": n,
                       "val_prompts": used, "precision_at_10": {str(r["k"]): round(r["mean"], 4) for r in rows},
-                      "seconds": round(time.time() - t0, 1)}))
+                      "grad_layers": layer_rows, "seconds": round(time.time() - t0, 1)}))
     return 0
 
 
@@ -152,6 +187,9 @@ def main(argv: list[str] | None = None) -> int:
     real.add_argument("--val-prompts", type=arg_type(Count), default=16, help="prompts per validation set")
     real.add_argument("--val-tier", type=int, choices=[1, 2, 3], default=1, help="the validation sets' tier")
     real.add_argument("--max-new-tokens", type=arg_type(Count), default=128)
+    real.add_argument("--grad-layers", type=int, nargs="*", default=[],
+                      help="also each L': the last L' blocks' gradient (popi.grad_layers) against the full one's "
+                           "exact selection, at --default-k")
     real.add_argument("--max-val-prompts", type=arg_type(Count), default=100,
                       help="usable prompts per validation direction (influence.max_val_prompts)")
     args = ap.parse_args(argv)

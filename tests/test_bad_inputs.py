@@ -271,6 +271,11 @@ ONE_LINE = [
      "directory"),
     ("demo: a policy.path that is no model folder", lambda f: [*_demo(f["demo"]), f"policy.path={f['no_tokenizer']}"],
      "error: model {no_tokenizer}: no tokenizer (expected tokenizer.json or tokenizer_config.json)"),
+    ("demo: influence.grad_layers beyond the policy's blocks",
+     lambda f: [*_demo(f["demo"]), "influence.grad_layers=9"],
+     "error: bad demo config: influence.grad_layers=9: expected null or 1 .. 2 (the model's decoder blocks)"),
+    ("demo: influence.grad_layers=0", lambda f: [*_demo(f["demo"]), "influence.grad_layers=0"],
+     "error: bad demo config: influence.grad_layers=0: expected null or an integer >= 1"),
     # what hydra refuses before the entry point runs: no "+" advice for a key of ours, its known keys instead
     ("demo: mistyped key without +", lambda f: [*_demo(f["demo"]), "grpo.lrr=1e-4"],
      "error: bad override grpo.lrr: grpo has unknown keys ['lrr']: expected ['batch_size', 'n', "),

@@ -69,12 +69,17 @@ def test_projection_fidelity_real_model_mode_end_to_end(tmp_path):
         (tmp_path / "roll" / split).mkdir(parents=True)
         rollout_table(make_prompts(n, seed=seed, zero_every=4)).to_parquet(tmp_path / "roll" / split / "rollouts.parquet")
     cmd = [sys.executable, str(ROOT / "scripts" / "projection_fidelity.py"), "--model", str(folder)]
-    proc = subprocess.run(cmd + ["--rollouts", str(tmp_path / "roll"), "--ks", "64", "256"], capture_output=True,
-                          text=True, timeout=300)
+    proc = subprocess.run(cmd + ["--rollouts", str(tmp_path / "roll"), "--ks", "64", "256", "--default-k", "256",
+                                 "--grad-layers", "1"], capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-2000:]
     out = json.loads(proc.stdout.strip().splitlines()[-1])
     assert out["n_pool"] == 20 and out["n_scored"] == 15 and set(out["precision_at_10"]) == {"64", "256"}
     assert out["val_prompts"] == {"val_add": 4, "val_sub": 4}
     assert all(0 <= p <= 1 for p in out["precision_at_10"].values())
+    (last,) = out["grad_layers"]  # the fixture's one block: L' = L keeps all but the input embedding's own path
+    assert last["grad_layers"] == last["of"] == 1 and last["dim"] < out["dim"] and 0 <= last["exact_overlap"] <= 1
     bad = subprocess.run(cmd + ["--rollouts", str(tmp_path / "model")], capture_output=True, text=True, timeout=300)
     assert bad.returncode == 2 and bad.stderr.count("\n") == 1 and "missing" in bad.stderr
+    deep = subprocess.run(cmd + ["--rollouts", str(tmp_path / "roll"), "--grad-layers", "2"], capture_output=True,
+                          text=True, timeout=300)
+    assert deep.returncode == 2 and "--grad-layers [2]: grad_layers=2: expected null or 1 .. 1" in deep.stderr

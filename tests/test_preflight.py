@@ -260,3 +260,17 @@ def test_a_misconfigured_reward_nodes_model_lengths_and_batch_are_refused_at_onc
     assert f"data_source 'gsm8k' ({tmp_path / 'val.parquet'}): the reward (verl's default_compute_score) raised" \
         in bad.stderr  # verl knows GSM8K as openai/gsm8k only
     assert "trainer.default_local_dir=ckpt/run: with trainer.nnodes=2 it must be an absolute path" in bad.stderr
+
+
+def test_grad_layers_beyond_the_models_blocks_is_listed(tmp_path):
+    """cropi.popi.grad_layers is checked against a local model's decoder blocks (null or 1 .. L) before any work."""
+    from policy_helpers import saved_random_policy
+
+    train = _setup(tmp_path)
+    policy = saved_random_policy(tmp_path / "policy")
+    layers = json.loads((policy / "config.json").read_text())["num_hidden_layers"]
+    out = run_script("preflight.py", *_args(tmp_path, train, f"actor_rollout_ref.model.path={policy}",
+                                            f"cropi.popi.grad_layers={layers + 1}"), check=False)
+    assert out.returncode == 1
+    assert (f"cropi.popi.grad_layers={layers + 1}: expected null or 1 .. {layers} (the model's decoder blocks)"
+            in out.stderr)

@@ -40,6 +40,10 @@ s[:-1] once at the start of the row, then each response's s[-1] + y[:-1], every 
 prefix and to its own prefix (``PREFIX_SDPA``): |s| - 1 + sum_b |y_b| positions, the same logits, and no KV cache, so
 it also runs under gradient checkpointing, where ``share_prompt`` cannot.
 
+Last blocks only (``grad_layers`` = n, ``last_layers_only``, off by default): g_s restricted to the last n decoder
+blocks, the final norm and the head, backward stopping at block L - n. Another vector than g_s (not exact): a cost
+lever, its selection measured against the full gradient's (``scripts/projection_fidelity.py --grad-layers``).
+
 Two exact savings (``PopiConfig``), both on by default:
 
 - ``merge_duplicates`` (no clip only): identical responses u = {k : y_k = y_u} become one row. With b_u the first
@@ -92,6 +96,8 @@ class PopiConfig:
     stream_buffer: int = 1 << 20  # fp32 coordinates per staging segment (small tensors projected together)
     pack: bool | str = True  # without share_prompt: a micro-batch's rows packed into one row of real tokens (no
     #                          padding); "prompt_once": and the prompt once in that row (module docstring)
+    grad_layers: int | None = None  # None: the full gradient; n: the last n decoder blocks, the final norm and the
+    #                                 head only (``last_layers_only``, applied where the model is loaded)
 
     @property
     def packed(self) -> bool | str:
@@ -469,10 +475,43 @@ def drift_stats(log_ratios: Sequence[torch.Tensor]) -> tuple[float, float, float
 
 
 def pass_flops(model: torch.nn.Module, tokens: int) -> float:
-    """FLOPs of a forward and backward pass over ``tokens`` processed positions: 6 P T, 8 P T with HF gradient
-    checkpointing on (each layer's forward runs again in backward); P = the trainable parameters."""
+    """FLOPs of a forward and backward pass over ``tokens`` processed positions: 2 P T + (4 + 2 c) d T, with P all
+    the parameters, d the trainable ones (P unless ``last_layers_only``: backward runs through those only) and c = 1
+    under HF gradient checkpointing (a layer's forward runs again in its backward): 6 P T, or 8 P T, in full."""
     checkpointing = getattr(model, "is_gradient_checkpointing", False)
-    return (6 + 2 * checkpointing) * parameter_offsets(model)[1] * tokens
+    every = sum(p.numel() for p in model.parameters())
+    return (2 * every + (4 + 2 * checkpointing) * parameter_offsets(model)[1]) * tokens
+
+
+def _detach_hidden(module: torch.nn.Module, args: tuple, kwargs: dict) -> tuple[tuple, dict]:
+    if args:
+        return (args[0].detach(),) + tuple(args[1:]), kwargs
+    return args, kwargs | {"hidden_states": kwargs["hidden_states"].detach()}
+
+
+def grad_layers_problem(n: int | None, layers: int) -> str | None:
+    """Why ``grad_layers`` = n cannot restrict a model of ``layers`` decoder blocks (None: it can)."""
+    if n is None or 1 <= n <= layers:
+        return None
+    return f"grad_layers={n}: expected null or 1 .. {layers} (the model's decoder blocks)"
+
+
+def last_layers_only(model: torch.nn.Module, n: int | None) -> None:
+    """Restrict g_s to the last ``n`` of the L decoder blocks, the final norm and the output head (a tied head is
+    the input embedding: its gradient then comes from the head alone): every other parameter stops requiring grad
+    and the hidden state entering block L - n is detached, so backward stops there. Its FLOPs per position, about
+    (2 + 4 n / L) / 6 of the full pass's. None: the full gradient (nothing changes). Refuses n outside 1 .. L."""
+    decoder = model.get_decoder()
+    layers = decoder.layers
+    if problem := grad_layers_problem(n, len(layers)):
+        raise ValueError(problem)
+    if n is None:
+        return
+    keep = {id(p) for m in (*layers[len(layers) - n:], decoder.norm, model.get_output_embeddings())
+            for p in m.parameters()}
+    for p in model.parameters():
+        p.requires_grad_(id(p) in keep)
+    layers[len(layers) - n].register_forward_pre_hook(_detach_hidden, with_kwargs=True)
 
 
 def processed_tokens(prompt_len: int, lengths: Sequence[int], share_prompt: bool, packed: bool | str = False) -> int:

@@ -45,7 +45,7 @@ from cropi_verl.data.toy_task import TARGETED_SETS, UNTARGETED_SETS, ToyTaskConf
 from cropi_verl.data.verl_format import row_ids, write_verl_parquet
 from cropi_verl.eval.plots import plot_run
 from cropi_verl.eval.speedup import compute_speedup, gain_speedup, step_speedup, wallclock_speedup
-from cropi_verl.influence.gradients import PopiConfig
+from cropi_verl.influence.gradients import PopiConfig, grad_layers_problem
 from cropi_verl.local.config_checks import check_demo_config, dataclass_from
 from cropi_verl.local.grpo import GRPOConfig
 from cropi_verl.local.run_config import (refuse_other_settings, run_config, run_dir_problem, with_inputs,
@@ -132,6 +132,10 @@ def check_before_work(cfg: DictConfig, methods: list[str]) -> None:
         cache = policy_config(cfg)[1]
         check_writable(cache or cache_root() / "tiny_policy", "the policy cache (policy.cache_dir, else $CROPI_CACHE_DIR)")
     policy_dir = policy_dir_of(cfg)
+    layers = (cfg.policy.num_hidden_layers if not cfg.policy.path else
+              json.loads((policy_dir / "config.json").read_text())["num_hidden_layers"])
+    if problem := grad_layers_problem(cfg.influence.grad_layers, layers):
+        raise ValueError(f"bad demo config: influence.{problem}")
     runs = [run_dir_problem(method_dir(cfg, m, s), run_config(cfg, m, s)) for m in methods for s in demo_seeds(cfg)]
     rollouts = [manifest_mismatch(Path(cfg.output_dir) / "rollouts" / split,
                                   collect_config(cfg, policy_dir, split))
@@ -438,7 +442,8 @@ def run_demo(cfg: DictConfig) -> None:
     step("starting the influence workers")
     group = InfluenceWorkerGroup(inf.workers, use_gpu=False, threads=inf.threads_per_worker)
     popi = PopiConfig(micro_batch_tokens=inf.micro_batch_tokens, clip_ratio=inf.clip_ratio,
-                      share_prompt=inf.share_prompt, merge_duplicates=inf.merge_duplicates)
+                      share_prompt=inf.share_prompt, merge_duplicates=inf.merge_duplicates,
+                      grad_layers=inf.grad_layers)
     tok = AutoTokenizer.from_pretrained(policy_dir)
     manifest = group.init_model(str(policy_dir), {"method": inf.method, "k": inf.k, "seed": inf.seed,
                                                   "subset_ratio": inf.subset_ratio, "native": inf.native},

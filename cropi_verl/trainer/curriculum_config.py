@@ -52,7 +52,7 @@ CROPI_RULES = {
     "projection.subset_ratio": Fraction, "projection.native": Flag,
     "popi.micro_batch_tokens": Count, "popi.logit_chunk_tokens": Count, "popi.clip_ratio": OptionalPositive,
     "popi.adv_eps": Positive, "popi.share_prompt": Flag, "popi.merge_duplicates": Flag, "popi.stream_buffer": Count,
-    "popi.pack": PackMode,
+    "popi.pack": PackMode, "popi.grad_layers": OptionalCount,
     "workers.n": OptionalCount, "workers.use_gpu": AutoFlag, "workers.threads": Count,
     "workers.dtype": one_of(WORKER_DTYPES), "workers.gradient_checkpointing": AutoFlag, "workers.offload_actor": Flag,
 }

@@ -33,6 +33,7 @@ from cropi_verl.influence.gradients import (
     PopiConfig,
     PromptRollouts,
     checkpointing_conflict,
+    last_layers_only,
     nan_drift,
     parameter_offsets,
     popi_features,
@@ -73,7 +74,7 @@ class InfluenceWorker(Worker):
                    dtype: str = "float32", gradient_checkpointing: bool = False) -> dict:
         """Free the previous model, then load the policy at ``model_path`` in ``dtype`` (a torch dtype name; the
         POPI loss stays fp32) with HF gradient checkpointing or not, and build
-        ``make_projector(dim=#params, **projector)``; returns the feature-store manifest of this setup
+        ``make_projector(dim=#params, **projector)`` (#params: the trainable ones, after ``popi.grad_layers``); returns the feature-store manifest of this setup
         (``store_manifest``, with ``dtype``)."""
         from transformers import AutoModelForCausalLM
 
@@ -89,6 +90,7 @@ class InfluenceWorker(Worker):
         self.popi = popi_cfg
         self.device = device
         self.model = AutoModelForCausalLM.from_pretrained(model_path, dtype=getattr(torch, dtype)).to(device)
+        last_layers_only(self.model, popi_cfg.grad_layers)
         if gradient_checkpointing:
             self.model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         _, dim = parameter_offsets(self.model)
