@@ -65,6 +65,9 @@ INPUTS = {
     "step_seconds": ({"qwen2.5-1.5b": 45.0, "qwen2.5-7b": 105.0, R1: 180.0},
                      "published: GRESO's verl GRPO step times (arXiv 2506.02177), as issue 27's model reads them; "
                      "R1-Distill: assumption, 1.5B's x 4 (4x the mean response)"),
+    "grad_share": ({"qwen2.5-1.5b": 1.0, "qwen2.5-7b": 1.0, R1: 1.0},
+                   "lever: the share L'/L of decoder blocks the pass's gradient covers (cropi.popi.grad_layers; "
+                   "1 = null, the full gradient); the pass's FLOPs (2 + (4 + 2c) L'/L) / (6 + 2c)"),
     "cropi_steps": ({"qwen2.5-1.5b": 650, "qwen2.5-7b": 300, R1: 300},
                     "published: CROPI's steps to full data's level (1.5B @650; 7B @300, 57.46 vs 57.44 on "
                     "GSM8K+MATH; R1-Distill @300, 47.94, already above full data's @300)"),
@@ -72,7 +75,7 @@ INPUTS = {
                    "published: full data's steps to that level (1.5B @1,750; 7B @600; R1-Distill: none, full data "
                    "@300 is below CROPI @300 and no later point is published)"),
 }
-INPUT_RULES = {"fraction": Fraction, "zero_share": ShareOf, "mfu": Fraction}  # the others: a number > 0
+INPUT_RULES = {"fraction": Fraction, "zero_share": ShareOf, "mfu": Fraction, "grad_share": Fraction}  # the others: a number > 0
 MAX_RESPONSE = {"qwen2.5-1.5b": 2048, "qwen2.5-7b": 4096, R1: 8192}  # the recipes' caps
 STEP_KEYS = ("cropi_steps", "full_steps")
 
@@ -100,6 +103,13 @@ def target(spec: str) -> Target:
     return Target(Path(spec).name, shape, MAX_RESPONSE[near], near)
 
 
+def grad_factor(share: float, checkpointing: bool) -> float:
+    """The pass's FLOPs with the last L'/L = ``share`` of the blocks' gradient over the full pass's:
+    (2 + (4 + 2c) share) / (6 + 2c), c = 1 under checkpointing (``influence.gradients.pass_flops``)."""
+    c = 2 * checkpointing
+    return (2 + (4 + c) * share) / (6 + c)
+
+
 def estimate(t: Target, values: dict, candidates: CandidateConfig | None = None) -> dict:
     """Every figure of one model's run (module docstring); ``candidates``: ``--rescore candidates``'s settings;
     ``values["full_steps"]`` None: no speed-up (only the overhead and the break-even step speed-up)."""
@@ -112,7 +122,8 @@ def estimate(t: Target, values: dict, candidates: CandidateConfig | None = None)
     checkpointing = not plan.plan(shape, replace(recipe, max_response_length=t.max_response), worker,
                                   gpu).boundary_fits()
     tokens = plan.tokens_per_prompt(recipe, share_prompt=False)
-    per_prompt = plan.pass_flops(shape, tokens, checkpointing) / (gpu.peak_flops * v["mfu"])
+    per_prompt = (grad_factor(v["grad_share"], checkpointing) * plan.pass_flops(shape, tokens, checkpointing)
+                  / (gpu.peak_flops * v["mfu"]))
     pool_s = v["pool"] * (1 - v["zero_share"]) * per_prompt / gpus
     val_s = v["val_prompts"] * per_prompt / gpus
     pass_s = pool_s + val_s
@@ -132,7 +143,7 @@ def estimate(t: Target, values: dict, candidates: CandidateConfig | None = None)
             "cropi_hours": cropi_s / 3600, "full_hours": None if full_s is None else full_s / 3600,
             "pass_share": passes_s / cropi_s, "overhead": overhead,
             "wallclock_speedup": None if full_s is None else full_s / cropi_s,
-            "break_even_step_speedup": 1 + overhead}
+            "break_even_step_speedup": 1 + overhead, "grad_factor": grad_factor(v["grad_share"], checkpointing)}
 
 
 def model_values(t: Target, args: argparse.Namespace) -> dict:

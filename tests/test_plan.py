@@ -224,7 +224,8 @@ def test_plan_script_overhead_and_break_even_by_hand():
     script = plan_script()
     t = script.Target("small", ModelShape.from_config(SMALL), 6, "qwen2.5-1.5b")
     v = dict(n_gpus=2, pool=100, responses=2, prompt_tokens=4, mean_response=6, zero_share=0.5, val_prompts=10,
-             stages=3, fraction=0.1, mfu=0.5, gen_tokens_per_gpu_s=10, step_seconds=1.0, cropi_steps=5, full_steps=20)
+             stages=3, fraction=0.1, mfu=0.5, gen_tokens_per_gpu_s=10, step_seconds=1.0, cropi_steps=5, full_steps=20,
+             grad_share=1.0)
     r = script.estimate(t, v)
     rate = 989e12 * 0.5
     per_prompt = 6 * 1192 * 2 * (4 + 6) / rate  # no checkpointing: the tiny pass fits
@@ -239,6 +240,11 @@ def test_plan_script_overhead_and_break_even_by_hand():
     none = script.estimate(t, v | {"full_steps": None})
     assert none["wallclock_speedup"] is None and none["full_hours"] is None
     assert none["break_even_step_speedup"] == r["break_even_step_speedup"]
+    # the last half of the blocks only: (2 + 4 * 0.5) / 6 of the pass's FLOPs, the collection unchanged
+    half = script.estimate(t, v | {"grad_share": 0.5})
+    assert half["grad_factor"] == pytest.approx(4 / 6)
+    assert half["passes_hours"] == pytest.approx(r["passes_hours"] * 4 / 6)
+    assert half["collection_hours"] == r["collection_hours"]
 
 
 def test_plan_script_uses_each_models_published_step_counts(tmp_path):
