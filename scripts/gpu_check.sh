@@ -7,7 +7,10 @@
 #      $OUT/gpu_check.json (./gpu_check.json without OUT), which is also printed;
 #   3. scripts/bench_gradients.py --lengths realistic at Qwen2.5-1.5B (cap 2,048) and -7B (cap 4,096) shapes: rows
 #      padded, packed and packed with the prompt once, one JSON line each appended to
-#      $OUT/bench_gradients_realistic.jsonl (and printed).
+#      $OUT/bench_gradients_realistic.jsonl (and printed);
+#   4. scripts/bench_generation.py at Qwen2.5-1.5B's shape: the collection's generated tokens/s on one GPU, with
+#      vLLM where it is installed, HF generate otherwise (labelled in its JSON line, $OUT/bench_generation.jsonl):
+#      the figure scripts/plan.py assumes (gen_tokens_per_gpu_s).
 #   bash scripts/gpu_check.sh [more gpu_pass_check.py arguments]
 # Environment: PYTHON (python); CROPI_WHEELS=DIR installs from local wheels only (pip --no-index --find-links DIR),
 # for a machine without network access.
@@ -53,23 +56,33 @@ else
   echo "all required packages present" >>"$SETUP_LOG"
 fi
 
-BENCH_S=130        # step 3's share
+BENCH_S=130        # steps 3 and 4's share
+GEN_S=45           # step 4's share of it
 LEFT=$((TOTAL_S - BENCH_S - SECONDS))
 timeout "$LEFT" "$PYTHON" scripts/gpu_pass_check.py --pytest --total-budget-s $((LEFT - 15)) \
   --setup-log "$SETUP_LOG" "$@"
 STATUS=$?
+json_line() {  # MODEL LINE: LINE if it is JSON; else (a traceback's or a timeout's last line) one JSON error line
+  "$PYTHON" -c 'import json, sys; line = sys.argv[2]
+try: print(json.dumps(json.loads(line)))
+except ValueError: print(json.dumps({"model": sys.argv[1], "error": line or "no output (timed out?)"}))' "$1" "$2"
+}
 BENCH_OUT="${OUT:-.}/bench_gradients_realistic.jsonl"
 SHAPES=("qwen2.5-1.5b 2048 8" "qwen2.5-7b 4096 4")
 for i in "${!SHAPES[@]}"; do
   read -r model cap prompts <<< "${SHAPES[$i]}"
-  SHARE=$(((TOTAL_S - SECONDS) / (${#SHAPES[@]} - i)))   # the time left, shared by the benches left
+  SHARE=$(((TOTAL_S - GEN_S - SECONDS) / (${#SHAPES[@]} - i)))   # the time left, shared by the benches left
   (( SHARE > 20 )) || { echo "{\"model\": \"$model\", \"skipped\": \"no time left\"}" | tee -a "$BENCH_OUT"; continue; }
   LAST="$(timeout "$SHARE" "$PYTHON" scripts/bench_gradients.py --lengths realistic --device cuda --model "$model" \
     --cap "$cap" --prompts "$prompts" --repeats 1 --k 32768 2>&1 | tail -n 1)"
-  # a traceback's or a timeout's last line is not the JSON line: recorded as the error, still one JSON line
-  "$PYTHON" -c 'import json, sys; line = sys.argv[2]
-try: print(json.dumps(json.loads(line)))
-except ValueError: print(json.dumps({"model": sys.argv[1], "error": line or "no output (timed out?)"}))' \
-    "$model" "$LAST" | tee -a "$BENCH_OUT"
+  json_line "$model" "$LAST" | tee -a "$BENCH_OUT"
 done
+GEN_LEFT=$((TOTAL_S - SECONDS))
+if (( GEN_LEFT > 15 )); then
+  GEN="$(timeout "$GEN_LEFT" "$PYTHON" scripts/bench_generation.py --model qwen2.5-1.5b --prompts 32 --n 8 \
+    --new-tokens 256 2>&1 | tail -n 1)"
+else
+  GEN='{"skipped": "no time left"}'
+fi
+json_line qwen2.5-1.5b "$GEN" | tee -a "${OUT:-.}/bench_generation.jsonl"
 exit "$STATUS"

@@ -109,3 +109,12 @@ def test_bench_gradients_times_a_model_folder_on_real_rollouts(tmp_path):
     bad = run_script("bench_gradients.py", "--lengths", "realistic", "--model", str(folder), "--rollouts",
                      str(tmp_path / "train.parquet"), "--prompts", "7", check=False)
     assert bad.returncode == 2 and "6 prompts with a gradient, fewer than --prompts 7" in bad.stderr
+
+
+def test_bench_generation_counts_exactly_the_forced_tokens():
+    """``bench_generation.py`` on the tiny shape with HF generate (no vLLM here): rows x new tokens in its JSON."""
+    out = run_script("bench_generation.py", "--model", "tiny", "--backend", "hf", "--prompts", "2", "--n", "3",
+                     "--prompt-tokens", "3", "--new-tokens", "5")
+    res = json.loads(out.stdout.strip().splitlines()[-1])
+    assert res["backend"] == "hf_generate" and res["rows"] == 6 and res["new_tokens"] == 5
+    assert res["tokens_per_s"] == pytest.approx(6 * 5 / res["seconds"], rel=0.05)
