@@ -118,3 +118,25 @@ def test_bench_generation_counts_exactly_the_forced_tokens():
     res = json.loads(out.stdout.strip().splitlines()[-1])
     assert res["backend"] == "hf_generate" and res["rows"] == 6 and res["new_tokens"] == 5
     assert res["tokens_per_s"] == pytest.approx(6 * 5 / res["seconds"], rel=0.05)
+
+
+def test_adaptive_collection_by_hand(tmp_path):
+    """Four prompts of K = 4: the counts, the cost and the selection overlap of first draws 2 and 3, by hand."""
+    from cropi_verl.influence.gradients import PromptRollouts
+
+    rewards = {0: [1, 1, 1, 1], 1: [0, 0, 1, 0], 2: [0, 1, 0, 0], 3: [0, 0, 0, 0]}
+    prompts = [PromptRollouts(p, [5, 6], [[7, 8]] * 4, [[-1.0, -1.0]] * 4, [float(x) for x in r])
+               for p, r in rewards.items()]
+    rollout_table(prompts).to_parquet(tmp_path / "roll.parquet")
+    pd.DataFrame({"prompt_id": [0, 1, 2, 3], "score_v": [float("nan"), 0.9, 0.5, float("nan")]}).to_parquet(
+        tmp_path / "scores.parquet")
+    out = run_script("adaptive_collection.py", str(tmp_path / "roll.parquet"), "--first", "2", "3", "--scores",
+                     str(tmp_path / "scores.parquet"), "--fraction", "0.5")
+    two, three = json.loads(out.stdout.strip().splitlines()[-1])["rows"]
+    # k0 = 2: prompts 0, 1, 3 stop; prompt 1 is mixed at K (missed); 2 x 3 + 4 responses of 16
+    assert (two["stopped"], two["zero_advantage"], two["missed"], two["kept_wrongly"]) == (3, 2, 1, 0)
+    assert two["cost"] == pytest.approx(10 / 16) and two["selection_overlap"] == 0.5  # {1, 2} against {2}
+    assert (three["stopped"], three["missed"]) == (2, 0) and three["cost"] == pytest.approx(14 / 16)
+    assert three["selection_overlap"] == 1.0
+    bad = run_script("adaptive_collection.py", str(tmp_path / "roll.parquet"), "--first", "1", check=False)
+    assert bad.returncode == 2 and "expected a first draw between 2 and K = 4" in bad.stderr

