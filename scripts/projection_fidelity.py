@@ -20,7 +20,9 @@ directions as backward produces it; no [N, d] or d x k matrix), and sparse_jl is
 ``--work`` (resumable) in ``--prompt``'s format with ``--n`` responses each.
 
 With ``--grad-layers``, each L' given also runs the pass on the last L' blocks' gradient (``popi.grad_layers``) and
-reports the overlap of its top 10% (exact, and sparse_jl at ``--default-k``) with the full gradient's exact top 10%.
+reports the overlap of its top 10% (exact, and sparse_jl at ``--default-k``) with the full gradient's exact top 10%;
+with ``--responses``, each K' runs it on the first K' responses of every pool prompt (prompts matched by id: fewer
+may be scorable).
 
     python scripts/projection_fidelity.py --model smollm2-135m --pool 800 --n 4 [--grad-layers 2 8 15]
 """
@@ -28,6 +30,7 @@ reports the overlap of its top 10% (exact, and sparse_jl at ``--default-k``) wit
 from __future__ import annotations
 
 import argparse
+from dataclasses import replace
 import json
 import sys
 import tempfile
@@ -85,22 +88,36 @@ def collected_rollouts(args: argparse.Namespace, model, tok, folder: str) -> dic
     return out
 
 
-def streamed_scores(model, prompts: dict, ks: list[int], args: argparse.Namespace, pad_id: int):
-    """(exact and sparse_jl cosines of the pool at ``model``'s trainable parameters, usable validation prompts per
-    set, d, seconds of the pass)."""
+POPI = PopiConfig(micro_batch_tokens=1 << 14, share_prompt=True)
+
+
+def directions_at(model, prompts: dict, args: argparse.Namespace, pad_id: int) -> tuple[dict, dict]:
+    """Each targeted set's exact validation direction at ``model``'s trainable parameters, and its usable prompts."""
+    out = {s: validation_direction(model, prompts[s], pad_id, POPI, args.max_val_prompts) for s in TARGETED_SETS}
+    return {s: v for s, (v, _) in out.items()}, {s: n for s, (_, n) in out.items()}
+
+
+def streamed_scores(model, pool: list, directions: dict, ks: list[int], args: argparse.Namespace, pad_id: int):
+    """(exact and sparse_jl cosines of ``pool`` against ``directions`` at ``model``'s trainable parameters, d,
+    seconds of the pass)."""
     t0 = time.time()
     _, dim = parameter_offsets(model)
-    cfg = PopiConfig(micro_batch_tokens=1 << 14, share_prompt=True)
-    directions, used = {}, {}
-    for s in TARGETED_SETS:
-        directions[s], used[s] = validation_direction(model, prompts[s], pad_id, cfg, args.max_val_prompts)
     projectors = {str(k): make_projector("sparse_jl", dim, k, args.seed) for k in ks}
-    ref = reference_scores(model, prompts["train"], directions, projectors, pad_id, cfg, progress=True)
-    return ref, used, dim, time.time() - t0
+    ref = reference_scores(model, pool, directions, projectors, pad_id, POPI, progress=True)
+    return ref, dim, time.time() - t0
 
 
-def mean_precision(exact: dict, approx: dict) -> float:
-    return float(np.mean([precision_at(exact[s], approx[s]) for s in TARGETED_SETS]))
+def top_ids(ids: list[int], scores: np.ndarray, n: int) -> set[int]:
+    return {ids[i] for i in np.argsort(-scores, kind="stable")[:n]}
+
+
+def mean_overlap(ref, other, exact: bool = True, k: str | None = None) -> float:
+    """Mean over the targeted sets of |top n (other) & top n (ref's exact)| / n, n = 10% of ref's scored prompts;
+    ``other`` may have scored other prompts (fewer responses): matched by prompt id."""
+    n = max(1, round(0.1 * len(ref.prompt_ids)))
+    got = lambda s: other.exact[s] if exact else other.projected[k][s]  # noqa: E731
+    return float(np.mean([len(top_ids(ref.prompt_ids, ref.exact[s], n) & top_ids(other.prompt_ids, got(s), n)) / n
+                          for s in TARGETED_SETS]))
 
 
 def real_model_fidelity(args: argparse.Namespace) -> int:
@@ -116,12 +133,17 @@ def real_model_fidelity(args: argparse.Namespace) -> int:
     bad = [n for n in args.grad_layers if grad_layers_problem(n, layers)]
     if bad:
         raise ValueError(f"--grad-layers {bad}: {grad_layers_problem(bad[0], layers)}")
+    if few := [n for n in args.responses if n < 2]:
+        raise ValueError(f"--responses {few}: expected K' >= 2 (a group advantage needs two responses)")
     rule = model_token_rule(model, tok)
     paths = paths or collected_rollouts(args, model, tok, folder)
     limits = RolloutLimits.of_model(folder)
     prompts = {s: to_prompt_rollouts(read_rollouts(p, rule.stop_ids, limits)) for s, p in paths.items()}
     ks = args.ks or REAL_KS
-    ref, used, dim, seconds = streamed_scores(model, prompts, ks, args, rule.pad_id)
+    t_val = time.time()
+    directions, used = directions_at(model, prompts, args, rule.pad_id)
+    print(f"validation directions: {used} usable prompts ({time.time() - t_val:.0f}s)", flush=True)
+    ref, dim, seconds = streamed_scores(model, prompts["train"], directions, ks, args, rule.pad_id)
     n = len(ref.prompt_ids)
     rows = [{"k": k, **{s: precision_at(ref.exact[s], ref.projected[str(k)][s]) for s in TARGETED_SETS}}
             for k in ks]
@@ -131,15 +153,26 @@ def real_model_fidelity(args: argparse.Namespace) -> int:
     for r in rows:
         r["mean"] = float(np.mean([r[s] for s in TARGETED_SETS]))
         print(f"{r['k']:>8}" + "".join(f"{r[s]:>10.3f}" for s in TARGETED_SETS) + f"{r['mean']:>8.3f}")
+    k = str(args.default_k)
     layer_rows = []
     for n_layers in args.grad_layers:
         restricted = load()
         last_layers_only(restricted, n_layers)
-        sub, _, d_sub, sec = streamed_scores(restricted, prompts, [args.default_k], args, rule.pad_id)
+        sub_dirs, _ = directions_at(restricted, prompts, args, rule.pad_id)
+        sub, d_sub, sec = streamed_scores(restricted, prompts["train"], sub_dirs, [args.default_k], args, rule.pad_id)
         layer_rows.append({"grad_layers": n_layers, "of": layers, "dim": d_sub, "seconds_ratio": round(sec / seconds, 3),
                            "flop_factor": round((2 + 4 * d_sub / dim) / 6, 3),
-                           "exact_overlap": mean_precision(ref.exact, sub.exact),
-                           "sketch_overlap": mean_precision(ref.exact, sub.projected[str(args.default_k)])})
+                           "exact_overlap": mean_overlap(ref, sub), "sketch_overlap": mean_overlap(ref, sub, False, k)})
+    def responses(part) -> list:
+        """Each pool prompt with its responses ``part(K)`` only (a slice of its own K)."""
+        return [replace(p, responses=p.responses[part(len(p.rewards))], rewards=p.rewards[part(len(p.rewards))],
+                        behaviour_logprobs=p.behaviour_logprobs[part(len(p.rewards))]) for p in prompts["train"]]
+
+    response_rows = []
+    for n_resp in args.responses:
+        sub, _, sec = streamed_scores(model, responses(lambda _, n=n_resp: slice(n)), directions, [args.default_k], args, rule.pad_id)
+        response_rows.append({"responses": n_resp, "scored": len(sub.prompt_ids), "seconds_ratio": round(sec / seconds, 3),
+                              "exact_overlap": mean_overlap(ref, sub), "sketch_overlap": mean_overlap(ref, sub, False, k)})
     if layer_rows:
         print(f"\nthe last L' of {layers} blocks only, against the full gradient's exact top 10%: the restricted "
               f"exact cosines' top 10% and sparse_jl's at k={args.default_k}")
@@ -147,9 +180,22 @@ def real_model_fidelity(args: argparse.Namespace) -> int:
         for r in layer_rows:
             print(f"{r['grad_layers']:>8}{r['dim']:>13,}{r['flop_factor']:>13.3f}{r['seconds_ratio']:>9.3f}"
                   f"{r['exact_overlap']:>8.3f}{r['sketch_overlap']:>8.3f}")
+    halves = None
+    if args.halves:  # two independent draws of K/2 responses each: a floor on two draws' agreement at K
+        a, b = (streamed_scores(model, responses(part), directions, [args.default_k], args, rule.pad_id)[0]
+                for part in (lambda k: slice(k // 2), lambda k: slice(k // 2, 2 * (k // 2))))
+        halves = {"scored": [len(a.prompt_ids), len(b.prompt_ids)], "exact_overlap": mean_overlap(a, b)}
+        print(f"\nnoise floor: two disjoint halves of each pool prompt's responses agree on "
+              f"{halves['exact_overlap']:.3f} of their exact top 10% ({halves['scored']} scored)")
+    if response_rows:
+        print(f"\nthe first K' responses of each pool prompt only, against all of them (exact top 10%)")
+        print(f"{'K_prime':>8}{'scored':>8}{'s ratio':>9}{'exact':>8}{'sketch':>8}")
+        for r in response_rows:
+            print(f"{r['responses']:>8}{r['scored']:>8}{r['seconds_ratio']:>9.3f}{r['exact_overlap']:>8.3f}"
+                  f"{r['sketch_overlap']:>8.3f}")
     print(json.dumps({"model": str(args.model), "dim": dim, "n_pool": len(prompts["train"]), "n_scored": n,
                       "val_prompts": used, "precision_at_10": {str(r["k"]): round(r["mean"], 4) for r in rows},
-                      "grad_layers": layer_rows, "seconds": round(time.time() - t0, 1)}))
+                      "grad_layers": layer_rows, "responses": response_rows, "halves": halves, "seconds": round(time.time() - t0, 1)}))
     return 0
 
 
@@ -190,6 +236,12 @@ def main(argv: list[str] | None = None) -> int:
     real.add_argument("--grad-layers", type=int, nargs="*", default=[],
                       help="also each L': the last L' blocks' gradient (popi.grad_layers) against the full one's "
                            "exact selection, at --default-k")
+    real.add_argument("--responses", type=int, nargs="*", default=[],
+                      help="also each K': the pool's first K' responses only (fewer in the collection and the "
+                           "pass) against all of them, at --default-k")
+    real.add_argument("--halves", action="store_true",
+                      help="also the agreement of two disjoint halves of each pool prompt's responses (the noise "
+                           "floor of two draws of K/2)")
     real.add_argument("--max-val-prompts", type=arg_type(Count), default=100,
                       help="usable prompts per validation direction (influence.max_val_prompts)")
     args = ap.parse_args(argv)

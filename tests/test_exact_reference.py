@@ -70,7 +70,8 @@ def test_projection_fidelity_real_model_mode_end_to_end(tmp_path):
         rollout_table(make_prompts(n, seed=seed, zero_every=4)).to_parquet(tmp_path / "roll" / split / "rollouts.parquet")
     cmd = [sys.executable, str(ROOT / "scripts" / "projection_fidelity.py"), "--model", str(folder)]
     proc = subprocess.run(cmd + ["--rollouts", str(tmp_path / "roll"), "--ks", "64", "256", "--default-k", "256",
-                                 "--grad-layers", "1"], capture_output=True, text=True, timeout=300)
+                                 "--grad-layers", "1", "--responses", "2", "--halves"], capture_output=True, text=True,
+                          timeout=300)
     assert proc.returncode == 0, proc.stderr[-2000:]
     out = json.loads(proc.stdout.strip().splitlines()[-1])
     assert out["n_pool"] == 20 and out["n_scored"] == 15 and set(out["precision_at_10"]) == {"64", "256"}
@@ -78,6 +79,9 @@ def test_projection_fidelity_real_model_mode_end_to_end(tmp_path):
     assert all(0 <= p <= 1 for p in out["precision_at_10"].values())
     (last,) = out["grad_layers"]  # the fixture's one block: L' = L keeps all but the input embedding's own path
     assert last["grad_layers"] == last["of"] == 1 and last["dim"] < out["dim"] and 0 <= last["exact_overlap"] <= 1
+    (two,) = out["responses"]  # make_prompts' first two responses: rewards 0 and a coin flip
+    assert two["responses"] == 2 and 0 < two["scored"] <= 15 and 0 <= two["sketch_overlap"] <= 1
+    assert len(out["halves"]["scored"]) == 2 and 0 <= out["halves"]["exact_overlap"] <= 1
     bad = subprocess.run(cmd + ["--rollouts", str(tmp_path / "model")], capture_output=True, text=True, timeout=300)
     assert bad.returncode == 2 and bad.stderr.count("\n") == 1 and "missing" in bad.stderr
     deep = subprocess.run(cmd + ["--rollouts", str(tmp_path / "roll"), "--grad-layers", "2"], capture_output=True,
