@@ -68,6 +68,9 @@ INPUTS = {
     "grad_share": ({"qwen2.5-1.5b": 1.0, "qwen2.5-7b": 1.0, R1: 1.0},
                    "lever: the share L'/L of decoder blocks the pass's gradient covers (cropi.popi.grad_layers; "
                    "1 = null, the full gradient); the pass's FLOPs (2 + (4 + 2c) L'/L) / (6 + 2c)"),
+    "collect_share": ({"qwen2.5-1.5b": 1.0, "qwen2.5-7b": 1.0, R1: 1.0},
+                      "lever: the share of the K responses per pool prompt the collection draws (an adaptive first "
+                      "draw, scripts/adaptive_collection.py's cost; 1 = off); beta's log-probs are computed for those"),
     "cropi_steps": ({"qwen2.5-1.5b": 650, "qwen2.5-7b": 300, R1: 300},
                     "published: CROPI's steps to full data's level (1.5B @650; 7B @300, 57.46 vs 57.44 on "
                     "GSM8K+MATH; R1-Distill @300, 47.94, already above full data's @300)"),
@@ -75,7 +78,8 @@ INPUTS = {
                    "published: full data's steps to that level (1.5B @1,750; 7B @600; R1-Distill: none, full data "
                    "@300 is below CROPI @300 and no later point is published)"),
 }
-INPUT_RULES = {"fraction": Fraction, "zero_share": ShareOf, "mfu": Fraction, "grad_share": Fraction}  # the others: a number > 0
+INPUT_RULES = {"fraction": Fraction, "zero_share": ShareOf, "mfu": Fraction, "grad_share": Fraction,
+               "collect_share": Fraction}  # the others: a number > 0
 MAX_RESPONSE = {"qwen2.5-1.5b": 2048, "qwen2.5-7b": 4096, R1: 8192}  # the recipes' caps
 STEP_KEYS = ("cropi_steps", "full_steps")
 
@@ -129,9 +133,9 @@ def estimate(t: Target, values: dict, candidates: CandidateConfig | None = None)
     pass_s = pool_s + val_s
     share = 1.0 if candidates is None else candidates.scored_share(v["fraction"], 1 - v["zero_share"])
     passes_s = pass_s + (v["stages"] - 1) * (val_s + share * pool_s)
-    generated = v["pool"] * v["responses"] * v["mean_response"]
-    collect_s = (generated / (v["gen_tokens_per_gpu_s"] * gpus)
-                 + 2 * p_count * v["pool"] * tokens / (gpu.peak_flops * v["mfu"] * gpus))  # beta's log-probs
+    generated = v["pool"] * v["responses"] * v["mean_response"] * v["collect_share"]
+    collect_s = (generated / (v["gen_tokens_per_gpu_s"] * gpus)  # + beta's log-probs of the drawn responses
+                 + 2 * p_count * v["pool"] * tokens * v["collect_share"] / (gpu.peak_flops * v["mfu"] * gpus))
     steps_cropi_s = v["cropi_steps"] * v["step_seconds"]
     cropi_s = collect_s + passes_s + steps_cropi_s
     overhead = (collect_s + passes_s) / steps_cropi_s

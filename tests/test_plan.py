@@ -225,7 +225,7 @@ def test_plan_script_overhead_and_break_even_by_hand():
     t = script.Target("small", ModelShape.from_config(SMALL), 6, "qwen2.5-1.5b")
     v = dict(n_gpus=2, pool=100, responses=2, prompt_tokens=4, mean_response=6, zero_share=0.5, val_prompts=10,
              stages=3, fraction=0.1, mfu=0.5, gen_tokens_per_gpu_s=10, step_seconds=1.0, cropi_steps=5, full_steps=20,
-             grad_share=1.0)
+             grad_share=1.0, collect_share=1.0)
     r = script.estimate(t, v)
     rate = 989e12 * 0.5
     per_prompt = 6 * 1192 * 2 * (4 + 6) / rate  # no checkpointing: the tiny pass fits
@@ -245,6 +245,10 @@ def test_plan_script_overhead_and_break_even_by_hand():
     assert half["grad_factor"] == pytest.approx(4 / 6)
     assert half["passes_hours"] == pytest.approx(r["passes_hours"] * 4 / 6)
     assert half["collection_hours"] == r["collection_hours"]
+    # an adaptive first draw that draws 60% of the responses: the collection (generation and log-probs) x 0.6
+    adaptive = script.estimate(t, v | {"collect_share": 0.6})
+    assert adaptive["collection_hours"] == pytest.approx(0.6 * r["collection_hours"])
+    assert adaptive["passes_hours"] == r["passes_hours"]
 
 
 def test_plan_script_uses_each_models_published_step_counts(tmp_path):
