@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The demo on a real pretrained instruct model, SmolLM2-135M-Instruct (preset=smollm2): CROPI, full data, random and
-# pass_rate on the embedded task, 2 stages x 5 GRPO steps each, on CPU (about 2 hours on 2 cores; the demo prints
+# pass_rate on the embedded task, 2 stages x 5 GRPO steps each, on CPU (2-3 hours on 2 cores; the demo prints
 # its estimate before it starts). Installs .venv and fetches the model on first use; resumable: rerun the same
 # command and finished methods are reused, an interrupted one resumes from its last checkpoint.
 # Extra arguments are hydra overrides, e.g. `run_name=mine` or `"methods=[cropi,full]"`.
