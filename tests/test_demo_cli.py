@@ -163,6 +163,14 @@ def test_run_config_check_on_hand_built_directories(tmp_path):
     assert run_dir_problem(run, run_config(_compose("threads=1", "repeats=3"), "random", 3)) is None  # execution-only
     problem = run_dir_problem(run, run_config(_compose("curriculum.steps_per_stage=20"), "random", 3))
     assert re.search(r"curriculum.steps_per_stage=10.*curriculum.steps_per_stage=20", problem), problem
+    # a key added after the settings were recorded: no difference at its shipped default, one at another value
+    cropi = run_config(cfg, "cropi", 3)
+    old_run = tmp_path / "cropi.seed3"
+    (old_run / "ckpt").mkdir(parents=True)
+    write_run_config(old_run, {k: v for k, v in cropi.items() if k != "influence.grad_layers"})
+    assert cropi["influence.grad_layers"] is None and run_dir_problem(old_run, cropi) is None
+    changed = run_config(_compose("influence.workers=7", "train.loggers=[file]", "influence.grad_layers=1"), "cropi", 3)
+    assert "influence.grad_layers='<unset>'" in run_dir_problem(old_run, changed)
 
 
 @pytest.mark.slow  # the quick demo test checks the run draws curves.png; this redraws it from summary.json

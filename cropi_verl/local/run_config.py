@@ -10,7 +10,9 @@ directory that holds results (``result.json`` or ``ckpt/``) is refused when its 
 error (the demo adds its rollouts directories, whose manifests record their collection settings). Once the policy
 and the rollouts exist, the method's run adds their content digests (``inputs``: ``with_inputs``) and compares them
 too before it reuses or resumes anything: results made from another policy or other rollouts with the same settings
-(another machine type warms the policy up to other bits) are never reused.
+(another machine type warms the policy up to other bits) are never reused. A key the recorded settings lack (added
+to ``configs/tiny_cpu.yaml`` after they were written) is no difference while it holds its shipped default, which
+keeps the earlier behaviour.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from cropi_verl.curriculum.schedule import INFLUENCE_STRATEGIES
 from cropi_verl.utils.atomic import atomic_write_json
+from cropi_verl.utils.config_rules import shipped_keys
 
 EXECUTION_ONLY = ("run_name", "output_dir", "methods", "repeats", "seed", "threads", "estimate", "policy.cache_dir",
                   "influence.workers", "influence.threads_per_worker", "influence.native", "train.loggers",
@@ -59,7 +62,9 @@ def run_dir_problem(run_dir: Path, want: dict[str, Any]) -> str | None:
     keys = have.keys() | want.keys()
     if INPUTS not in have or INPUTS not in want:  # compared once both know them (module docstring)
         keys -= {INPUTS}
-    diff = sorted(k for k in keys if k not in have or k not in want or have[k] != want[k])
+    shipped = _flat(shipped_keys("tiny_cpu"))
+    added = {k for k in keys if k not in have and k in want and k + "." in shipped and want[k] == shipped[k + "."]}
+    diff = sorted(k for k in keys - added if k not in have or k not in want or have[k] != want[k])
     if not diff:
         return None
     show = diff[:6]
