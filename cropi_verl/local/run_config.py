@@ -2,8 +2,8 @@
 
 ``<out>/<method>[.seed<s>]/run_config.json`` holds the flat ``{dotted key: value}`` of the resolved demo config
 that decides the run's results: every key but the execution-only ones (``EXECUTION_ONLY``: where outputs go,
-which methods run, thread and worker counts, the wall-time estimate, logging and checkpoint intervals, the C kernel switch, which gives the
-same bits), and but ``influence.*`` for strategies that never score and ``curriculum.candidates.*`` unless
+which methods run, thread and worker counts, the wall-time estimate, logging and checkpoint intervals, the C kernel
+switch, which gives the same bits), and but ``influence.*`` for strategies that never score and ``curriculum.candidates.*`` unless
 ``curriculum.rescore`` is ``candidates``; plus the strategy and the run's seed. A
 directory that holds results (``result.json`` or ``ckpt/``) is refused when its settings differ, or when it has no
 ``run_config.json`` (written by an older version); ``refuse_other_settings`` names every such directory in one

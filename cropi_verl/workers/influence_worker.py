@@ -74,8 +74,8 @@ class InfluenceWorker(Worker):
                    dtype: str = "float32", gradient_checkpointing: bool = False) -> dict:
         """Free the previous model, then load the policy at ``model_path`` in ``dtype`` (a torch dtype name; the
         POPI loss stays fp32) with HF gradient checkpointing or not, and build
-        ``make_projector(dim=#params, **projector)`` (#params: the trainable ones, after ``popi.grad_layers``); returns the feature-store manifest of this setup
-        (``store_manifest``, with ``dtype``)."""
+        ``make_projector(dim=#params, **projector)`` (#params: the trainable ones, after ``popi.grad_layers``);
+        returns the feature-store manifest of this setup (``store_manifest``, with ``dtype``)."""
         from transformers import AutoModelForCausalLM
 
         if os.path.isabs(model_path) and not os.path.isfile(os.path.join(model_path, "config.json")):
