@@ -102,10 +102,10 @@ def main(argv: list[str] | None = None) -> int:
     gpu = torch.cuda.get_device_name() if args.device == "cuda" else None
     print(f"{'backend':<13}{'model':<15}{'rows':>6}{'new tokens':>12}{'seconds':>9}{'tokens/s':>11}")
     print(f"{'hf_generate' if backend == 'hf' else 'vllm':<13}{args.model:<15}{rows:>6}{args.new_tokens:>12}"
-          f"{seconds:>9.1f}{tokens_s:>11.0f}")
+          f"{seconds:>9.2f}{tokens_s:>11.0f}")
     print(json.dumps({"backend": "hf_generate" if backend == "hf" else "vllm", "model": args.model,
                       "device": args.device, "gpu": gpu, "rows": rows, "prompt_tokens": args.prompt_tokens,
-                      "new_tokens": args.new_tokens, "warmup_s": round(warmup, 2), "seconds": round(seconds, 2),
+                      "new_tokens": args.new_tokens, "warmup_s": round(warmup, 4), "seconds": round(seconds, 4),
                       "tokens_per_s": round(tokens_s, 1)}))
     return 0
 
