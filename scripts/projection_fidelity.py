@@ -24,7 +24,10 @@ reports the overlap of its top 10% (exact, and sparse_jl at ``--default-k``) wit
 with ``--responses``, each K' runs it on the first K' responses of every pool prompt (prompts matched by id: fewer
 may be scorable).
 
-    python scripts/projection_fidelity.py --model smollm2-135m --pool 800 --n 4 [--grad-layers 2 8 15]
+    python scripts/projection_fidelity.py --model smollm2-135m --pool 540 --n 4 [--grad-layers 2 8 15]
+
+The embedded task with 16-prompt tier-1 validation sets has 543 distinct training prompts (its tier-1 cells are
+small); a larger ``--pool`` is refused before any work.
 """
 
 from __future__ import annotations
@@ -73,10 +76,18 @@ def given_rollouts(rollouts: Path) -> dict[str, Path]:
     return paths
 
 
-def collected_rollouts(args: argparse.Namespace, model, tok, folder: str) -> dict[str, Path]:
+def pool_frames(args: argparse.Namespace) -> dict:
+    """The embedded task's splits to collect (built before any work: an exhausted cell is refused here)."""
+    try:
+        return build_toy_task(ToyTaskConfig(n_train=args.pool, n_val=args.val_prompts, val_tier=args.val_tier, n_sft=0))
+    except ValueError as e:
+        raise ValueError(f"--pool {args.pool}: {e}; expected at most the task's distinct prompts (543 with the "
+                         f"default 16 tier-1 validation prompts per set)") from None
+
+
+def collected_rollouts(args: argparse.Namespace, frames: dict, model, tok, folder: str) -> dict[str, Path]:
     """Each split's rollouts parquet, collected into ``--work`` (resumable)."""
     work = args.work or cache_root() / "fidelity" / Path(folder).name
-    frames = build_toy_task(ToyTaskConfig(n_train=args.pool, n_val=args.val_prompts, val_tier=args.val_tier))
     out = {}
     for split in SPLITS:
         frame = in_prompt_format(frames[split], args.prompt)
@@ -127,6 +138,7 @@ def real_model_fidelity(args: argparse.Namespace) -> int:
     if not Path(folder).is_dir():
         raise ValueError(f"--model {args.model}: expected a preset name or a local HF model folder")
     paths = given_rollouts(args.rollouts) if args.rollouts else None
+    frames = None if paths else pool_frames(args)
     load = lambda: AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32).eval()  # noqa: E731
     model, tok = load(), AutoTokenizer.from_pretrained(folder)
     layers = model.config.num_hidden_layers
@@ -136,7 +148,7 @@ def real_model_fidelity(args: argparse.Namespace) -> int:
     if few := [n for n in args.responses if n < 2]:
         raise ValueError(f"--responses {few}: expected K' >= 2 (a group advantage needs two responses)")
     rule = model_token_rule(model, tok)
-    paths = paths or collected_rollouts(args, model, tok, folder)
+    paths = paths or collected_rollouts(args, frames, model, tok, folder)
     limits = RolloutLimits.of_model(folder)
     prompts = {s: to_prompt_rollouts(read_rollouts(p, rule.stop_ids, limits)) for s, p in paths.items()}
     ks = args.ks or REAL_KS
@@ -216,7 +228,8 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
     ap.add_argument("--quick", action="store_true", help="small pool and sweep (<= 60 s with a cached policy)")
     ap.add_argument("--policy", type=Path, default=None, help="HF checkpoint (default: the tiny policy, cached)")
-    ap.add_argument("--pool", type=int, default=None, help="pool prompts to rollout (default 600, quick 200)")
+    ap.add_argument("--pool", type=int, default=None,
+                    help="pool prompts to rollout (default 600, quick 200; with --model 540: the task has 543)")
     ap.add_argument("--default-k", type=int, default=8192)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--methods", nargs="*", default=["sparse_jl", "subset_gaussian", "subset_rademacher", "gaussian"])
@@ -248,7 +261,7 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(2)
     if args.model:
         if args.pool is None and not args.rollouts:
-            args.pool = 800
+            args.pool = 540
         return real_model_fidelity(args)
     t0 = time.time()
     pool_n = args.pool or (200 if args.quick else 600)

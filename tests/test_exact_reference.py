@@ -87,3 +87,7 @@ def test_projection_fidelity_real_model_mode_end_to_end(tmp_path):
     deep = subprocess.run(cmd + ["--rollouts", str(tmp_path / "roll"), "--grad-layers", "2"], capture_output=True,
                           text=True, timeout=300)
     assert deep.returncode == 2 and "--grad-layers [2]: grad_layers=2: expected null or 1 .. 1" in deep.stderr
+    big = subprocess.run(cmd + ["--pool", "600", "--work", str(tmp_path / "work")], capture_output=True, text=True,
+                         timeout=300)
+    assert big.returncode == 2 and "--pool 600: cannot draw 600 distinct problems" in big.stderr
+    assert not (tmp_path / "work").exists()  # refused before the model is loaded or anything is collected
