@@ -16,10 +16,15 @@ Measured per model: s/prompt (median of the timed prompts); peak memory ``torch.
 (reset once the model is built, so its weights count) against the plan's influence-worker figure; MFU = the plan's
 FLOPs per prompt ((6 + 2 recompute) P K (prompt + T)) / s per prompt / 989e12 (H100/H200 dense bf16 peak).
 
+``--model FOLDER`` (repeatable) adds a part per local HF model folder: random-init weights of the architecture its
+``config.json`` describes (only that file is read, so a folder of a config alone will do), at the 1.5B part's
+shapes (the tiny one's with ``--tiny``). A folder without a readable ``config.json`` is refused in one line before
+any part runs.
+
 ``--tiny`` runs the same logic on a tiny Qwen2 in fp32 with few tokens (on the CPU when there is no GPU), to prove
 the script end to end. Output: ``--out``, default ``$OUT/gpu_check.json`` (``./gpu_check.json`` without ``OUT``).
 
-    python scripts/gpu_pass_check.py [--tiny] [--pytest] [--total-budget-s 420] [--out FILE]
+    python scripts/gpu_pass_check.py [--tiny] [--pytest] [--model FOLDER ...] [--total-budget-s 420] [--out FILE]
 """
 
 from __future__ import annotations
@@ -85,14 +90,41 @@ def recipe_settings(tiny: bool) -> tuple[dict, dict]:
     return dict(cropi["popi"]), projection
 
 
+def model_config(name: str):
+    """The transformers config of a part: a Qwen2Config of ``MODELS[name]``, else the ``config.json`` of the folder
+    ``name``."""
+    from transformers import AutoConfig, Qwen2Config
+
+    return Qwen2Config(**MODELS[name]) if name in MODELS else AutoConfig.from_pretrained(name)
+
+
+def config_problem(folder: str) -> str | None:
+    """Why ``--model folder`` cannot be a part (no readable ``config.json`` of a causal LM); None when it can."""
+    try:
+        model_config(folder)
+    except (OSError, ValueError) as e:
+        why = " ".join(str(e).split())
+        return f"--model {folder}: expected a local HF model folder with a config.json ({type(e).__name__}: {why})"[:600]
+    return None
+
+
+def shape_of(name: str, tiny: bool) -> Shape:
+    return SHAPES[name] if name in SHAPES else SHAPES["tiny" if tiny else "qwen2.5-1.5b"]
+
+
+def pad_id_of(config) -> int:
+    return config.pad_token_id if isinstance(config.pad_token_id, int) else 0  # masked either way
+
+
 def build_model(name: str, shape: Shape, device: str):
-    """A random-init Qwen2 built on ``device`` in the worker's dtype, with the worker's gradient checkpointing."""
+    """A random-init model of ``name``'s config built on ``device`` in the worker's dtype, with the worker's gradient
+    checkpointing."""
     import torch
-    from transformers import Qwen2Config, Qwen2ForCausalLM
+    from transformers import AutoModelForCausalLM
 
     torch.manual_seed(0)
     with torch.device(device):
-        model = Qwen2ForCausalLM._from_config(Qwen2Config(**MODELS[name]), dtype=getattr(torch, shape.dtype))
+        model = AutoModelForCausalLM.from_config(model_config(name), dtype=getattr(torch, shape.dtype))
     if shape.checkpointing:  # as InfluenceWorker.init_model
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     return model
@@ -102,7 +134,7 @@ def synthetic_prompts(name: str, shape: Shape, n: int) -> list:
     """``n`` prompts of K distinct random responses, rewards 0/1 alternating, behaviour log-probs -ln V."""
     from cropi_verl.influence.gradients import PromptRollouts
 
-    vocab, rng = MODELS[name]["vocab_size"], random.Random(0)
+    vocab, rng = model_config(name).vocab_size, random.Random(0)
     out = []
     for i in range(n):
         resp = [[rng.randrange(vocab) for _ in range(shape.response_tokens)] for _ in range(shape.responses)]
@@ -123,7 +155,8 @@ def pass_plan(name: str, shape: Shape, popi: dict, k: int, gpu_bytes: int | None
     worker = plan.WorkerSettings(shape.dtype, shape.checkpointing, popi["micro_batch_tokens"],
                                  popi["logit_chunk_tokens"], popi["stream_buffer"], k, PopiConfig(**popi).prompt_once)
     gpu = plan.GpuSpec() if gpu_bytes is None else plan.GpuSpec(memory_bytes=gpu_bytes)
-    return plan.plan(plan.ModelShape.from_config(MODELS[name]), recipe, worker, gpu)
+    shape_ = plan.ModelShape.from_config(MODELS[name]) if name in MODELS else plan.model_shape(name)
+    return plan.plan(shape_, recipe, worker, gpu)
 
 
 def run_pass(name: str, tiny: bool, budget_s: float) -> dict:
@@ -137,7 +170,7 @@ def run_pass(name: str, tiny: bool, budget_s: float) -> dict:
     from cropi_verl.influence.projection import make_projector
     from cropi_verl.plan import format_plan
 
-    shape, start = SHAPES[name], time.perf_counter()
+    shape, start = shape_of(name, tiny), time.perf_counter()
     cuda = torch.cuda.is_available()
     device = "cuda" if cuda else "cpu"
     popi, projection = recipe_settings(tiny)
@@ -163,7 +196,7 @@ def run_pass(name: str, tiny: bool, budget_s: float) -> dict:
             if i > 1 and time.perf_counter() - start + 1.5 * times[-1] > 0.8 * budget_s:
                 break  # the next prompt would not fit the part's budget
             t0 = time.perf_counter()
-            res = popi_features(model, [pr], projector, MODELS[name]["pad_token_id"], cfg)
+            res = popi_features(model, [pr], projector, pad_id_of(model.config), cfg)
             if cuda:
                 torch.cuda.synchronize()
             times.append(time.perf_counter() - t0)
@@ -254,10 +287,16 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--setup-log", type=Path, help="a log to embed (gpu_check.sh's dependency install)")
     ap.add_argument("--out", type=Path, default=Path(os.environ.get("OUT", ".")) / "gpu_check.json",
                     help="the JSON report ($OUT/gpu_check.json, ./gpu_check.json without OUT)")
-    ap.add_argument("--part", choices=sorted(MODELS), help="internal: run this model's part in this process")
+    ap.add_argument("--model", action="append", default=[], metavar="FOLDER",
+                    help="also a part of random-init weights shaped by this folder's config.json (repeatable)")
+    ap.add_argument("--part", help="internal: run this model's part (a name of MODELS or a folder) in this process")
     ap.add_argument("--part-out", type=Path, help="internal: where --part writes its JSON")
     ap.add_argument("--part-budget-s", type=float, default=60, help="internal: --part's time budget")
     args = ap.parse_args(argv)
+    problems = [p for p in map(config_problem, args.model) if p]
+    if problems:
+        print(f"error: {problems[0]}", file=sys.stderr)
+        return 2
     if args.part:
         write(run_pass(args.part, args.tiny, args.part_budget_s), args.part_out)
         return 0
@@ -266,7 +305,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.setup_log and args.setup_log.is_file():
         report["setup"] = _tail(args.setup_log.read_text())
     parts = [("pytest", PYTEST_BUDGET_S)] if args.pytest else []
-    parts += [(m, SHAPES[m].budget_s) for m in (["tiny"] if args.tiny else ["qwen2.5-1.5b", "qwen2.5-7b"])]
+    parts += [(m, shape_of(m, args.tiny).budget_s)
+              for m in (["tiny"] if args.tiny else ["qwen2.5-1.5b", "qwen2.5-7b"]) + args.model]
     for name, budget in parts:
         left = args.total_budget_s - (time.perf_counter() - start)
         if left < 10:

@@ -142,6 +142,30 @@ def test_gpu_pass_check_tiny_runs_end_to_end(tmp_path):
     assert len(tiny["prompt_s"]) == 3 and tiny["s_per_prompt"] > 0 and tiny["plan_worker_bytes"] > 0
 
 
+def test_gpu_pass_check_times_a_folder_model_by_its_config(tmp_path):
+    """``--model FOLDER``: a part of random-init weights of the folder's architecture (a Llama with GQA, no pad id;
+    the folder holds a config.json only), sized as the model it describes; a folder without one is refused in one
+    line before any part runs."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    config = LlamaConfig(vocab_size=40, hidden_size=16, intermediate_size=24, num_hidden_layers=2,
+                         num_attention_heads=4, num_key_value_heads=2, tie_word_embeddings=True, pad_token_id=None)
+    config.save_pretrained(tmp_path / "llama")
+    want = sum(p.numel() for p in LlamaForCausalLM(config).parameters())  # the tied head counted once
+    out, script = tmp_path / "gpu_check.json", str(ROOT / "scripts" / "gpu_pass_check.py")
+    proc = subprocess.run([sys.executable, script, "--tiny", "--model", str(tmp_path / "llama"), "--out", str(out)],
+                          capture_output=True, text=True, timeout=180)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    part = json.loads(out.read_text())["parts"][str(tmp_path / "llama")]
+    assert part["params"] == part["plan_params"] == want and part["features_ok"]
+    assert part["shape"]["response_tokens"] == 24  # the tiny part's shapes under --tiny
+    (tmp_path / "empty").mkdir()
+    bad = subprocess.run([sys.executable, script, "--tiny", "--model", str(tmp_path / "empty"), "--out",
+                          str(tmp_path / "bad.json")], capture_output=True, text=True, timeout=120)
+    assert bad.returncode == 2 and bad.stderr.count("\n") == 1 and not (tmp_path / "bad.json").exists()
+    assert bad.stderr.startswith(f"error: --model {tmp_path / 'empty'}: expected a local HF model folder")
+
+
 def test_gpu_pass_check_records_a_failing_pass(monkeypatch):
     """An error in the pass (an OOM, say) is recorded with what was measured before it, not raised."""
     import importlib.util
