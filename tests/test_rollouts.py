@@ -21,8 +21,8 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from cropi_verl.influence.gradients import response_logprobs
-from cropi_verl.rollout.collect import (CollectConfig, RolloutManifestMismatch, collect_rollouts, manifest_mismatch,
-                                        other_model_problem)
+from cropi_verl.rollout.collect import (CollectConfig, RolloutManifestMismatch, collect_rollouts, hf_backend,
+                                        manifest_mismatch, other_model_problem)
 from cropi_verl.rollout.hf_backend import behaviour_logprobs, token_batches
 from cropi_verl.rollout.records import RECORD_COLUMNS, Response, make_row, to_prompt_rollouts
 from cropi_verl.rollout.vllm_backend import request_seeds, split_evenly, vllm_outputs_to_responses
@@ -124,6 +124,46 @@ def test_long_prompts_skipped_and_counted(setup, tmp_path):
     n_long = sum(n > limit for n in lens)
     assert n_long > 0 and len(manifest["skipped_long_prompts"]) == n_long
     assert len(pd.read_parquet(path)) == len(lens) - n_long
+
+
+def test_an_adaptive_collection_draws_the_rest_only_where_the_first_draw_differs(setup, tmp_path):
+    """``adaptive_first`` = 2 of n = 4 with a backend whose rewards follow a table (response k of prompt p right iff
+    ``RIGHT[p % 5][k]``): every prompt gets 2 first; the prompts whose first 2 agree keep them, the others get the
+    2 more of the table; the calls and the manifest's counts against the table by hand."""
+    policy, prompts = setup
+    tok = AutoTokenizer.from_pretrained(policy)
+    frame = pd.read_parquet(prompts)
+    RIGHT = [(1, 1, 0, 0), (0, 0, 1, 1), (1, 0, 0, 0), (0, 1, 1, 1), (0, 0, 0, 0)]
+    texts = [tok.apply_chat_template(list(p), tokenize=False, add_generation_prompt=True) for p in frame["prompt"]]
+    row_of = {tuple(tok(t, add_special_tokens=False)["input_ids"]): i for i, t in enumerate(texts)}
+    calls = []
+
+    def fake(ps, seed, n=4):
+        calls.append((len(ps), n))
+        out = []
+        for ids in ps:
+            p = row_of[tuple(ids)]
+            part = RIGHT[p % 5][:n] if n == 2 and len(calls) % 2 else RIGHT[p % 5][4 - n:]
+            gt = frame["reward_model"].iloc[p]["ground_truth"]
+            out.append([Response([5, 6], f"\\boxed{{{gt}}}" if r else "no idea", [-1.0, -1.0], False) for r in part])
+        return out
+
+    cfg = CollectConfig(model=str(policy), input=str(prompts), n=4, max_new_tokens=4, shard_size=10,
+                        adaptive_first=2)
+    df = pd.read_parquet(collect_rollouts(cfg, tmp_path / "r", fake, tok, progress=False))
+    mixed = [p for p in range(24) if RIGHT[p % 5][0] != RIGHT[p % 5][1]]  # rows 2, 3 of every 5
+    assert [list(r) for r in df["reward"]] == [list(map(float, RIGHT[p % 5] if p in mixed else RIGHT[p % 5][:2]))
+                                              for p in range(24)]
+    shard_mixed = [sum(p in mixed for p in range(j, min(j + 10, 24))) for j in (0, 10, 20)]
+    assert calls == [c for j, size in zip(range(3), (10, 10, 4)) for c in ((size, 2), (shard_mixed[j], 2))]
+    adaptive = json.loads((tmp_path / "r" / "manifest.json").read_text())["adaptive"]
+    assert adaptive == {"first": 2, "stopped_prompts": 24 - len(mixed), "prompts": 24,
+                        "responses": 2 * 24 + 2 * len(mixed), "responses_at_n": 96}
+    with pytest.raises(ValueError, match=r"adaptive_first=5: expected null or an integer 2 \.\. n=4"):
+        CollectConfig(model="m", input="i", n=4, adaptive_first=5)
+    model = AutoModelForCausalLM.from_pretrained(policy).eval()  # the HF backend draws the n it is asked for
+    first = list(row_of)[:3]
+    assert [len(g) for g in hf_backend(model, tok, cfg)(first, 0, 3)] == [3, 3, 3]
 
 
 def test_empty_and_nan_are_flagged_not_scored():

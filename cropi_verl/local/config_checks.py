@@ -54,6 +54,7 @@ DEMO_RULES = {
                                       "warmup_batch_size")},
     "policy.warmup_lr": Positive, "policy.seed": NonNegativeInt,
     "offline.n": GroupSize, "offline.val_n": GroupSize, "offline.temperature": Positive,
+    "offline.adaptive_first": OptionalCount,
     **{f"offline.{k}": Count for k in ("max_new_tokens", "batch_size", "shard_size")},
     "methods": list_of(STRATEGIES, non_empty=True),
     "curriculum.num_stages": Count, "curriculum.steps_per_stage": Count, "curriculum.fraction": Fraction,

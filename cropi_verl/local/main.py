@@ -55,7 +55,8 @@ from cropi_verl.local.wall_estimate import Rates, estimate_lines, longest_per_ca
 from cropi_verl.models.presets import PRESETS, model_source
 from cropi_verl.models.special_tokens import token_rule_of
 from cropi_verl.models.tiny_policy import TinyPolicyConfig, build_tiny_policy, tiny_policy_dir
-from cropi_verl.rollout.collect import CollectConfig, collect_rollouts, hf_backend, manifest_mismatch
+from cropi_verl.rollout.collect import (CollectConfig, adaptive_first_problem, collect_rollouts, hf_backend,
+                                        manifest_mismatch)
 from cropi_verl.rollout.hf_backend import chat_prompt_ids
 from cropi_verl.rollout.records import RolloutLimits, read_rollouts
 from cropi_verl.utils.atomic import atomic_write_json
@@ -110,12 +111,13 @@ def policy_dir_of(cfg: DictConfig) -> Path:
 
 
 def collect_config(cfg: DictConfig, policy_dir: Path, split: str) -> CollectConfig:
-    """beta's offline collection of ``split``: ``offline.n`` responses per pool prompt, ``offline.val_n`` else."""
+    """beta's offline collection of ``split``: ``offline.n`` responses per pool prompt (adaptive with
+    ``offline.adaptive_first``), ``offline.val_n`` else."""
     off = cfg.offline
     return CollectConfig(model=str(policy_dir), input=str(Path(cfg.output_dir) / "data" / f"{split}.parquet"),
                          backend="hf", n=off.n if split == "train" else off.val_n, temperature=off.temperature,
                          max_new_tokens=off.max_new_tokens, seed=cfg.seed, batch_size=off.batch_size,
-                         shard_size=off.shard_size)
+                         shard_size=off.shard_size, adaptive_first=off.adaptive_first if split == "train" else None)
 
 
 def demo_seeds(cfg: DictConfig) -> list[int]:
@@ -136,6 +138,8 @@ def check_before_work(cfg: DictConfig, methods: list[str]) -> None:
               json.loads((policy_dir / "config.json").read_text())["num_hidden_layers"])
     if problem := grad_layers_problem(cfg.influence.grad_layers, layers):
         raise ValueError(f"bad demo config: influence.{problem}")
+    if problem := adaptive_first_problem(cfg.offline.adaptive_first, cfg.offline.n):
+        raise ValueError(f"bad demo config: offline.{problem} (offline.n)")
     runs = [run_dir_problem(method_dir(cfg, m, s), run_config(cfg, m, s)) for m in methods for s in demo_seeds(cfg)]
     rollouts = [manifest_mismatch(Path(cfg.output_dir) / "rollouts" / split,
                                   collect_config(cfg, policy_dir, split))

@@ -16,6 +16,12 @@ manifest from a different config is an error, never a silent mix.
 Prompts whose chat-templated length exceeds ``max_prompt_tokens`` are skipped (not truncated: a cut
 question is a different question), counted, and listed in ``manifest.json`` under ``skipped_long_prompts``.
 With ``max_prompts``, only that many of the others, drawn with ``seed`` (in file order), are collected.
+
+With ``adaptive_first`` = k0 (2 <= k0 <= n; an adaptive collection, AR3PO's idea), each prompt of a shard gets k0
+responses first; a prompt whose k0 rewards are all finite and equal keeps those k0 only (it would most often be
+zero-advantage at n: ``scripts/adaptive_collection.py`` measures what is missed), the others get n - k0 more, drawn
+with the shard's second seed. A first draw with mixed rewards stays mixed, so no prompt is kept wrongly. The
+manifest records ``adaptive``: the prompts stopped and the responses drawn against n per prompt.
 """
 
 from __future__ import annotations
@@ -60,10 +66,23 @@ class CollectConfig:
     tensor_parallel_size: int = 1  # vllm
     max_prompts: int | None = None  # collect a seeded draw of this many prompts (None: all)
     logprob_dtype: str = "float32"  # beta's log-probs recomputed by the HF model in this dtype (the workers' dtype)
+    adaptive_first: int | None = None  # k0: k0 responses first, n - k0 more only where they differ (None: n at once)
+
+    def __post_init__(self) -> None:
+        if problem := adaptive_first_problem(self.adaptive_first, self.n):
+            raise ValueError(problem)
 
 
-# A backend samples one shard: (token ids of each prompt, seed) -> n Responses per prompt.
-Backend = Callable[[Sequence[list[int]], int], list[list[Response]]]
+def adaptive_first_problem(first: int | None, n: int) -> str | None:
+    """Why ``adaptive_first`` cannot be the first draw of an ``n``-response collection; None when it can."""
+    if first is None or (isinstance(first, int) and not isinstance(first, bool) and 2 <= first <= n):
+        return None
+    return f"adaptive_first={first!r}: expected null or an integer 2 .. n={n} (a first draw of responses per prompt)"
+
+
+# A backend samples one shard: (token ids of each prompt, seed[, n]) -> n Responses per prompt (n: cfg.n unless given).
+Backend = Callable[..., list[list[Response]]]
+SECOND_DRAW_SEED = 7_777_777_777  # added to a shard's seed for an adaptive collection's second draw
 LOGPROB_TOKENS = 16384  # padded tokens per forward when recomputing beta's log-probs (bounds the activations)
 
 
@@ -151,6 +170,42 @@ def _read_shard(path: Path, expected_ids: list[int]) -> pd.DataFrame | None:
         return None
 
 
+def _scored(rec, group: list[Response]) -> list[float]:
+    return [score_or_nan(rec["data_source"], r.text, rec["reward_model"]["ground_truth"], rec["extra_info"])
+            for r in group]
+
+
+def _all_equal(rewards: list[float]) -> bool:
+    return all(math.isfinite(x) for x in rewards) and max(rewards) == min(rewards)
+
+
+def _sample_shard(cfg: CollectConfig, backend: Backend, recs: list, prompt_ids: list[list[int]], seed: int):
+    """(responses, rewards) per prompt: all ``cfg.n`` at once, or the adaptive collection's two draws."""
+    if cfg.adaptive_first is None:
+        gens = backend(prompt_ids, seed)
+        return gens, [_scored(rec, g) for rec, g in zip(recs, gens)]
+    gens = [list(g) for g in backend(prompt_ids, seed, cfg.adaptive_first)]
+    rewards = [_scored(rec, g) for rec, g in zip(recs, gens)]
+    mixed = [i for i, r in enumerate(rewards) if not _all_equal(r)]
+    if mixed and cfg.n > cfg.adaptive_first:
+        more = backend([prompt_ids[i] for i in mixed], seed + SECOND_DRAW_SEED, cfg.n - cfg.adaptive_first)
+        for i, extra in zip(mixed, more):
+            gens[i] += extra
+            rewards[i] += _scored(recs[i], extra)
+    return gens, rewards
+
+
+def _adaptive_counts(cfg: CollectConfig, merged: pd.DataFrame) -> dict:
+    """What the adaptive collection stopped and drew, against ``n`` responses for every prompt."""
+    drawn = [len(r) for r in merged["response_ids"]]
+    stopped = sum(d < cfg.n for d in drawn)
+    out = {"first": cfg.adaptive_first, "stopped_prompts": stopped, "prompts": len(drawn),
+           "responses": sum(drawn), "responses_at_n": cfg.n * len(drawn)}
+    log.info("adaptive collection: %d of %d prompts stopped after %d responses (rewards all equal); %d of %d "
+             "responses drawn", stopped, len(drawn), cfg.adaptive_first, out["responses"], out["responses_at_n"])
+    return out
+
+
 def collect_rollouts(cfg: CollectConfig, out_dir: str | Path, backend: Backend, tokenizer, progress: bool = True,
                      max_verifier_failures: float = MAX_VERIFIER_FAILURES) -> Path:
     """Collect ``cfg.n`` responses per prompt of ``cfg.input`` into ``out_dir``; returns the rollouts parquet.
@@ -193,15 +248,13 @@ def _collect(cfg: CollectConfig, out: Path, prompts: pd.DataFrame, backend: Back
     t0, n_tokens = time.time(), 0
     for j in todo:
         rows = shards[j]
-        gens = backend([chat_ids[i] for i in rows], cfg.seed * 1_000_003 + j)
+        recs = [prompts.iloc[i] for i in rows]
+        gens, scores = _sample_shard(cfg, backend, recs, [chat_ids[i] for i in rows], cfg.seed * 1_000_003 + j)
         records, failed = [], 0
-        for i, group in zip(rows, gens):
-            rec = prompts.iloc[i]
-            gt = rec["reward_model"]["ground_truth"]
-            rewards = [score_or_nan(rec["data_source"], r.text, gt, rec["extra_info"]) for r in group]
+        for i, rec, group, rewards in zip(rows, recs, gens, scores):
             failed += sum(math.isnan(x) for x in rewards)
-            records.append(make_row(ids[i], rec["data_source"], rec["extra_info"].get("split", ""), gt, chat_ids[i],
-                                    group, rewards, tokens.stop_ids))
+            records.append(make_row(ids[i], rec["data_source"], rec["extra_info"].get("split", ""),
+                                    rec["reward_model"]["ground_truth"], chat_ids[i], group, rewards, tokens.stop_ids))
             n_tokens += sum(len(r.token_ids) for r in group)
         scored = sum(len(g) for g in gens)
         if failed > max_verifier_failures * scored:
@@ -222,6 +275,8 @@ def _collect(cfg: CollectConfig, out: Path, prompts: pd.DataFrame, backend: Back
     if n_flagged:
         log.warning("%d responses flagged (empty generation or non-finite reward); they are never scored", n_flagged)
     manifest |= {"skipped_long_prompts": skipped, "n_prompts": len(merged), "n_flagged_responses": n_flagged}
+    if cfg.adaptive_first is not None:
+        manifest["adaptive"] = _adaptive_counts(cfg, merged)
     atomic_write_json(manifest, out / "manifest.json")
     return atomic_write_parquet(merged, out / "rollouts.parquet")
 
@@ -233,10 +288,10 @@ def hf_backend(model, tokenizer, cfg: CollectConfig, logprob_tokens: int = LOGPR
 
     scorer = in_dtype(model, cfg.logprob_dtype)
 
-    def run(prompt_ids: Sequence[list[int]], seed: int) -> list[list[Response]]:
+    def run(prompt_ids: Sequence[list[int]], seed: int, n: int | None = None) -> list[list[Response]]:
         groups = []
         for b in range(0, len(prompt_ids), cfg.batch_size):
-            gens = sample_chat(model, tokenizer, prompt_ids[b : b + cfg.batch_size], cfg.n, cfg.temperature,
+            gens = sample_chat(model, tokenizer, prompt_ids[b : b + cfg.batch_size], n or cfg.n, cfg.temperature,
                                cfg.top_p, cfg.max_new_tokens, seed * 7919 + b)
             groups += [[Response(g.response_ids, tokenizer.decode(g.response_ids, skip_special_tokens=True), None,
                                  g.truncated) for g in group] for group in gens]

@@ -73,8 +73,8 @@ def _engine(cfg: CollectConfig, gpus: str | None, tokens: TokenRule, logprob_tok
         model = AutoModelForCausalLM.from_pretrained(cfg.model, dtype=dtype).to("cpu" if gpus is None else "cuda")
         model.eval()
         outbox.put(("ok", None))
-        for prompt_ids, seeds in iter(inbox.get, None):
-            params = [SamplingParams(n=cfg.n, temperature=cfg.temperature, top_p=cfg.top_p,
+        for prompt_ids, seeds, n in iter(inbox.get, None):
+            params = [SamplingParams(n=n, temperature=cfg.temperature, top_p=cfg.top_p,
                                      max_tokens=cfg.max_new_tokens, stop_token_ids=list(tokens.stop_ids), seed=s)
                       for s in seeds]
             outs = llm.generate([TokensPrompt(prompt_token_ids=list(p)) for p in prompt_ids], params, use_tqdm=False)
@@ -157,11 +157,11 @@ def vllm_backend(cfg: CollectConfig, tokens: TokenRule, data_parallel_size: int 
     for rank, (proc, _, outbox) in enumerate(engines):
         _receive(proc, outbox, rank)  # started
 
-    def run(prompt_ids: Sequence[list[int]], seed: int) -> list[list[Response]]:
+    def run(prompt_ids: Sequence[list[int]], seed: int, n: int | None = None) -> list[list[Response]]:
         seeds = request_seeds(seed, len(prompt_ids))
         parts = split_evenly(len(prompt_ids), min(len(engines), len(prompt_ids)))
         for (_, inbox, _), part in zip(engines, parts):
-            inbox.put((list(prompt_ids[part]), seeds[part]))
+            inbox.put((list(prompt_ids[part]), seeds[part], n or cfg.n))
         busy = enumerate(engines[: len(parts)])
         return [group for rank, (proc, _, outbox) in busy for group in _receive(proc, outbox, rank)]
 
