@@ -22,7 +22,10 @@ directions as backward produces it; no [N, d] or d x k matrix), and sparse_jl is
 With ``--grad-layers``, each L' given also runs the pass on the last L' blocks' gradient (``popi.grad_layers``) and
 reports the overlap of its top 10% (exact, and sparse_jl at ``--default-k``) with the full gradient's exact top 10%;
 with ``--responses``, each K' runs it on the first K' responses of every pool prompt (prompts matched by id: fewer
-may be scorable).
+may be scorable); with ``--halves``, two disjoint halves of every prompt's responses are two independent draws
+of K/2, and the overlap of their exact top 10% is the noise floor at K/2. ``--default-responses R`` makes the first R
+responses the reference (the default selection the levers are compared with), so that a collection of K = 2R gives
+the floor at the default R itself.
 
     python scripts/projection_fidelity.py --model smollm2-135m --pool 540 --n 4 [--grad-layers 2 8 15]
 
@@ -58,7 +61,7 @@ from cropi_verl.rollout.collect import CollectConfig, collect_rollouts, hf_backe
 from cropi_verl.rollout.records import RolloutLimits, read_rollouts, to_prompt_rollouts
 from cropi_verl.utils.cache import cache_root
 from cropi_verl.utils.cli import HelpFormatter, one_line_errors
-from cropi_verl.utils.config_rules import Count, arg_type
+from cropi_verl.utils.config_rules import Count, Positive, arg_type
 
 REAL_KS = [1 << e for e in range(11, 18)]  # 2^11 .. 2^17
 
@@ -93,7 +96,7 @@ def collected_rollouts(args: argparse.Namespace, frames: dict, model, tok, folde
         frame = in_prompt_format(frames[split], args.prompt)
         src = write_verl_parquet(frame, work / "data" / f"{split}.parquet")
         cfg = CollectConfig(model=folder, input=str(src), n=args.n if split == "train" else args.val_n,
-                            temperature=0.7, max_new_tokens=args.max_new_tokens, seed=args.seed, batch_size=8,
+                            temperature=args.temperature, max_new_tokens=args.max_new_tokens, seed=args.seed, batch_size=8,
                             shard_size=40)
         out[split] = collect_rollouts(cfg, work / "rollouts" / split, hf_backend(model, tok, cfg), tok)
     return out
@@ -134,6 +137,10 @@ def mean_overlap(ref, other, exact: bool = True, k: str | None = None) -> float:
 def real_model_fidelity(args: argparse.Namespace) -> int:
     """The streaming mode (module docstring): one table row per k (and per --grad-layers), one JSON line."""
     t0 = time.time()
+    if args.default_responses is not None and (args.default_responses < 2 or
+                                               any(n > args.default_responses for n in args.responses)):
+        raise ValueError(f"--default-responses {args.default_responses}: expected >= 2 and >= each --responses "
+                         f"{args.responses}")
     folder = model_source(args.model)
     if not Path(folder).is_dir():
         raise ValueError(f"--model {args.model}: expected a preset name or a local HF model folder")
@@ -155,7 +162,13 @@ def real_model_fidelity(args: argparse.Namespace) -> int:
     t_val = time.time()
     directions, used = directions_at(model, prompts, args, rule.pad_id)
     print(f"validation directions: {used} usable prompts ({time.time() - t_val:.0f}s)", flush=True)
-    ref, dim, seconds = streamed_scores(model, prompts["train"], directions, ks, args, rule.pad_id)
+    def responses(part) -> list:
+        """Each pool prompt with its responses ``part(K)`` only (a slice of its own K)."""
+        return [replace(p, responses=p.responses[part(len(p.rewards))], rewards=p.rewards[part(len(p.rewards))],
+                        behaviour_logprobs=p.behaviour_logprobs[part(len(p.rewards))]) for p in prompts["train"]]
+
+    pool = responses(lambda _: slice(args.default_responses)) if args.default_responses else prompts["train"]
+    ref, dim, seconds = streamed_scores(model, pool, directions, ks, args, rule.pad_id)
     n = len(ref.prompt_ids)
     rows = [{"k": k, **{s: precision_at(ref.exact[s], ref.projected[str(k)][s]) for s in TARGETED_SETS}}
             for k in ks]
@@ -171,15 +184,10 @@ def real_model_fidelity(args: argparse.Namespace) -> int:
         restricted = load()
         last_layers_only(restricted, n_layers)
         sub_dirs, _ = directions_at(restricted, prompts, args, rule.pad_id)
-        sub, d_sub, sec = streamed_scores(restricted, prompts["train"], sub_dirs, [args.default_k], args, rule.pad_id)
+        sub, d_sub, sec = streamed_scores(restricted, pool, sub_dirs, [args.default_k], args, rule.pad_id)
         layer_rows.append({"grad_layers": n_layers, "of": layers, "dim": d_sub, "seconds_ratio": round(sec / seconds, 3),
                            "flop_factor": round((2 + 4 * d_sub / dim) / 6, 3),
                            "exact_overlap": mean_overlap(ref, sub), "sketch_overlap": mean_overlap(ref, sub, False, k)})
-    def responses(part) -> list:
-        """Each pool prompt with its responses ``part(K)`` only (a slice of its own K)."""
-        return [replace(p, responses=p.responses[part(len(p.rewards))], rewards=p.rewards[part(len(p.rewards))],
-                        behaviour_logprobs=p.behaviour_logprobs[part(len(p.rewards))]) for p in prompts["train"]]
-
     response_rows = []
     for n_resp in args.responses:
         sub, _, sec = streamed_scores(model, responses(lambda _, n=n_resp: slice(n)), directions, [args.default_k], args, rule.pad_id)
@@ -207,7 +215,8 @@ def real_model_fidelity(args: argparse.Namespace) -> int:
                   f"{r['sketch_overlap']:>8.3f}")
     print(json.dumps({"model": str(args.model), "dim": dim, "n_pool": len(prompts["train"]), "n_scored": n,
                       "val_prompts": used, "precision_at_10": {str(r["k"]): round(r["mean"], 4) for r in rows},
-                      "grad_layers": layer_rows, "responses": response_rows, "halves": halves, "seconds": round(time.time() - t0, 1)}))
+                      "grad_layers": layer_rows, "responses": response_rows, "halves": halves,
+                      "default_responses": args.default_responses, "seconds": round(time.time() - t0, 1)}))
     return 0
 
 
@@ -252,9 +261,13 @@ def main(argv: list[str] | None = None) -> int:
     real.add_argument("--responses", type=int, nargs="*", default=[],
                       help="also each K': the pool's first K' responses only (fewer in the collection and the "
                            "pass) against all of them, at --default-k")
+    real.add_argument("--default-responses", type=arg_type(Count), default=None, metavar="R",
+                      help="the reference selection (exact and sparse_jl, --grad-layers too) on the first R responses "
+                           "of each pool prompt (default: all K); with K = 2R, --halves is the noise floor at R")
     real.add_argument("--halves", action="store_true",
                       help="also the agreement of two disjoint halves of each pool prompt's responses (the noise "
                            "floor of two draws of K/2)")
+    real.add_argument("--temperature", type=arg_type(Positive), default=0.7, help="sampling temperature")
     real.add_argument("--max-val-prompts", type=arg_type(Count), default=100,
                       help="usable prompts per validation direction (influence.max_val_prompts)")
     args = ap.parse_args(argv)

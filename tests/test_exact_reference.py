@@ -91,3 +91,6 @@ def test_projection_fidelity_real_model_mode_end_to_end(tmp_path):
                          timeout=300)
     assert big.returncode == 2 and "--pool 600: cannot draw 600 distinct problems" in big.stderr
     assert not (tmp_path / "work").exists()  # refused before the model is loaded or anything is collected
+    narrow = subprocess.run(cmd + ["--rollouts", str(tmp_path / "roll"), "--default-responses", "2", "--responses", "3"],
+                            capture_output=True, text=True, timeout=300)
+    assert narrow.returncode == 2 and "--default-responses 2: expected >= 2 and >= each --responses [3]" in narrow.stderr
