@@ -26,8 +26,8 @@
 #   KEEP_CKPTS (2): trainer.max_actor_ckpt_to_keep (a 1.5B checkpoint is ~20 GiB; preflight prints the disk plan),
 #   ROLLOUT_BACKEND (vllm; or hf: transformers generate), ADAPTIVE_FIRST (unset: off; 2 .. 8): an adaptive pool
 #     collection, that many responses per prompt first and the other 8 - ADAPTIVE_FIRST only where their rewards
-#     differ (collect_rollouts.py --adaptive-first; scripts/adaptive_collection.py measures what it misses), RAW_DIR (read the raw datasets from local files,
-#     prepare_data.py --raw-dir, instead of the HF hub),
+#     differ (collect_rollouts.py --adaptive-first; scripts/adaptive_collection.py measures what it misses),
+#   RAW_DIR (read the raw datasets from local files, prepare_data.py --raw-dir, instead of the HF hub),
 #   DRY_RUN=1 checks the settings and prints each step's command, labelled, instead of running it (steps whose
 #     output exists are marked skipped); preflight runs for real when every input it reads exists,
 #   CROPI_STOP_BEFORE_TRAIN=1 runs every step before the trainer launch, then prints the launch instead.

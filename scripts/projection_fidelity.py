@@ -141,6 +141,8 @@ def real_model_fidelity(args: argparse.Namespace) -> int:
                                                any(n > args.default_responses for n in args.responses)):
         raise ValueError(f"--default-responses {args.default_responses}: expected >= 2 and >= each --responses "
                          f"{args.responses}")
+    if few := [n for n in args.responses if n < 2]:
+        raise ValueError(f"--responses {few}: expected K' >= 2 (a group advantage needs two responses)")
     folder = model_source(args.model)
     if not Path(folder).is_dir():
         raise ValueError(f"--model {args.model}: expected a preset name or a local HF model folder")
@@ -152,8 +154,6 @@ def real_model_fidelity(args: argparse.Namespace) -> int:
     bad = [n for n in args.grad_layers if grad_layers_problem(n, layers)]
     if bad:
         raise ValueError(f"--grad-layers {bad}: {grad_layers_problem(bad[0], layers)}")
-    if few := [n for n in args.responses if n < 2]:
-        raise ValueError(f"--responses {few}: expected K' >= 2 (a group advantage needs two responses)")
     rule = model_token_rule(model, tok)
     paths = paths or collected_rollouts(args, frames, model, tok, folder)
     limits = RolloutLimits.of_model(folder)

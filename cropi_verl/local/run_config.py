@@ -18,6 +18,7 @@ keeps the earlier behaviour.
 from __future__ import annotations
 
 import json
+from functools import lru_cache
 from pathlib import Path
 from typing import Any, Iterable
 
@@ -40,9 +41,20 @@ def _flat(node: Any, prefix: str = "") -> dict[str, Any]:
     return {k: v for key, child in node.items() for k, v in _flat(child, f"{prefix}{key}.").items()}
 
 
+def _dotted(tree: dict) -> dict[str, Any]:
+    """``{dotted key: leaf value}`` of a nested dict."""
+    return {k.rstrip("."): v for k, v in _flat(tree).items()}
+
+
+@lru_cache(maxsize=1)
+def _shipped_defaults() -> dict[str, Any]:
+    """configs/tiny_cpu.yaml's leaves (read once per process; callers only read it)."""
+    return _dotted(shipped_keys("tiny_cpu"))
+
+
 def run_config(cfg: DictConfig, strategy: str, seed: int) -> dict[str, Any]:
     """The settings that decide the results of ``strategy`` run with training seed ``seed`` (module docstring)."""
-    flat = {k.rstrip("."): v for k, v in _flat(OmegaConf.to_container(cfg, resolve=True)).items()}
+    flat = _dotted(OmegaConf.to_container(cfg, resolve=True))
     unused = tuple(group for group, off in (("influence.", strategy not in INFLUENCE_STRATEGIES),
                                             ("curriculum.candidates.", cfg.curriculum.rescore != "candidates")) if off)
     keep = {k: v for k, v in flat.items()
@@ -62,8 +74,8 @@ def run_dir_problem(run_dir: Path, want: dict[str, Any]) -> str | None:
     keys = have.keys() | want.keys()
     if INPUTS not in have or INPUTS not in want:  # compared once both know them (module docstring)
         keys -= {INPUTS}
-    shipped = _flat(shipped_keys("tiny_cpu"))
-    added = {k for k in keys if k not in have and k in want and k + "." in shipped and want[k] == shipped[k + "."]}
+    shipped = _shipped_defaults()
+    added = {k for k in keys if k not in have and k in shipped and want[k] == shipped[k]}  # (so k is in want)
     diff = sorted(k for k in keys - added if k not in have or k not in want or have[k] != want[k])
     if not diff:
         return None
