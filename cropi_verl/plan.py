@@ -278,6 +278,23 @@ def _meta_counts(model: str) -> tuple[dict, int, int]:
     return config.to_dict(), sum(sizes), max(sizes)
 
 
+def grad_layers_flop_factor(model: str | Path, n: int, gradient_checkpointing: bool) -> float:
+    """The pass's FLOPs with the last ``n`` blocks' gradient over the full pass's, (2 P + (4 + 2c) d_n) / ((6 + 2c) P):
+    d_n the parameters ``last_layers_only`` keeps trainable (the last n blocks, the final norm, the head) on
+    ``model`` built on the meta device (``influence.gradients.pass_flops``), c = 1 under checkpointing."""
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    from cropi_verl.influence.gradients import last_layers_only, parameter_offsets
+
+    with torch.device("meta"):
+        net = AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(str(model)))
+    every = sum(p.numel() for p in net.parameters())
+    last_layers_only(net, n)
+    c = 2 * gradient_checkpointing
+    return (2 * every + (4 + c) * parameter_offsets(net)[1]) / ((6 + c) * every)
+
+
 def model_shape(model: str | Path) -> ModelShape:
     """``model``'s shape with the meta-device counts, or by Qwen2's formulas from its config.json (a local directory
     or the file) when transformers is absent."""

@@ -80,6 +80,8 @@ INPUTS = {
 }
 INPUT_RULES = {"fraction": Fraction, "zero_share": ShareOf, "mfu": Fraction, "grad_share": Fraction,
                "collect_share": Fraction}  # the others: a number > 0
+# the levers (issue 34): each input that shrinks the selection, and the paper's setting it is measured against
+LEVERS = ("responses", "stages", "grad_share", "collect_share")
 MAX_RESPONSE = {"qwen2.5-1.5b": 2048, "qwen2.5-7b": 4096, R1: 8192}  # the recipes' caps
 STEP_KEYS = ("cropi_steps", "full_steps")
 
@@ -160,6 +162,23 @@ def model_values(t: Target, args: argparse.Namespace) -> dict:
             for k, (per_model, _) in INPUTS.items()}
 
 
+def lever_line(t: Target, v: dict, r: dict, candidates: CandidateConfig | None) -> str:
+    """Each lever's value and cost factor, and the selection's hours (collection + passes) against the paper's
+    setting of the levers (K = 8, 10 stages, the full gradient, no adaptive draw, every pass rescoring the pool);
+    both hours are added to ``r`` (the JSON line's)."""
+    paper = {k: INPUTS[k][0][t.inputs_of] for k in LEVERS}
+    base = estimate(t, v | paper)
+    k, k0 = v["responses"], paper["responses"]
+    hours, paper_hours = (x["collection_hours"] + x["passes_hours"] for x in (r, base))
+    rescore = ("rescore candidates: the pool share of each later pass "
+               f"x{r['rescored_share']:.2f}" if candidates else "rescore true (every pass scores the pool)")
+    r["selection_hours"], r["paper_selection_hours"] = hours, paper_hours
+    return (f"levers ({t.name}): K = {k:g} of the paper's {k0} (collection and pass tokens x{k / k0:.2f}); "
+            f"{v['stages']:g} stages ({v['stages']:g} passes); the last {v['grad_share']:.1%} of the blocks (pass FLOPs "
+            f"x{r['grad_factor']:.3f}); the collection draws {v['collect_share']:.0%} of K; {rescore} -> selection "
+            f"{hours:.1f} h against {paper_hours:.1f} h at the paper's setting (x{hours / paper_hours:.2f})")
+
+
 def cell(value: float | None, fmt: str) -> str:
     return "-" if value is None else format(value, fmt)
 
@@ -210,6 +229,8 @@ def main(argv: list[str] | None = None) -> int:
         if v["full_steps"] is None:
             print(f"({r['model']}: no speed-up: the paper publishes no full-data step count reaching CROPI's level; "
                   "give --full-steps for one)")
+    for t, v, r in zip(targets, values, rows):
+        print(lever_line(t, v, r, candidates))
     print("(checkpointing in the pass: " + ", ".join(f"{r['model']} {'on' if r['checkpointing'] else 'off'}"
                                                     for r in rows) + ", as the memory plan decides on 80 GiB)")
     print(json.dumps({r["model"]: {k: (round(v, 3) if isinstance(v, float) else v) for k, v in r.items()

@@ -44,7 +44,7 @@ from omegaconf import OmegaConf
 from cropi_verl.curriculum.settings import candidates_from
 from cropi_verl.data.verl_format import read_verl_parquet, row_ids
 from cropi_verl.influence.gradients import grad_layers_problem
-from cropi_verl.plan import WorkerSettings, format_plan, meta_counts
+from cropi_verl.plan import WorkerSettings, format_plan, grad_layers_flop_factor, meta_counts
 from cropi_verl.models.presets import ModelFolderError, preset_folder
 from cropi_verl.rollout.collect import other_model_problem
 from cropi_verl.rollout.records import RolloutLimits, excluded_responses, read_rollouts, zero_advantage
@@ -124,6 +124,7 @@ def preflight(cfg) -> tuple[list[str], list[str]]:
         worker = worker_settings(cropi, gpu, checkpointing)
         lines.append(f"influence workers: {worker.dtype} on {'GPUs' if gpu else 'the CPU'}, gradient checkpointing "
                      f"{'on' if checkpointing else 'off'} ({why})")
+        lines.append(lever_line(cfg, cropi, checkpointing))
     problems += model_problems(cfg, cropi) + length_problems(cfg)
     train_ids: set[int] = set()
     tiers: dict[int, str] = {}  # training row id -> its extra_info.tier, where the rows carry one
@@ -198,6 +199,33 @@ def preflight(cfg) -> tuple[list[str], list[str]]:
     memory_problems, memory_lines = memory_plan(cfg, worker)
     return (problems + logprob_dtype_problems(cropi, worker.dtype) + disk_problems + memory_problems,
             lines + disk_lines + memory_lines)
+
+
+def lever_line(cfg, cropi: dict, checkpointing: bool) -> str:
+    """The selection's cost levers as this run sets them (issue 34; docs/results.md sections 17-19): the responses
+    per pool prompt and the adaptive first draw (the train rollouts' manifest.json), the last-blocks gradient with its
+    FLOP factor (``plan.grad_layers_flop_factor``) and the stages (one influence pass each)."""
+    parts = []
+    manifest = Path(str(cropi.get("train_rollouts") or "")).with_name("manifest.json")
+    if cropi.get("train_rollouts") and manifest.is_file():
+        have = json.loads(manifest.read_text())
+        adaptive = have.get("adaptive")
+        parts.append(f"K = {have.get('config', {}).get('n', '?')} responses per pool prompt, adaptive collection "
+                     + (f"first {adaptive['first']}: {adaptive['responses']} of {adaptive['responses_at_n']} responses "
+                        f"drawn (collection x{adaptive['responses'] / max(adaptive['responses_at_n'], 1):.2f})"
+                        if adaptive else "off") + f" ({manifest})")
+    n = (cropi.get("popi") or {}).get("grad_layers")
+    model = Path(str(cfg.actor_rollout_ref.model.path)).expanduser()
+    if n is None:
+        parts.append("cropi.popi.grad_layers=null: the full gradient")
+    elif (model / "config.json").is_file() and not grad_layers_problem(
+            n, json.loads((model / "config.json").read_text())["num_hidden_layers"]):  # else: listed as a problem
+        factor = grad_layers_flop_factor(model, n, checkpointing)
+        parts.append(f"cropi.popi.grad_layers={n}: the last {n} blocks' gradient (pass FLOPs x{factor:.3f})")
+    else:
+        parts.append(f"cropi.popi.grad_layers={n}: the last {n} blocks' gradient")
+    parts.append(f"cropi.num_stages={cropi['num_stages']}")
+    return "selection levers: " + "; ".join(parts)
 
 
 def pass_rate_lines(roll, zero, tiers: dict[int, str]) -> list[str]:

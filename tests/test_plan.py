@@ -273,6 +273,14 @@ def test_plan_script_overhead_and_break_even_by_hand():
     adaptive = script.estimate(t, v | {"collect_share": 0.6})
     assert adaptive["collection_hours"] == pytest.approx(0.6 * r["collection_hours"])
     assert adaptive["passes_hours"] == r["passes_hours"]
+    # the levers' line: the selection against the paper's setting (K = 8, 10 stages) of the same inputs
+    line = script.lever_line(t, v, r, None)
+    paper_pass = 6 * 1192 * 8 * (4 + 6) / rate
+    paper = 10 * (100 * 0.5 + 10) * paper_pass / 2 + 100 * 8 * 6 / (10 * 2) + 2 * 1192 * 100 * 80 / (rate * 2)
+    assert r["paper_selection_hours"] * 3600 == pytest.approx(paper)
+    assert r["selection_hours"] * 3600 == pytest.approx(collect + passes)
+    assert "K = 2 of the paper's 8 (collection and pass tokens x0.25); 3 stages" in line
+    assert line.endswith(f"(x{(collect + passes) / paper:.2f})")
 
 
 def test_plan_script_uses_each_models_published_step_counts(tmp_path):

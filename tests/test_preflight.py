@@ -274,3 +274,26 @@ def test_grad_layers_beyond_the_models_blocks_is_listed(tmp_path):
     assert out.returncode == 1
     assert (f"cropi.popi.grad_layers={layers + 1}: expected null or 1 .. {layers} (the model's decoder blocks)"
             in out.stderr)
+
+
+def test_the_selection_levers_line_by_hand(tmp_path):
+    """The lever line reads K and the adaptive draw from the train rollouts' manifest.json and gives the last-block
+    gradient's FLOP factor, (2 P + (4 + 2c) d) / ((6 + 2c) P), d counted here on the loaded model's last block, final
+    norm and head."""
+    from transformers import AutoModelForCausalLM
+
+    train = _setup(tmp_path)
+    policy = saved_random_policy(tmp_path / "policy")
+    adaptive = {"first": 2, "stopped_prompts": 30, "prompts": 60, "responses": 180, "responses_at_n": 240}
+    (tmp_path / "manifest.json").write_text(json.dumps({"config": {"n": 4, "logprob_dtype": "bfloat16"},
+                                                                 "adaptive": adaptive}))
+    out = run_script("preflight.py", *_args(tmp_path, train, f"actor_rollout_ref.model.path={policy}",
+                                            "cropi.popi.grad_layers=1", "cropi.num_stages=3"))
+    model = AutoModelForCausalLM.from_pretrained(policy)
+    every = sum(p.numel() for p in model.parameters())
+    kept = {id(p): p.numel() for m in (model.model.layers[-1], model.model.norm, model.lm_head) for p in m.parameters()}
+    c = 2 * ("gradient checkpointing on" in out.stdout)
+    factor = (2 * every + (4 + c) * sum(kept.values())) / ((6 + c) * every)
+    assert (f"selection levers: K = 4 responses per pool prompt, adaptive collection first 2: 180 of 240 responses "
+            f"drawn (collection x0.75) ({tmp_path / 'manifest.json'}); cropi.popi.grad_layers=1: the last 1 blocks' "
+            f"gradient (pass FLOPs x{factor:.3f}); cropi.num_stages=3") in out.stdout

@@ -76,3 +76,35 @@ def test_default_policy_initial_pass_rate_in_target_band(tmp_path):
     pool = build_toy_task(ToyTaskConfig())["train"].iloc[::3].reset_index(drop=True)
     acc = avg_at_k(AutoModelForCausalLM.from_pretrained(path), tok, pool, k=4, max_new_tokens=32)
     assert 0.2 <= acc.mean() <= 0.6, mean_by(pool, acc, "family")
+
+
+def test_commands_asking_for_one_policy_at_once_build_it_once(tmp_path):
+    """Two commands that ask for an uncached policy while a third holds its build lock both wait; once it is free,
+    one builds and the other reads its cache (one "built" line in all)."""
+    import fcntl
+    import subprocess
+    import sys
+
+    from cropi_verl.models.tiny_policy import tiny_policy_dir
+
+    small = TinyPolicyConfig(task=ToyTaskConfig(n_train=10, n_val=4, n_sft=60), warmup_steps=2, warmup_batch_size=4)
+    out = tiny_policy_dir(small, tmp_path)
+    code = ("import logging, sys; logging.basicConfig(level=logging.INFO, stream=sys.stderr); "
+            "from cropi_verl.data.toy_task import ToyTaskConfig; "
+            "from cropi_verl.models.tiny_policy import TinyPolicyConfig, build_tiny_policy; "
+            f"print(build_tiny_policy({small!r}, __import__('pathlib').Path({str(tmp_path)!r})))")
+    tmp_path.mkdir(exist_ok=True)
+    with open(out.with_name(out.name + ".lock"), "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        procs = [subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                  text=True) for _ in range(2)]
+        for proc in procs:  # each says it waits, and nothing is built while the lock is held
+            for line in proc.stderr:
+                if "waiting for another command building the tiny policy" in line:
+                    break
+        assert not out.exists()
+    results = [proc.communicate(timeout=120) for proc in procs]
+    assert [proc.returncode for proc in procs] == [0, 0], results
+    assert [stdout.strip() for stdout, _ in results] == [str(out), str(out)]
+    assert sum("built tiny policy" in stderr for _, stderr in results) == 1
+    assert (out / "build_info.json").is_file() and not list(tmp_path.glob("*.tmp*"))

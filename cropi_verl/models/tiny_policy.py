@@ -11,6 +11,7 @@ embedded task in public datasets' formats: ``cropi_verl.data.raw_fixtures``).
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import json
 import logging
@@ -149,10 +150,33 @@ def tiny_policy_dir(cfg: TinyPolicyConfig, cache_dir: Path | None = None) -> Pat
 
 
 def build_tiny_policy(cfg: TinyPolicyConfig = TinyPolicyConfig(), cache_dir: Path | None = None) -> Path:
-    """Build (or load from cache) the warmed-up tiny policy; returns its HF checkpoint directory."""
+    """Build (or load from cache) the warmed-up tiny policy; returns its HF checkpoint directory. Commands that ask
+    for the same policy at once build it once: the others wait on ``<dir>.lock`` (an ``flock``, released when its
+    holder ends, killed or not) and then read the cache."""
     out = tiny_policy_dir(cfg, cache_dir)
     if (out / "build_info.json").is_file():
         return out
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with open(out.with_name(out.name + ".lock"), "a") as lock:
+        if not _try_lock(lock):
+            log.info("waiting for another command building the tiny policy %s", out)
+            fcntl.flock(lock, fcntl.LOCK_EX)
+        if (out / "build_info.json").is_file():
+            return out
+        return _build(cfg, out)
+
+
+def _try_lock(file) -> bool:
+    """Take ``file``'s exclusive flock if it is free; False when another command holds it."""
+    try:
+        fcntl.flock(file, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return False
+    return True
+
+
+def _build(cfg: TinyPolicyConfig, out: Path) -> Path:
+    """Tokenizer, random init and warm-up of ``cfg``, written to a temp folder renamed to ``out``."""
     t0 = time.time()
     sft = warmup_corpus(cfg)
     tokenizer = train_chatml_tokenizer(_corpus(sft), cfg.vocab_size)
@@ -173,10 +197,7 @@ def build_tiny_policy(cfg: TinyPolicyConfig = TinyPolicyConfig(), cache_dir: Pat
         "build_seconds": round(time.time() - t0, 1),
     }
     atomic_write_json(info, tmp / "build_info.json")
-    if out.exists():  # a concurrent build finished first
-        shutil.rmtree(tmp)
-    else:
-        out.parent.mkdir(parents=True, exist_ok=True)
-        os.replace(tmp, out)
+    shutil.rmtree(out, ignore_errors=True)  # under the lock: only a folder without build_info.json can be there
+    os.replace(tmp, out)
     log.info("built tiny policy %s in %.1fs (%d params)", out, info["build_seconds"], info["n_params"])
     return out
