@@ -24,8 +24,10 @@
 #   VAL_PROMPTS (400): prompts per targeted set with rollouts; the influence pass scores against at most
 #     cropi.max_val_prompts (100) of those with a non-zero advantage (preflight prints how many each set has),
 #   KEEP_CKPTS (2): trainer.max_actor_ckpt_to_keep (a 1.5B checkpoint is ~20 GiB; preflight prints the disk plan),
-#   ROLLOUT_BACKEND (vllm; or hf: transformers generate), ADAPTIVE_FIRST (unset: off; 2 .. 8): an adaptive pool
-#     collection, that many responses per prompt first and the other 8 - ADAPTIVE_FIRST only where their rewards
+#   POOL_RESPONSES (8, the paper's K; at least 2): offline responses per pool prompt, a cost lever (collection and
+#     pass x K/8; docs/results.md section 19 measures its selection against K = 8),
+#   ROLLOUT_BACKEND (vllm; or hf: transformers generate), ADAPTIVE_FIRST (unset: off; 2 .. POOL_RESPONSES): an
+#     adaptive pool collection, that many responses per prompt first and the others only where their rewards
 #     differ (collect_rollouts.py --adaptive-first; scripts/adaptive_collection.py measures what it misses),
 #   RAW_DIR (read the raw datasets from local files, prepare_data.py --raw-dir, instead of the HF hub),
 #   DRY_RUN=1 checks the settings and prints each step's command, labelled, instead of running it (steps whose
@@ -72,11 +74,16 @@ positive() {  # VAR...: each a positive integer (no sign, no leading zero)
     if [[ ! "${!var}" =~ ^[1-9][0-9]*$ ]]; then fail "$var=${!var}: expected a positive integer"; fi
   done
 }
-positive TP MAX_PROMPT MAX_RESPONSE VAL_PROMPTS KEEP_CKPTS
+POOL_RESPONSES="${POOL_RESPONSES:-8}"
+positive TP MAX_PROMPT MAX_RESPONSE VAL_PROMPTS KEEP_CKPTS POOL_RESPONSES
+if (( POOL_RESPONSES < 2 )); then
+  fail "POOL_RESPONSES=$POOL_RESPONSES: expected an integer >= 2 (a prompt's responses must be able to differ)"
+fi
 if [[ -n "${ADAPTIVE_FIRST:-}" ]]; then
   positive ADAPTIVE_FIRST
-  if (( ADAPTIVE_FIRST < 2 || ADAPTIVE_FIRST > 8 )); then
-    fail "ADAPTIVE_FIRST=$ADAPTIVE_FIRST: expected 2 .. 8 (a first draw of the 8 responses per pool prompt)"
+  if (( ADAPTIVE_FIRST < 2 || ADAPTIVE_FIRST > POOL_RESPONSES )); then
+    fail "ADAPTIVE_FIRST=$ADAPTIVE_FIRST: expected 2 .. $POOL_RESPONSES (a first draw of the $POOL_RESPONSES" \
+      "responses per pool prompt)"
   fi
 fi
 TOKENS_PER_GPU="${TOKENS_PER_GPU:-$(( 3 * (MAX_PROMPT + MAX_RESPONSE) ))}"   # dynamic-batch token budget per GPU
@@ -171,7 +178,7 @@ collect() {  # set name, responses per prompt, extra collect_rollouts.py argumen
     --max-new-tokens "$MAX_RESPONSE" --max-prompt-tokens "$MAX_PROMPT" --logprob-dtype "$LOGPROB_DTYPE" \
     "${BACKEND_ARGS[@]}" "${@:3}"
 }
-collect train 8 ${ADAPTIVE_FIRST:+--adaptive-first "$ADAPTIVE_FIRST"}
+collect train "$POOL_RESPONSES" ${ADAPTIVE_FIRST:+--adaptive-first "$ADAPTIVE_FIRST"}
 for v in "${TARGETED_SETS[@]}"; do collect "$v" 32 --max-prompts "$VAL_PROMPTS"; done
 
 VAL_ROLLOUTS=""

@@ -469,6 +469,11 @@ def test_another_reward_range_is_declared_and_pass_rates_refuse_it():
     ({"DEVICE": "tpu"}, "error: DEVICE=tpu: expected gpu or cpu"),
     ({"ADAPTIVE_FIRST": "9"}, "error: ADAPTIVE_FIRST=9: expected 2 .. 8 (a first draw of the 8 responses per pool "
                               "prompt)"),
+    ({"POOL_RESPONSES": "4", "ADAPTIVE_FIRST": "5"}, "error: ADAPTIVE_FIRST=5: expected 2 .. 4 (a first draw of the 4 "
+                                                     "responses per pool prompt)"),
+    ({"POOL_RESPONSES": "1"}, "error: POOL_RESPONSES=1: expected an integer >= 2 (a prompt's responses must be able "
+                              "to differ)"),
+    ({"POOL_RESPONSES": "x"}, "error: POOL_RESPONSES=x: expected a positive integer"),
 ])
 def test_every_recipe_variable_is_checked_before_any_step(env, line, tmp_path):
     """At the top of _cropi_common.sh, in a dry run too: one line, exit 2, no step printed."""

@@ -407,6 +407,10 @@ def test_one_gpu_count_drives_collection_and_training(tmp_path):
     lines = _dry_run("recipes/run_cropi_qwen1.5b.sh", "trainer.n_gpus_per_node=4", "trainer.nnodes=2", env=env)
     collect = [line for line in lines if "collect_rollouts.py" in line]
     assert len(collect) == 3 and all("--tensor-parallel-size 2 --data-parallel-size 2 " in line for line in collect)
+    assert "--n 8 " in collect[0] and all("--n 32 " in line for line in collect[1:])  # K = 8, 32 per validation prompt
+    fewer = [line for line in _dry_run("recipes/run_cropi_qwen1.5b.sh", env=env | {"POOL_RESPONSES": "4"})
+             if "collect_rollouts.py" in line]
+    assert "--n 4 " in fewer[0] and all("--n 32 " in line for line in fewer[1:])  # the lever: the pool's K only
     train = lines[-1].split()
     assert train.count("trainer.n_gpus_per_node=4") == 2 and train.count("trainer.nnodes=2") == 2  # recipe's, yours
     assert _recipe_error("recipes/run_cropi_qwen1.5b.sh", "trainer.n_gpus_per_node=4", env=env | {"NGPUS": "8"}) == (
