@@ -208,7 +208,8 @@ def real_model_fidelity(args: argparse.Namespace) -> int:
         print(f"\nnoise floor: two disjoint halves of each pool prompt's responses agree on "
               f"{halves['exact_overlap']:.3f} of their exact top 10% ({halves['scored']} scored)")
     if response_rows:
-        print(f"\nthe first K' responses of each pool prompt only, against all of them (exact top 10%)")
+        reference = "all of them" if args.default_responses is None else f"the first {args.default_responses}"
+        print(f"\nthe first K' responses of each pool prompt only, against {reference} (exact top 10%)")
         print(f"{'K_prime':>8}{'scored':>8}{'s ratio':>9}{'exact':>8}{'sketch':>8}")
         for r in response_rows:
             print(f"{r['responses']:>8}{r['scored']:>8}{r['seconds_ratio']:>9.3f}{r['exact_overlap']:>8.3f}"
@@ -260,7 +261,7 @@ def main(argv: list[str] | None = None) -> int:
                            "exact selection, at --default-k")
     real.add_argument("--responses", type=int, nargs="*", default=[],
                       help="also each K': the pool's first K' responses only (fewer in the collection and the "
-                           "pass) against all of them, at --default-k")
+                           "pass) against the reference (all K, or --default-responses), at --default-k")
     real.add_argument("--default-responses", type=arg_type(Count), default=None, metavar="R",
                       help="the reference selection (exact and sparse_jl, --grad-layers too) on the first R responses "
                            "of each pool prompt (default: all K); with K = 2R, --halves is the noise floor at R")
