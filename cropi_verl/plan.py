@@ -279,20 +279,21 @@ def _meta_counts(model: str) -> tuple[dict, int, int]:
 
 
 def grad_layers_flop_factor(model: str | Path, n: int, gradient_checkpointing: bool) -> float:
-    """The pass's FLOPs with the last ``n`` blocks' gradient over the full pass's, (2 P + (4 + 2c) d_n) / ((6 + 2c) P):
-    d_n the parameters ``last_layers_only`` keeps trainable (the last n blocks, the final norm, the head) on
-    ``model`` built on the meta device (``influence.gradients.pass_flops``), c = 1 under checkpointing."""
+    """The pass's FLOPs with the last ``n`` blocks' gradient over the full pass's: ``influence.gradients.pass_flops``
+    of ``model`` built on the meta device, after and before ``last_layers_only(n)``, (2 P + (4 + 2c) d_n) /
+    ((6 + 2c) P), c = 1 under checkpointing."""
     import torch
     from transformers import AutoConfig, AutoModelForCausalLM
 
-    from cropi_verl.influence.gradients import last_layers_only, parameter_offsets
+    from cropi_verl.influence.gradients import last_layers_only, pass_flops
 
     with torch.device("meta"):
         net = AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(str(model)))
-    every = sum(p.numel() for p in net.parameters())
+    if gradient_checkpointing:
+        net.gradient_checkpointing_enable()
+    full = pass_flops(net, 1)
     last_layers_only(net, n)
-    c = 2 * gradient_checkpointing
-    return (2 * every + (4 + c) * parameter_offsets(net)[1]) / ((6 + c) * every)
+    return pass_flops(net, 1) / full
 
 
 def model_shape(model: str | Path) -> ModelShape:

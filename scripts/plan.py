@@ -149,7 +149,8 @@ def estimate(t: Target, values: dict, candidates: CandidateConfig | None = None)
             "cropi_hours": cropi_s / 3600, "full_hours": None if full_s is None else full_s / 3600,
             "pass_share": passes_s / cropi_s, "overhead": overhead,
             "wallclock_speedup": None if full_s is None else full_s / cropi_s,
-            "break_even_step_speedup": 1 + overhead, "grad_factor": grad_factor(v["grad_share"], checkpointing)}
+            "break_even_step_speedup": 1 + overhead, "grad_factor": grad_factor(v["grad_share"], checkpointing),
+            "selection_hours": (collect_s + passes_s) / 3600}
 
 
 def model_values(t: Target, args: argparse.Namespace) -> dict:
@@ -162,17 +163,19 @@ def model_values(t: Target, args: argparse.Namespace) -> dict:
             for k, (per_model, _) in INPUTS.items()}
 
 
+def paper_selection_hours(t: Target, v: dict) -> float:
+    """The selection's hours (collection + passes) of ``v`` at the paper's setting of the levers (K = 8, 10 stages,
+    the full gradient, no adaptive draw, every pass rescoring the pool)."""
+    return estimate(t, v | {k: INPUTS[k][0][t.inputs_of] for k in LEVERS})["selection_hours"]
+
+
 def lever_line(t: Target, v: dict, r: dict, candidates: CandidateConfig | None) -> str:
-    """Each lever's value and cost factor, and the selection's hours (collection + passes) against the paper's
-    setting of the levers (K = 8, 10 stages, the full gradient, no adaptive draw, every pass rescoring the pool);
-    both hours are added to ``r`` (the JSON line's)."""
-    paper = {k: INPUTS[k][0][t.inputs_of] for k in LEVERS}
-    base = estimate(t, v | paper)
-    k, k0 = v["responses"], paper["responses"]
-    hours, paper_hours = (x["collection_hours"] + x["passes_hours"] for x in (r, base))
+    """Each lever's value and cost factor, and the selection's hours against the paper's setting (``r``'s
+    ``selection_hours`` and ``paper_selection_hours``)."""
+    k, k0 = v["responses"], INPUTS["responses"][0][t.inputs_of]
+    hours, paper_hours = r["selection_hours"], r["paper_selection_hours"]
     rescore = ("rescore candidates: the pool share of each later pass "
                f"x{r['rescored_share']:.2f}" if candidates else "rescore true (every pass scores the pool)")
-    r["selection_hours"], r["paper_selection_hours"] = hours, paper_hours
     return (f"levers ({t.name}): K = {k:g} of the paper's {k0} (collection and pass tokens x{k / k0:.2f}); "
             f"{v['stages']:g} stages ({v['stages']:g} passes); the last {v['grad_share']:.1%} of the blocks (pass FLOPs "
             f"x{r['grad_factor']:.3f}); the collection draws {v['collect_share']:.0%} of K; {rescore} -> selection "
@@ -215,7 +218,8 @@ def main(argv: list[str] | None = None) -> int:
     print(f"  {'rescore':<22} {args.rescore}" + (f" (multiple {args.multiple}, explore {args.explore})" if candidates
                                                 else "")
           + f"  [{'this command line' if given else 'assumption: configs/cropi_trainer.yaml, cropi.rescore'}]")
-    rows = [estimate(t, v, candidates) for t, v in zip(targets, values)]
+    rows = [estimate(t, v, candidates) | {"paper_selection_hours": paper_selection_hours(t, v)}
+            for t, v in zip(targets, values)]
     print(f"\n{'model':<22}{'collect h':>10}{'pass s':>9}{'passes h':>10}{'step s':>8}{'CROPI h':>9}{'full h':>8}"
           f"{'speed-up':>10}{'pass share':>12}{'overhead':>10}{'break-even':>12}")
     for r in rows:

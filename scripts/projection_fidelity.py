@@ -51,7 +51,7 @@ from cropi_verl.data.toy_task import PROMPT_FORMATS, TARGETED_SETS, ToyTaskConfi
 from cropi_verl.data.verl_format import write_verl_parquet
 from cropi_verl.influence.exact_reference import precision_at, reference_scores, validation_direction
 from cropi_verl.influence.gradients import (PopiConfig, grad_layers_problem, last_layers_only, parameter_offsets,
-                                            popi_features)
+                                            pass_flops, popi_features)
 from cropi_verl.influence.projection import make_projector
 from cropi_verl.influence.scoring import influence_scores
 from cropi_verl.models.presets import model_source
@@ -186,7 +186,7 @@ def real_model_fidelity(args: argparse.Namespace) -> int:
         sub_dirs, _ = directions_at(restricted, prompts, args, rule.pad_id)
         sub, d_sub, sec = streamed_scores(restricted, pool, sub_dirs, [args.default_k], args, rule.pad_id)
         layer_rows.append({"grad_layers": n_layers, "of": layers, "dim": d_sub, "seconds_ratio": round(sec / seconds, 3),
-                           "flop_factor": round((2 + 4 * d_sub / dim) / 6, 3),
+                           "flop_factor": round(pass_flops(restricted, 1) / pass_flops(model, 1), 3),
                            "exact_overlap": mean_overlap(ref, sub), "sketch_overlap": mean_overlap(ref, sub, False, k)})
     response_rows = []
     for n_resp in args.responses:

@@ -274,6 +274,7 @@ def test_plan_script_overhead_and_break_even_by_hand():
     assert adaptive["collection_hours"] == pytest.approx(0.6 * r["collection_hours"])
     assert adaptive["passes_hours"] == r["passes_hours"]
     # the levers' line: the selection against the paper's setting (K = 8, 10 stages) of the same inputs
+    r["paper_selection_hours"] = script.paper_selection_hours(t, v)
     line = script.lever_line(t, v, r, None)
     paper_pass = 6 * 1192 * 8 * (4 + 6) / rate
     paper = 10 * (100 * 0.5 + 10) * paper_pass / 2 + 100 * 8 * 6 / (10 * 2) + 2 * 1192 * 100 * 80 / (rate * 2)
