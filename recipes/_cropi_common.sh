@@ -7,9 +7,10 @@
 #   DEVICE (gpu): gpu, or cpu: the same recipe and config on verl's real trainer on the CPU (configs/device/cpu.yaml:
 #     CPU platform, HF rollout replica; recipes/_cpu_env.sh) at a CPU scale (CPU_SCALE below, MAX_PROMPT 128,
 #     MAX_RESPONSE 32, VAL_PROMPTS 32, NGPUS 1, TP 1, the hf collection), on raw datasets made from the embedded task
-#     (cropi_verl/verl_cpu/recipe_inputs.py, into RAW_DIR) and a tiny policy warmed up on the paper's prompts (MODEL);
-#     raw files, data and rollouts under OUT (outputs/$NAME; NAME: <recipe>_cpu). Installs .venv unless PYTHON is set
-#     (in a dry run too: it prints the CPU inputs' path),
+#     (cropi_verl/verl_cpu/recipe_inputs.py, into RAW_DIR; CPU_POOL (300) pool prompts, CPU_VAL (64) prompts per
+#     validation split of the task) and a tiny policy warmed up on the paper's prompts (MODEL; not built when MODEL
+#     is given, e.g. MODEL=smollm2-135m); raw files, data and rollouts under OUT (outputs/$NAME; NAME: <recipe>_cpu).
+#     Installs .venv unless PYTHON is set (in a dry run too: it prints the CPU inputs' path),
 #   MODEL, NAME ([A-Za-z0-9._-]), MAX_RESPONSE, MAX_PROMPT (1024): the policy, the run's name, token limits,
 #   DATA_DIR (data/math), ROLLOUT_DIR (rollouts/$NAME), NNODES (1), TP (2), PYTHON (python),
 #   NGPUS (8): GPUs per node, for training (trainer.n_gpus_per_node) and for collection (NGPUS / TP vLLM engines
@@ -26,6 +27,7 @@
 #   KEEP_CKPTS (2): trainer.max_actor_ckpt_to_keep (a 1.5B checkpoint is ~20 GiB; preflight prints the disk plan),
 #   POOL_RESPONSES (8, the paper's K; at least 2): offline responses per pool prompt, a cost lever (collection and
 #     pass x K/8; docs/results.md section 19 measures its selection against K = 8),
+#   VAL_RESPONSES (32; at least 2): offline responses per targeted-set prompt,
 #   ROLLOUT_BACKEND (vllm; or hf: transformers generate), ADAPTIVE_FIRST (unset: off; 2 .. POOL_RESPONSES): an
 #     adaptive pool collection, that many responses per prompt first and the others only where their rewards
 #     differ (collect_rollouts.py --adaptive-first; scripts/adaptive_collection.py measures what it misses),
@@ -75,9 +77,22 @@ positive() {  # VAR...: each a positive integer (no sign, no leading zero)
   done
 }
 POOL_RESPONSES="${POOL_RESPONSES:-8}"
-positive TP MAX_PROMPT MAX_RESPONSE VAL_PROMPTS KEEP_CKPTS POOL_RESPONSES
-if (( POOL_RESPONSES < 2 )); then
-  fail "POOL_RESPONSES=$POOL_RESPONSES: expected an integer >= 2 (a prompt's responses must be able to differ)"
+VAL_RESPONSES="${VAL_RESPONSES:-32}"
+positive TP MAX_PROMPT MAX_RESPONSE VAL_PROMPTS KEEP_CKPTS POOL_RESPONSES VAL_RESPONSES
+for var in POOL_RESPONSES VAL_RESPONSES; do
+  if (( ${!var} < 2 )); then
+    fail "$var=${!var}: expected an integer >= 2 (a prompt's responses must be able to differ)"
+  fi
+done
+if [[ "$DEVICE" == cpu && -z "${RAW_DIR:-}" ]]; then  # the sizes of the raw datasets the recipe makes
+  CPU_POOL="${CPU_POOL:-300}" CPU_VAL="${CPU_VAL:-64}"
+  positive CPU_POOL CPU_VAL
+else
+  for var in CPU_POOL CPU_VAL; do
+    if [[ -n "${!var:-}" ]]; then
+      fail "$var=${!var}: sizes the raw datasets DEVICE=cpu makes; expected it unset with DEVICE=$DEVICE${RAW_DIR:+ and RAW_DIR=$RAW_DIR}"
+    fi
+  done
 fi
 if [[ -n "${ADAPTIVE_FIRST:-}" ]]; then
   positive ADAPTIVE_FIRST
@@ -147,9 +162,15 @@ if [[ "$DEVICE" == cpu ]]; then
   if [[ -z "${PYTHON:-}" ]]; then bash "$ROOT/scripts/setup_env.sh"; PYTHON="$ROOT/.venv/bin/python"; fi
   if [[ -z "${RAW_DIR:-}" || -z "${MODEL:-}" ]]; then
     INPUTS=("$PYTHON" -m cropi_verl.verl_cpu.recipe_inputs)
-    if [[ -z "${RAW_DIR:-}" ]]; then RAW_DIR="$OUT/raw"; INPUTS+=(--raw-dir "$RAW_DIR"); fi
+    WHAT=()
+    if [[ -z "${RAW_DIR:-}" ]]; then
+      RAW_DIR="$OUT/raw" WHAT+=("raw datasets from the embedded task")
+      INPUTS+=(--raw-dir "$RAW_DIR" --pool "$CPU_POOL" --val "$CPU_VAL")
+    fi
+    if [[ -n "${MODEL:-}" ]]; then INPUTS+=(--raw-only); else WHAT+=("the tiny policy (cached)"); fi
     PENDING+=("the CPU inputs")
-    run "step 0/4 the CPU inputs: raw datasets from the embedded task, the tiny policy (cached)" "${INPUTS[@]}"
+    WHAT_TEXT="$(printf '%s, ' "${WHAT[@]}")"
+    run "step 0/4 the CPU inputs: ${WHAT_TEXT%, }" "${INPUTS[@]}"
     MODEL="${MODEL:-$("$PYTHON" -m cropi_verl.verl_cpu.recipe_inputs --where)}"
   fi
 fi
@@ -179,7 +200,7 @@ collect() {  # set name, responses per prompt, extra collect_rollouts.py argumen
     "${BACKEND_ARGS[@]}" "${@:3}"
 }
 collect train "$POOL_RESPONSES" ${ADAPTIVE_FIRST:+--adaptive-first "$ADAPTIVE_FIRST"}
-for v in "${TARGETED_SETS[@]}"; do collect "$v" 32 --max-prompts "$VAL_PROMPTS"; done
+for v in "${TARGETED_SETS[@]}"; do collect "$v" "$VAL_RESPONSES" --max-prompts "$VAL_PROMPTS"; done
 
 VAL_ROLLOUTS=""
 for v in "${TARGETED_SETS[@]}"; do VAL_ROLLOUTS+="$v:$(hq "$ROLLOUT_DIR/$v/rollouts.parquet"),"; done

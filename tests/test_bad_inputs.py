@@ -474,6 +474,13 @@ def test_another_reward_range_is_declared_and_pass_rates_refuse_it():
     ({"POOL_RESPONSES": "1"}, "error: POOL_RESPONSES=1: expected an integer >= 2 (a prompt's responses must be able "
                               "to differ)"),
     ({"POOL_RESPONSES": "x"}, "error: POOL_RESPONSES=x: expected a positive integer"),
+    ({"VAL_RESPONSES": "1"}, "error: VAL_RESPONSES=1: expected an integer >= 2 (a prompt's responses must be able "
+                             "to differ)"),
+    ({"DEVICE": "cpu", "CPU_POOL": "0"}, "error: CPU_POOL=0: expected a positive integer"),
+    ({"CPU_VAL": "16"}, "error: CPU_VAL=16: sizes the raw datasets DEVICE=cpu makes; expected it unset with "
+                        "DEVICE=gpu"),
+    ({"DEVICE": "cpu", "RAW_DIR": "/raw", "CPU_POOL": "40"}, "error: CPU_POOL=40: sizes the raw datasets DEVICE=cpu "
+                                                             "makes; expected it unset with DEVICE=cpu and RAW_DIR=/raw"),
 ])
 def test_every_recipe_variable_is_checked_before_any_step(env, line, tmp_path):
     """At the top of _cropi_common.sh, in a dry run too: one line, exit 2, no step printed."""

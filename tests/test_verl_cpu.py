@@ -25,6 +25,7 @@ from safetensors.torch import load_file
 from transformers import AutoTokenizer
 
 from cropi_verl.utils.trace import read_trace
+from scripts_helpers import logged
 
 ROOT = Path(__file__).resolve().parents[1]
 RECIPE = ROOT / "recipes" / "run_cropi_tiny_verl_cpu.sh"
@@ -89,17 +90,6 @@ def weight_gap(a: dict, b: dict, start: dict) -> float:
 # ~0 (e.g. the key biases). One training step moves the weights by 0.10-0.24 of the whole run. 0.05 is above the
 # noise and below half a step: a skipped or repeated step, or another subset, fails.
 SAME_RUN_GAP = 0.05
-
-
-def logged(stdout: str, key: str) -> dict[int, float]:
-    """step -> the value verl's console logger printed for ``key``."""
-    out = {}
-    for line in stdout.splitlines():
-        step = re.search(r"step:(\d+) - ", line)
-        value = re.search(rf"(?:^| - ){re.escape(key)}:(?:np\.float64\()?([-\d.e]+)", line)
-        if step and value:
-            out[int(step.group(1))] = float(value.group(1))
-    return out
 
 
 def test_the_recipe_runs_verls_trainer_end_to_end(out, tmp_path):

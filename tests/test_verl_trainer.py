@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 import subprocess
 import sys
 from dataclasses import replace
@@ -283,20 +284,29 @@ def test_init_order_the_trainer_relies_on_is_verls():
     assert setup.rindex("self.checkpoint_manager.sleep_replicas()") < setup.rindex("self._load_checkpoint()")
 
 
-def test_fit_passes_run_while_replicas_sleep_and_a_boundary_resume_matches(recipe, tmp_path, ray_session, monkeypatch):
+@pytest.fixture(scope="module")
+def uninterrupted(recipe, tmp_path_factory, ray_session):
+    """One launch run to its end (4 steps, 2 stages): the reference both resume tests compare with."""
+    with pytest.MonkeyPatch.context() as monkeypatch:
+        return _run(recipe, tmp_path_factory.mktemp("uninterrupted") / "a", monkeypatch)
+
+
+def test_fit_passes_run_while_replicas_sleep_and_a_boundary_resume_matches(recipe, uninterrupted, tmp_path, ray_session,
+                                                                            monkeypatch):
     root, policy, *_ = recipe
-    a, actor_a = _run(recipe, tmp_path / "a", monkeypatch)
+    a, actor_a = uninterrupted
+    a_dir = Path(a.config.trainer.default_local_dir)
     passes = [e for e in a.events if e[0] == "pass"]
     assert [(p[1], p[2]) for p in passes] == [(0, False), (2, False)]  # never while a replica is awake
     assert passes[0][3] == str(policy)  # stage 0 scores the initial weights, not a global_step_1 copy of them
-    assert passes[1][3] == str(tmp_path / "a" / "global_step_2" / "actor" / "huggingface")
+    assert passes[1][3] == str(a_dir / "global_step_2" / "actor" / "huggingface")
     i = a.events.index(passes[1])  # the actor's optimizer state, then its parameters, leave the GPU for the pass
     assert a.events[i - 4:i] == [("sleep",), ("train", 2), ("to", "cpu", False, True), ("to", "cpu", True, False)]
     assert a.events[i + 1:i + 3] == [("to", "device", True, True), ("wake", 2)]
     assert [e[1] for e in a.events if e[0] == "train"] == [1, 2, 3, 4] and actor_a.saved == [1, 2, 3, 4]
-    assert (tmp_path / "a" / "latest_checkpointed_iteration.txt").read_text().strip() == "4"
+    assert (a_dir / "latest_checkpointed_iteration.txt").read_text().strip() == "4"
     assert a.influence_group is None  # closed after the last step (fit() returns without on_train_end)
-    states = [json.loads((tmp_path / "a" / "cropi" / f"stage_{s:03d}" / "state.json").read_text()) for s in (0, 1)]
+    states = [json.loads((a_dir / "cropi" / f"stage_{s:03d}" / "state.json").read_text()) for s in (0, 1)]
     assert [s["start_step"] for s in states] == [0, 2] and len(states[0]["selected_ids"]) == 15  # 25% of 60
     for ids, st in zip(a.batches, [states[0]] * 2 + [states[1]] * 2):
         assert len(ids) == 4 and set(ids) <= set(st["selected_ids"])  # the batches verl fetched
@@ -320,11 +330,12 @@ def test_fit_passes_run_while_replicas_sleep_and_a_boundary_resume_matches(recip
             assert resumed[key] == states[s][key], key
 
 
-def test_fit_resumes_mid_stage_on_the_same_subset_and_sampler_position(recipe, tmp_path, ray_session, monkeypatch):
-    a, _ = _run(recipe, tmp_path / "a", monkeypatch)
-    b, _ = _run(recipe, tmp_path / "b", monkeypatch)
-    assert b.batches == a.batches  # same seed, same run
-    (tmp_path / "b" / "latest_checkpointed_iteration.txt").write_text("3")  # as if killed after step 3's save
+def test_fit_resumes_mid_stage_on_the_same_subset_and_sampler_position(recipe, uninterrupted, tmp_path, ray_session,
+                                                                       monkeypatch):
+    a, _ = uninterrupted  # the test above shows a killed and resumed launch repeats it batch for batch
+    shutil.copytree(a.config.trainer.default_local_dir, tmp_path / "b")
+    shutil.rmtree(tmp_path / "b" / "global_step_4")  # as if killed after step 3's save
+    (tmp_path / "b" / "latest_checkpointed_iteration.txt").write_text("3")
     c, actor_c = _run(recipe, tmp_path / "b", monkeypatch)
     assert not [e for e in c.events if e[0] == "pass"]  # stage 1's subset comes from global_step_3/cropi_stage.json
     assert [e[1] for e in c.events if e[0] == "train"] == [4] and c.batches == a.batches[3:]
@@ -411,12 +422,27 @@ def test_one_gpu_count_drives_collection_and_training(tmp_path):
     fewer = [line for line in _dry_run("recipes/run_cropi_qwen1.5b.sh", env=env | {"POOL_RESPONSES": "4"})
              if "collect_rollouts.py" in line]
     assert "--n 4 " in fewer[0] and all("--n 32 " in line for line in fewer[1:])  # the lever: the pool's K only
+    val = [line for line in _dry_run("recipes/run_cropi_qwen1.5b.sh", env=env | {"VAL_RESPONSES": "8"})
+           if "collect_rollouts.py" in line]
+    assert "--n 8 " in val[0] and all("--n 8 " in line for line in val[1:])
     train = lines[-1].split()
     assert train.count("trainer.n_gpus_per_node=4") == 2 and train.count("trainer.nnodes=2") == 2  # recipe's, yours
     assert _recipe_error("recipes/run_cropi_qwen1.5b.sh", "trainer.n_gpus_per_node=4", env=env | {"NGPUS": "8"}) == (
         "error: NGPUS=8 conflicts with the override trainer.n_gpus_per_node=4: give the count once")
     assert _recipe_error("recipes/run_cropi_qwen1.5b.sh", "trainer.nnodes=2", env=env | {"NNODES": "1"}) == (
         "error: NNODES=1 conflicts with the override trainer.nnodes=2: give the count once")
+
+
+def test_device_cpu_makes_the_raw_datasets_at_the_sizes_asked_and_a_policy_only_without_a_model(tmp_path):
+    import shlex
+
+    env = {"DEVICE": "cpu", "PYTHON": sys.executable, "OUT": str(tmp_path / "out")}
+    inputs = ["-m", "cropi_verl.verl_cpu.recipe_inputs", "--raw-dir", str(tmp_path / "out" / "raw")]
+    tiny = shlex.split(_dry_run("recipes/run_cropi_qwen1.5b.sh", env=env)[0])
+    assert tiny[1:] == [*inputs, "--pool", "300", "--val", "64"]  # and the tiny policy
+    given = _dry_run("recipes/run_cropi_qwen1.5b.sh", env=env | {"MODEL": "/m", "CPU_POOL": "40", "CPU_VAL": "16"})
+    assert shlex.split(given[0])[1:] == [*inputs, "--pool", "40", "--val", "16", "--raw-only"]
+    assert all("--model /m " in line for line in given if "collect_rollouts.py" in line)
 
 
 def _recipe_inputs(data: Path, roll: Path) -> None:

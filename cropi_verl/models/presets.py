@@ -11,7 +11,7 @@ atomic (built in a temporary folder beside it, renamed into place last).
 ``resolve_model(spec)`` turns what a user names (a preset name or a local folder) into a checked folder: a config,
 a tokenizer and a chat template, or one ``ModelFolderError`` line naming the path and what is missing.
 ``model_source(spec)`` is what every entry point calls on its model key: the same, with a hub id passed through.
-``python -m cropi_verl.models.presets SPEC`` prints it (the recipes resolve ``MODEL`` with it).
+``python -m cropi_verl.models.presets SPEC`` prints it. The recipes pass ``MODEL`` on as given: each step resolves it.
 """
 
 from __future__ import annotations
