@@ -164,7 +164,8 @@ if [[ "$DEVICE" == cpu ]]; then
     INPUTS=("$PYTHON" -m cropi_verl.verl_cpu.recipe_inputs)
     WHAT=()
     if [[ -z "${RAW_DIR:-}" ]]; then
-      RAW_DIR="$OUT/raw" WHAT+=("raw datasets from the embedded task")
+      RAW_DIR="$OUT/raw"
+      WHAT+=("raw datasets from the embedded task")
       INPUTS+=(--raw-dir "$RAW_DIR" --pool "$CPU_POOL" --val "$CPU_VAL")
     fi
     if [[ -n "${MODEL:-}" ]]; then INPUTS+=(--raw-only); else WHAT+=("the tiny policy (cached)"); fi

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from collections import Counter
 from pathlib import Path
 
 import pytest
@@ -27,9 +28,7 @@ HEAVIEST_FILES = ("test_verl_trainer.py", "test_demo_cli.py", "test_verl_cpu.py"
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    tests_per_file: dict[str, int] = {}
-    for item in items:
-        tests_per_file[item.path.name] = tests_per_file.get(item.path.name, 0) + 1
+    tests_per_file = Counter(item.path.name for item in items)
 
     def rank(item: pytest.Item) -> tuple[int, int, str]:
         name = item.path.name

@@ -5,8 +5,15 @@ saying how to fetch it (they never skip)."""
 
 from __future__ import annotations
 
+import json
+import os
 import random
+import subprocess
+import sys
+import time
+from pathlib import Path
 
+import pandas as pd
 import pytest
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -78,15 +85,6 @@ def test_the_gpu_recipe_runs_on_verls_trainer_on_the_cpu_with_the_real_model(smo
     the hf collection under the model's stop rule, preflight and verl's trainer, every step for real. Each stage
     selects by an influence pass, no reward fails, the last step validates every evaluation set, and no offline
     response runs on past the chat's end token."""
-    import json
-    import os
-    import subprocess
-    import sys
-    import time
-    from pathlib import Path
-
-    import pandas as pd
-
     root = Path(__file__).resolve().parents[1]
     ckpt, out = tmp_path / "ckpt", tmp_path / "out"
     env = dict(os.environ, DEVICE="cpu", MODEL="smollm2-135m", OUT=str(out), PYTHON=sys.executable, CPU_POOL="48",
@@ -105,7 +103,7 @@ def test_the_gpu_recipe_runs_on_verls_trainer_on_the_cpu_with_the_real_model(smo
     assert [s["start_step"] for s in states] == [0, 2]
     for state in states:
         assert state["selected_ids"] and state["stats"]["n_gradients"] > 0
-    path, tok, _ = smollm2
+    path, _, _ = smollm2
     stops = set(token_rule_of(path).stop_ids)  # <|im_end|> and the tokenizer's eos, <|im_start|>
     for split in ("train", "gsm8k_heldout", "math_heldout"):
         frame = pd.read_parquet(out / "rollouts" / split / "rollouts.parquet")

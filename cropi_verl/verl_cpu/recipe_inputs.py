@@ -14,8 +14,8 @@ directory as its last line; ``--where`` only prints that directory.
 from __future__ import annotations
 
 import argparse
-import logging
 import json
+import logging
 import sys
 from dataclasses import replace
 from pathlib import Path
@@ -53,11 +53,10 @@ def main(argv: list[str] | None = None) -> int:
     if args.where:
         print(tiny_policy_dir(POLICY))
         return 0
-    sizes = {"pool": args.pool, "val": args.val}
-    if args.raw_dir:
-        check_sizes(args.raw_dir, sizes)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
     if args.raw_dir:
+        sizes = {"pool": args.pool, "val": args.val}
+        check_sizes(args.raw_dir, sizes)
         step(f"writing the raw datasets into {args.raw_dir}")
         counts = write_raw_fixtures(args.raw_dir, replace(TASK, n_train=args.pool, n_val=args.val))
         atomic_write_json(sizes, args.raw_dir / SIZES_FILE)
