@@ -20,7 +20,8 @@ directions as backward produces it; no [N, d] or d x k matrix), and sparse_jl is
 ``--work`` (resumable) in ``--prompt``'s format with ``--n`` responses each.
 
 With ``--grad-layers``, each L' given also runs the pass on the last L' blocks' gradient (``popi.grad_layers``) and
-reports the overlap of its top 10% (exact, and sparse_jl at ``--default-k``) with the full gradient's exact top 10%;
+reports the overlap of its top 10% (exact, and sparse_jl at ``--default-k``) with the full gradient's exact top 10%,
+and Spearman's rho of its exact cosines against the full gradient's (``rho``: the whole ranking);
 with ``--responses``, each K' runs it on the first K' responses of every pool prompt (prompts matched by id: fewer
 may be scorable); with ``--halves``, two disjoint halves of every prompt's responses are two independent draws
 of K/2, and the overlap of their exact top 10% is the noise floor at K/2. ``--default-responses R`` makes the first R
@@ -49,7 +50,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from cropi_verl.data.toy_task import PROMPT_FORMATS, TARGETED_SETS, ToyTaskConfig, build_toy_task, in_prompt_format
 from cropi_verl.data.verl_format import write_verl_parquet
-from cropi_verl.influence.exact_reference import precision_at, reference_scores, validation_direction
+from cropi_verl.influence.exact_reference import precision_at, rank_agreement, reference_scores, validation_direction
 from cropi_verl.influence.gradients import (PopiConfig, grad_layers_problem, last_layers_only, parameter_offsets,
                                             pass_flops, popi_features)
 from cropi_verl.influence.projection import make_projector
@@ -134,6 +135,13 @@ def mean_overlap(ref, other, exact: bool = True, k: str | None = None) -> float:
                           for s in TARGETED_SETS]))
 
 
+def mean_rho(ref, other) -> float:
+    """Mean over the targeted sets of Spearman's rho between ref's and other's exact cosines, on the prompts both
+    scored (``rank_agreement``): the whole ranking, where a top 10% of a small pool is a handful of prompts."""
+    return float(np.mean([rank_agreement(dict(zip(ref.prompt_ids, ref.exact[s])),
+                                         dict(zip(other.prompt_ids, other.exact[s]))) for s in TARGETED_SETS]))
+
+
 def real_model_fidelity(args: argparse.Namespace) -> int:
     """The streaming mode (module docstring): one table row per k (and per --grad-layers), one JSON line."""
     t0 = time.time()
@@ -187,33 +195,37 @@ def real_model_fidelity(args: argparse.Namespace) -> int:
         sub, d_sub, sec = streamed_scores(restricted, pool, sub_dirs, [args.default_k], args, rule.pad_id)
         layer_rows.append({"grad_layers": n_layers, "of": layers, "dim": d_sub, "seconds_ratio": round(sec / seconds, 3),
                            "flop_factor": round(pass_flops(restricted, 1) / pass_flops(model, 1), 3),
-                           "exact_overlap": mean_overlap(ref, sub), "sketch_overlap": mean_overlap(ref, sub, False, k)})
+                           "exact_overlap": mean_overlap(ref, sub), "sketch_overlap": mean_overlap(ref, sub, False, k),
+                           "exact_rho": mean_rho(ref, sub)})
     response_rows = []
     for n_resp in args.responses:
         sub, _, sec = streamed_scores(model, responses(lambda _, n=n_resp: slice(n)), directions, [args.default_k], args, rule.pad_id)
         response_rows.append({"responses": n_resp, "scored": len(sub.prompt_ids), "seconds_ratio": round(sec / seconds, 3),
-                              "exact_overlap": mean_overlap(ref, sub), "sketch_overlap": mean_overlap(ref, sub, False, k)})
+                              "exact_overlap": mean_overlap(ref, sub), "sketch_overlap": mean_overlap(ref, sub, False, k),
+                              "exact_rho": mean_rho(ref, sub)})
     if layer_rows:
         print(f"\nthe last L' of {layers} blocks only, against the full gradient's exact top 10%: the restricted "
               f"exact cosines' top 10% and sparse_jl's at k={args.default_k}")
-        print(f"{'L_prime':>8}{'d':>13}{'FLOP factor':>13}{'s ratio':>9}{'exact':>8}{'sketch':>8}")
+        print(f"{'L_prime':>8}{'d':>13}{'FLOP factor':>13}{'s ratio':>9}{'exact':>8}{'sketch':>8}{'rho':>8}")
         for r in layer_rows:
             print(f"{r['grad_layers']:>8}{r['dim']:>13,}{r['flop_factor']:>13.3f}{r['seconds_ratio']:>9.3f}"
-                  f"{r['exact_overlap']:>8.3f}{r['sketch_overlap']:>8.3f}")
+                  f"{r['exact_overlap']:>8.3f}{r['sketch_overlap']:>8.3f}{r['exact_rho']:>8.3f}")
     halves = None
     if args.halves:  # two independent draws of K/2 responses each: a floor on two draws' agreement at K
         a, b = (streamed_scores(model, responses(part), directions, [args.default_k], args, rule.pad_id)[0]
                 for part in (lambda k: slice(k // 2), lambda k: slice(k // 2, 2 * (k // 2))))
-        halves = {"scored": [len(a.prompt_ids), len(b.prompt_ids)], "exact_overlap": mean_overlap(a, b)}
+        halves = {"scored": [len(a.prompt_ids), len(b.prompt_ids)], "exact_overlap": mean_overlap(a, b),
+                  "exact_rho": mean_rho(a, b)}
         print(f"\nnoise floor: two disjoint halves of each pool prompt's responses agree on "
-              f"{halves['exact_overlap']:.3f} of their exact top 10% ({halves['scored']} scored)")
+              f"{halves['exact_overlap']:.3f} of their exact top 10% ({halves['scored']} scored), rho "
+              f"{halves['exact_rho']:.3f} on the prompts both scored")
     if response_rows:
         reference = "all of them" if args.default_responses is None else f"the first {args.default_responses}"
         print(f"\nthe first K' responses of each pool prompt only, against {reference} (exact top 10%)")
-        print(f"{'K_prime':>8}{'scored':>8}{'s ratio':>9}{'exact':>8}{'sketch':>8}")
+        print(f"{'K_prime':>8}{'scored':>8}{'s ratio':>9}{'exact':>8}{'sketch':>8}{'rho':>8}")
         for r in response_rows:
             print(f"{r['responses']:>8}{r['scored']:>8}{r['seconds_ratio']:>9.3f}{r['exact_overlap']:>8.3f}"
-                  f"{r['sketch_overlap']:>8.3f}")
+                  f"{r['sketch_overlap']:>8.3f}{r['exact_rho']:>8.3f}")
     print(json.dumps({"model": str(args.model), "dim": dim, "n_pool": len(prompts["train"]), "n_scored": n,
                       "val_prompts": used, "precision_at_10": {str(r["k"]): round(r["mean"], 4) for r in rows},
                       "grad_layers": layer_rows, "responses": response_rows, "halves": halves,

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from cropi_verl.influence.exact_reference import (one_backward, precision_at, reference_scores,
+from cropi_verl.influence.exact_reference import (one_backward, precision_at, rank_agreement, reference_scores,
                                                   validation_direction)
 from cropi_verl.influence.gradients import PopiConfig, parameter_offsets, popi_features, processed_tokens
 from cropi_verl.influence.projection import make_projector
@@ -52,6 +52,15 @@ def test_precision_at_by_hand():
     assert precision_at(exact, exact, 0.3) == 1.0
 
 
+def test_rank_agreement_by_hand():
+    """Spearman's rho on the ids both scored: 2, 3, 4 rank (1, 3, 2) and (2, 1, 3), d = (-1, 2, -1), so
+    rho = 1 - 6 * 6 / (3 * 8) = -0.5; identical orders give 1, reversed -1, fewer than 3 shared ids nan."""
+    assert rank_agreement({1: 0.9, 2: 0.1, 3: 0.5, 4: 0.3}, {2: 0.2, 3: 0.1, 4: 0.3, 5: 7.0}) == pytest.approx(-0.5)
+    assert rank_agreement({1: 1, 2: 2, 3: 3}, {1: 10, 2: 20, 3: 30}) == pytest.approx(1.0)
+    assert rank_agreement({1: 1, 2: 2, 3: 3}, {1: 3, 2: 2, 3: 1}) == pytest.approx(-1.0)
+    assert np.isnan(rank_agreement({1: 1, 2: 2}, {1: 1, 2: 2, 3: 3}))
+
+
 def test_projection_fidelity_real_model_mode_end_to_end(tmp_path):
     """``scripts/projection_fidelity.py --model DIR --rollouts DIR`` on a tiny chat folder and hand-made rollouts:
     the streaming mode runs through reading, the validation directions and the pass (the math: the tests above);
@@ -79,9 +88,11 @@ def test_projection_fidelity_real_model_mode_end_to_end(tmp_path):
     assert all(0 <= p <= 1 for p in out["precision_at_10"].values())
     (last,) = out["grad_layers"]  # the fixture's one block: L' = L keeps all but the input embedding's own path
     assert last["grad_layers"] == last["of"] == 1 and last["dim"] < out["dim"] and 0 <= last["exact_overlap"] <= 1
+    assert -1 <= last["exact_rho"] <= 1
     (two,) = out["responses"]  # make_prompts' first two responses: rewards 0 and a coin flip
     assert two["responses"] == 2 and 0 < two["scored"] <= 15 and 0 <= two["sketch_overlap"] <= 1
     assert len(out["halves"]["scored"]) == 2 and 0 <= out["halves"]["exact_overlap"] <= 1
+    assert -1 <= out["halves"]["exact_rho"] <= 1 and -1 <= two["exact_rho"] <= 1
     bad = subprocess.run(cmd + ["--rollouts", str(tmp_path / "model")], capture_output=True, text=True, timeout=300)
     assert bad.returncode == 2 and bad.stderr.count("\n") == 1 and "missing" in bad.stderr
     deep = subprocess.run(cmd + ["--rollouts", str(tmp_path / "roll"), "--grad-layers", "2"], capture_output=True,

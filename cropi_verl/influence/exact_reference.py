@@ -13,7 +13,9 @@ linear ones give the reference:
 
        exact cos(g, v_j) = <g, v_j> / (|g| |v_j|)        projected cos = cos(P_i g, P_i v_j)
 
-``precision_at`` compares the two rankings: |top f (projected) & top f (exact)| / |top f (exact)|.
+``precision_at`` compares the two rankings: |top f (projected) & top f (exact)| / |top f (exact)|; ``rank_agreement``
+compares two whole scorings (Spearman's rho on the prompts both scored), which has more power than a top 10% of a
+few dozen prompts.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from dataclasses import dataclass, replace
 from typing import Mapping, Sequence
 
 import numpy as np
+import pandas as pd
 import torch
 
 from cropi_verl.influence.gradients import (PopiConfig, PromptRollouts, is_zero_advantage, parameter_offsets,
@@ -114,3 +117,10 @@ def precision_at(exact: np.ndarray, approx: np.ndarray, frac: float = 0.1) -> fl
     n = max(1, int(round(frac * len(exact))))
     top = lambda s: set(np.argsort(-s, kind="stable")[:n].tolist())  # noqa: E731
     return len(top(exact) & top(approx)) / n
+
+
+def rank_agreement(a: Mapping[int, float], b: Mapping[int, float]) -> float:
+    """Spearman's rho between two scorings {prompt id: score} on the ids both scored (ties share their mean rank):
+    1 - 6 sum d_i^2 / (n (n^2 - 1)) without ties. nan when fewer than 3 ids are shared."""
+    both = pd.DataFrame({"a": pd.Series(a, dtype=float), "b": pd.Series(b, dtype=float)}).dropna()
+    return float(both.corr(method="spearman").loc["a", "b"]) if len(both) >= 3 else float("nan")
