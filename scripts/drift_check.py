@@ -128,7 +128,7 @@ def main(argv: list[str] | None = None) -> int:
                 for s in splits:
                     cc = replace(collect_config(cfg, policy, s), seed=seed)
                     out = Path(tmp) / f"roll_{seed}" / s
-                    rollouts = collect_rollouts(cc, out, hf_backend(model, tok, cc), tok, progress=False)
+                    rollouts = collect_rollouts(cc, out, hf_backend(model, tok, cc), tok, progress=True)
                     fresh[seed, s] = read_rollouts(rollouts, tokens.stop_ids)
             val = lambda seed: {s: fresh[seed, s] for s in TARGETED_SETS}  # noqa: E731
             off, drift = selection(featurize, offline["train"], {s: offline[s] for s in TARGETED_SETS}, sel_cfg,
