@@ -65,6 +65,10 @@ def test_a_fewshot_prompt_is_answered_and_ended_at_the_chat_end(smollm2):
 
 
 def test_the_gradient_pass_matches_autograd_at_134m_parameters(smollm2):
+    """Packed rows against autograd on one padded row per response. The two sum in other orders in fp32, so a few
+    of the 134.5M coordinates differ in their last bits (one by 1.3e-6 absolute on a 9e-5 value, seen): the bound is
+    relative to the gradient's scale, |a - b| <= 1e-3 |b| + 1e-4 max|b| per coordinate and 1e-5 |b| in norm. A wrong
+    mask, weight or advantage moves whole blocks of coordinates by the gradient's own size."""
     path, tok, model = smollm2
     prompt = chat_prompt_ids(tok, [{"role": "user", "content": "What is 7 + 8?"}])
     end = tok.convert_tokens_to_ids("<|im_end|>")
@@ -75,7 +79,9 @@ def test_the_gradient_pass_matches_autograd_at_134m_parameters(smollm2):
     _, dim = parameter_offsets(model)
     res = popi_features(model, rollouts, make_projector("identity", dim), token_rule_of(path).pad_id,
                         PopiConfig(micro_batch_tokens=4096, pack=True))
-    torch.testing.assert_close(res.features[0], reference_gradient(model, rollouts[0]), rtol=1e-3, atol=1e-6)
+    got, ref = res.features[0], reference_gradient(model, rollouts[0])
+    torch.testing.assert_close(got, ref, rtol=1e-3, atol=1e-4 * ref.abs().max().item())
+    assert (got - ref).norm() <= 1e-5 * ref.norm()
 
 
 def test_the_gpu_recipe_runs_on_verls_trainer_on_the_cpu_with_the_real_model(smollm2, tmp_path):
