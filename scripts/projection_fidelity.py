@@ -142,6 +142,12 @@ def mean_rho(ref, other) -> float:
                                          dict(zip(other.prompt_ids, other.exact[s]))) for s in TARGETED_SETS]))
 
 
+def agreement(ref, other, k: str) -> dict:
+    """A lever's scores against the reference: exact and sparse_jl (at ``k``) top-10% overlap, and rho."""
+    return {"exact_overlap": mean_overlap(ref, other), "sketch_overlap": mean_overlap(ref, other, False, k),
+            "exact_rho": mean_rho(ref, other)}
+
+
 def real_model_fidelity(args: argparse.Namespace) -> int:
     """The streaming mode (module docstring): one table row per k (and per --grad-layers), one JSON line."""
     t0 = time.time()
@@ -195,14 +201,12 @@ def real_model_fidelity(args: argparse.Namespace) -> int:
         sub, d_sub, sec = streamed_scores(restricted, pool, sub_dirs, [args.default_k], args, rule.pad_id)
         layer_rows.append({"grad_layers": n_layers, "of": layers, "dim": d_sub, "seconds_ratio": round(sec / seconds, 3),
                            "flop_factor": round(pass_flops(restricted, 1) / pass_flops(model, 1), 3),
-                           "exact_overlap": mean_overlap(ref, sub), "sketch_overlap": mean_overlap(ref, sub, False, k),
-                           "exact_rho": mean_rho(ref, sub)})
+                           **agreement(ref, sub, k)})
     response_rows = []
     for n_resp in args.responses:
         sub, _, sec = streamed_scores(model, responses(lambda _, n=n_resp: slice(n)), directions, [args.default_k], args, rule.pad_id)
         response_rows.append({"responses": n_resp, "scored": len(sub.prompt_ids), "seconds_ratio": round(sec / seconds, 3),
-                              "exact_overlap": mean_overlap(ref, sub), "sketch_overlap": mean_overlap(ref, sub, False, k),
-                              "exact_rho": mean_rho(ref, sub)})
+                              **agreement(ref, sub, k)})
     if layer_rows:
         print(f"\nthe last L' of {layers} blocks only, against the full gradient's exact top 10%: the restricted "
               f"exact cosines' top 10% and sparse_jl's at k={args.default_k}")
